@@ -1,0 +1,453 @@
+"""Tiny random stand-ins for LLaDA-8B and Dream-7B, for exactness tests on CPU.
+
+They are not trained; they only reproduce the *interfaces* the samplers rely on:
+
+* ``TinyLLaDAModelLM``: ``config.model_type == "llada"``, modules at ``model.model.transformer``
+  (``wte``, ``blocks``, ``ln_f``, ``ff_out`` unless ``weight_tying``), ``forward(input_ids,
+  attention_mask=None)`` with a 2-D key-padding mask and absolute positions (positions do not depend on
+  the mask, as in LLaDA).
+* ``TinyDreamModel``: ``config.model_type == "Dream"``, ``model.model.embed_tokens / layers / norm``,
+  ``model.lm_head``, ``forward(input_ids, attention_mask=None, position_ids=None, ...)`` where the mask is
+  ``None``, ``"full"``, a 2-D padding mask or a 4-D boolean ``[B, 1, L, L]`` mask; RoPE from ``position_ids``;
+  ``model.generation_config.mask_token_id``. Logits at ``i`` are meant to predict token ``i + 1``.
+
+Both are fp32, bidirectional (SDPA), and initialised deterministically from a seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+LLADA_MASK_ID = 126336
+LLADA_EOS_ID = 126081
+LLADA_EOT_ID = 126348
+LLADA_VOCAB = 126464
+
+DREAM_MASK_ID = 151666
+DREAM_PAD_ID = 151643
+DREAM_VOCAB = 152064
+
+
+# --------------------------------------------------------------------------------------------------------------
+# shared pieces
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return h * scale * self.weight
+
+
+def _rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float):
+    """Rotate q, k ([B, H, L, D]) by the angles of ``positions`` ([B, L] or [L])."""
+    head_dim = q.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=q.device) / head_dim))
+    pos = positions.to(device=q.device, dtype=torch.float32)
+    if pos.dim() == 1:
+        pos = pos.unsqueeze(0)
+    angles = pos.unsqueeze(-1) * inv_freq  # [B?, L, D/2]
+    angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)  # [B?, 1, L, D]
+    cos, sin = angles.cos(), angles.sin()
+
+    def rotate(t):
+        half = t.shape[-1] // 2
+        return torch.cat([-t[..., half:], t[..., :half]], dim=-1)
+
+    return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
+
+
+class _Attention(nn.Module):
+    def __init__(self, hidden: int, n_heads: int, theta: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.theta = theta
+        self.q_proj = nn.Linear(hidden, hidden, bias=False)
+        self.k_proj = nn.Linear(hidden, hidden, bias=False)
+        self.v_proj = nn.Linear(hidden, hidden, bias=False)
+        self.o_proj = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, h, positions, attn_mask):
+        b, length, hidden = h.shape
+        head_dim = hidden // self.n_heads
+
+        def split(t):
+            return t.view(b, length, self.n_heads, head_dim).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
+        q, k = _rope(q, k, positions, self.theta)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        return self.o_proj(out.transpose(1, 2).reshape(b, length, hidden))
+
+
+class _SwiGLU(nn.Module):
+    def __init__(self, hidden: int, inner: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
+
+    def forward(self, h):
+        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int, n_heads: int, inner: int, theta: float):
+        super().__init__()
+        self.attn_norm = _RMSNorm(hidden)
+        self.attn = _Attention(hidden, n_heads, theta)
+        self.ff_norm = _RMSNorm(hidden)
+        self.ff = _SwiGLU(hidden, inner)
+
+    def forward(self, h, positions, attn_mask):
+        h = h + self.attn(self.attn_norm(h), positions, attn_mask)
+        return h + self.ff(self.ff_norm(h))
+
+
+def _to_sdpa_mask(attention_mask, batch: int, length: int, device):
+    """Turn the accepted mask forms into something SDPA takes (or None for full attention)."""
+    if attention_mask is None or isinstance(attention_mask, str):
+        if isinstance(attention_mask, str) and attention_mask != "full":
+            raise ValueError(f"unknown attention_mask string {attention_mask!r}")
+        return None
+    mask = attention_mask.to(device)
+    if mask.dim() == 2:  # [B, L] padding mask: keys with 0 are not attended
+        if bool(mask.all()):
+            return None
+        return mask.bool()[:, None, None, :]
+    if mask.dim() == 4:
+        return mask if mask.dtype == torch.bool else mask.float()
+    raise ValueError(f"attention_mask of shape {tuple(mask.shape)} not understood")
+
+
+def _reinit(model: nn.Module, seed: int, head_names: tuple[str, ...]) -> None:
+    """Deterministic weights: N(0, 1) embeddings, N(0, 1/fan_in) linears, sharper head, unit norms."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                p.fill_(1.0)
+            elif p.dim() == 2 and any(name.startswith(h) or f".{h}" in name for h in head_names):
+                p.normal_(0.0, 2.5 / math.sqrt(p.shape[1]), generator=gen)
+            elif p.dim() == 2 and ("wte" in name or "embed_tokens" in name):
+                p.normal_(0.0, 1.0, generator=gen)
+            elif p.dim() == 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]), generator=gen)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LLaDA-like
+# --------------------------------------------------------------------------------------------------------------
+
+
+class TinyLLaDAConfig(PretrainedConfig):
+    model_type = "llada"
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = LLADA_VOCAB,
+        d_model: int = 32,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        mlp_hidden_size: int = 64,
+        max_sequence_length: int = 4096,
+        rope_theta: float = 10000.0,
+        weight_tying: bool = False,
+        mask_token_id: int = LLADA_MASK_ID,
+        eos_token_id: int | None = LLADA_EOS_ID,
+        pad_token_id: int | None = LLADA_EOS_ID,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.embedding_size = vocab_size
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.mlp_hidden_size = mlp_hidden_size
+        self.max_sequence_length = max_sequence_length
+        self.rope_theta = rope_theta
+        self.weight_tying = weight_tying
+        self.mask_token_id = mask_token_id
+        self.eos_token_id = eos_token_id if eos_token_id is not None and eos_token_id < vocab_size else None
+        self.pad_token_id = pad_token_id if pad_token_id is not None and pad_token_id < vocab_size else None
+        super().__init__(**kwargs)
+
+
+class _LLaDAModel(nn.Module):
+    def __init__(self, config: TinyLLaDAConfig):
+        super().__init__()
+        self.config = config
+        parts = {
+            "wte": nn.Embedding(config.vocab_size, config.d_model),
+            "blocks": nn.ModuleList(
+                _Block(config.d_model, config.n_heads, config.mlp_hidden_size, config.rope_theta)
+                for _ in range(config.n_layers)
+            ),
+            "ln_f": _RMSNorm(config.d_model),
+        }
+        if not config.weight_tying:
+            parts["ff_out"] = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.transformer = nn.ModuleDict(parts)
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=False):
+        h = self.transformer["wte"](input_ids) if inputs_embeds is None else inputs_embeds
+        b, length = h.shape[:2]
+        positions = torch.arange(length, device=h.device)  # absolute, independent of the padding mask
+        attn_mask = _to_sdpa_mask(attention_mask, b, length, h.device)
+        hidden_states = [h] if output_hidden_states else None
+        for block in self.transformer["blocks"]:
+            h = block(h, positions, attn_mask)
+            if output_hidden_states:
+                hidden_states.append(h)
+        h = self.transformer["ln_f"](h)
+        if self.config.weight_tying:
+            logits = F.linear(h, self.transformer["wte"].weight)
+        else:
+            logits = self.transformer["ff_out"](h)
+        return logits, (tuple(hidden_states) if output_hidden_states else None)
+
+
+class TinyLLaDAModelLM(PreTrainedModel):
+    config_class = TinyLLaDAConfig
+    base_model_prefix = "model"
+    _supports_sdpa = True
+
+    def __init__(self, config: TinyLLaDAConfig):
+        super().__init__(config)
+        self.model = _LLaDAModel(config)
+        self.post_init()
+
+    def _init_weights(self, module):  # weights are set by ``_reinit`` in the factory
+        pass
+
+    def get_input_embeddings(self):
+        return self.model.transformer["wte"]
+
+    def get_output_embeddings(self):
+        return None if self.config.weight_tying else self.model.transformer["ff_out"]
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        logits, hidden_states = self.model(
+            input_ids, attention_mask, inputs_embeds=inputs_embeds, output_hidden_states=bool(output_hidden_states)
+        )
+        return CausalLMOutputWithPast(logits=logits, hidden_states=hidden_states)
+
+
+def make_llada_like(
+    vocab_size: int = LLADA_VOCAB,
+    mask_id: int = LLADA_MASK_ID,
+    seed: int = 0,
+    hidden: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    weight_tying: bool = False,
+) -> TinyLLaDAModelLM:
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError("mask_id must be inside the vocabulary")
+    config = TinyLLaDAConfig(
+        vocab_size=vocab_size,
+        d_model=hidden,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        mlp_hidden_size=2 * hidden,
+        weight_tying=weight_tying,
+        mask_token_id=mask_id,
+    )
+    model = TinyLLaDAModelLM(config)
+    _reinit(model, seed, head_names=("model.transformer.ff_out",))
+    return model.float().eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dream-like
+# --------------------------------------------------------------------------------------------------------------
+
+
+class TinyDreamConfig(PretrainedConfig):
+    model_type = "Dream"
+
+    def __init__(
+        self,
+        vocab_size: int = DREAM_VOCAB,
+        hidden_size: int = 32,
+        intermediate_size: int = 64,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 4,
+        num_key_value_heads: int = 4,
+        max_position_embeddings: int = 4096,
+        rope_theta: float = 10000.0,
+        rms_norm_eps: float = 1e-6,
+        tie_word_embeddings: bool = False,
+        mask_token_id: int = DREAM_MASK_ID,
+        pad_token_id: int | None = DREAM_PAD_ID,
+        bos_token_id: int | None = DREAM_PAD_ID,
+        eos_token_id: int | None = DREAM_PAD_ID,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.tie_word_embeddings = tie_word_embeddings
+        self.mask_token_id = mask_token_id
+
+        def inside(tok):
+            return tok if tok is not None and tok < vocab_size else None
+
+        self.pad_token_id = inside(pad_token_id)
+        self.bos_token_id = inside(bos_token_id)
+        self.eos_token_id = inside(eos_token_id)
+        super().__init__(**kwargs)
+
+
+class _DreamBase(nn.Module):
+    def __init__(self, config: TinyDreamConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            _Block(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.rope_theta)
+            for _ in range(config.num_hidden_layers)
+        )
+        self.norm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                output_hidden_states=False):
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        b, length = h.shape[:2]
+        positions = torch.arange(length, device=h.device) if position_ids is None else position_ids
+        attn_mask = _to_sdpa_mask(attention_mask, b, length, h.device)
+        hidden_states = [h] if output_hidden_states else None
+        for layer in self.layers:
+            h = layer(h, positions, attn_mask)
+            if output_hidden_states:
+                hidden_states.append(h)
+        return self.norm(h), (tuple(hidden_states) if output_hidden_states else None)
+
+
+class TinyDreamModel(PreTrainedModel):
+    config_class = TinyDreamConfig
+    base_model_prefix = "model"
+    _supports_sdpa = True
+
+    def __init__(self, config: TinyDreamConfig):
+        super().__init__(config)
+        self.model = _DreamBase(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+        self.generation_config = GenerationConfig(
+            mask_token_id=config.mask_token_id,
+            pad_token_id=config.pad_token_id,
+            bos_token_id=config.bos_token_id,
+            eos_token_id=config.eos_token_id,
+        )
+
+    def _init_weights(self, module):  # weights are set by ``_reinit`` in the factory
+        pass
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        cache_position=None,
+        num_logits_to_keep: int = 0,
+        **kwargs,
+    ):
+        h, hidden_states = self.model(
+            input_ids, attention_mask, position_ids, inputs_embeds, output_hidden_states=bool(output_hidden_states)
+        )
+        if num_logits_to_keep:
+            h = h[:, -num_logits_to_keep:]
+        logits = self.lm_head(h)
+        return CausalLMOutputWithPast(logits=logits, hidden_states=hidden_states)
+
+
+def make_dream_like(
+    vocab_size: int = DREAM_VOCAB,
+    mask_id: int = DREAM_MASK_ID,
+    seed: int = 0,
+    hidden: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    pad_id: int | None = DREAM_PAD_ID,
+) -> TinyDreamModel:
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError("mask_id must be inside the vocabulary")
+    config = TinyDreamConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
+        mask_token_id=mask_id,
+        pad_token_id=pad_id,
+        bos_token_id=pad_id,
+        eos_token_id=pad_id,
+    )
+    model = TinyDreamModel(config)
+    _reinit(model, seed, head_names=("lm_head",))
+    return model.float().eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def left_padded_batch(lengths, vocab_low: int, vocab_high: int, pad_id: int, seed: int = 0):
+    """Random prompts of the given lengths, right-aligned; returns (input_ids, attention_mask), both long."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(lengths), width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if n:
+            input_ids[row, width - n:] = torch.randint(vocab_low, vocab_high, (n,), generator=gen)
+            attention_mask[row, width - n:] = 1
+    return input_ids, attention_mask

@@ -1,0 +1,41 @@
+"""upo_fast: fast sampling and unmasking-policy training for masked diffusion language models.
+
+Public API (see the README):
+
+    upo_fast.generate(model, input_ids, ...)        # LLaDA-style block generation with any scorer
+    upo_fast.unmask(model, x, ...)                  # infilling: masks anywhere in x
+    upo_fast.llada_generate(model, prompt, ...)     # drop-in for LLaDA's generate()
+    upo_fast.dream_generate(model, input_ids, ...)  # drop-in for Dream's diffusion_generate()
+
+Imports are lazy so that ``import upo_fast`` stays cheap and submodules (tasks, models) can be used alone.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "generate": "upo_fast.sampler",
+    "unmask": "upo_fast.sampler",
+    "llada_generate": "upo_fast.llada",
+    "dream_generate": "upo_fast.dream",
+    "MDMAdapter": "upo_fast.adapters",
+    "wrap_model": "upo_fast.adapters",
+    "SCORERS": "upo_fast.scorers",
+    "TinyMDM": "upo_fast.models",
+    "TinyMDMConfig": "upo_fast.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'upo_fast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

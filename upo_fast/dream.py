@@ -1,0 +1,212 @@
+"""Drop-in replacement for Dream's ``model.diffusion_generate()`` (remote code ``generation_utils.py``).
+
+``dream_generate(model, input_ids, attention_mask=None, **kwargs)`` takes the keyword arguments of
+``diffusion_generate`` and returns what it returns; at temperature 0 the tokens are the same. Differences in
+cost, not in result:
+
+* token statistics are computed only for the masked rows, gathered without a host sync (when every row holds the
+  same number of masks, the masked rows and the per-step counts are known before the loop);
+* Dream's one-position logit shift is applied by reading row i-1 for position i, not by copying ``[B, L, V]``.
+
+Where the reference's own behaviour needs the device's answer each step, we ask too: alg ``origin`` draws a random
+vector whose length is the current number of masks; user hooks may change which positions are masked; rows with
+different mask counts change the batch mean that sets k. Those cases sync once per step, like the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributions as dists
+import torch.nn.functional as F
+from transformers.utils import ModelOutput
+
+from upo_fast.adapters import MDMAdapter
+from upo_fast.schedules import dream_counts, dream_timesteps
+from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids
+
+ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+DEFAULTS = {  # DreamGenerationConfig's defaults
+    "temperature": 0.0, "top_p": None, "top_k": None, "max_length": 20, "max_new_tokens": None, "eps": 1e-3,
+    "steps": 512, "alg": "origin", "alg_temp": None, "num_return_sequences": 1,
+    "return_dict_in_generate": False, "output_history": False, "mask_token_id": None,
+}
+IGNORED = ("pad_token_id", "bos_token_id", "eos_token_id", "generation_kwargs")
+
+
+@dataclass
+class DreamSampleOutput(ModelOutput):
+    sequences: torch.LongTensor = None
+    history: tuple | None = None
+
+
+def _resolve_options(model, generation_config, kwargs) -> dict:
+    options = dict(DEFAULTS)
+    if generation_config is not None:
+        for key in DEFAULTS:
+            if getattr(generation_config, key, None) is not None:
+                options[key] = getattr(generation_config, key)
+    unknown = sorted(set(kwargs) - set(DEFAULTS) - set(IGNORED))
+    if unknown:
+        raise ValueError(f"unknown keyword argument(s) {unknown}; dream_generate accepts {sorted(DEFAULTS)} and "
+                         "generation_tokens_hook_func / generation_logits_hook_func")
+    options.update({k: v for k, v in kwargs.items() if k in DEFAULTS})
+    if options["alg"] not in ALGS:
+        raise ValueError(f"alg must be one of {ALGS}, got {options['alg']!r}")
+    if not isinstance(options["steps"], int) or options["steps"] < 1:
+        raise ValueError(f"steps must be a positive integer, got {options['steps']!r}")
+    if not 0 < options["eps"] < 1:
+        raise ValueError(f"eps must be in (0, 1), got {options['eps']}")
+    if options["temperature"] < 0:
+        raise ValueError(f"temperature must be >= 0, got {options['temperature']}")
+    if options["top_k"] is not None and options["top_k"] < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {options['top_k']}")
+    return options
+
+
+def _top_p_filter(logits, top_p):
+    """Keep the smallest set of tokens whose probability reaches top_p (always the first); others -> dtype min."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cumulative > top_p
+    drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, torch.finfo(logits.dtype).min)
+
+
+def _top_k_filter(logits, top_k):
+    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+
+
+def token_confidence(logits, alg, temperature=0.0, top_p=None, top_k=None):
+    """Dream's per-row (confidence, token) for [N, V] logits of the masked positions."""
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = _top_p_filter(logits, top_p)
+    if top_k is not None:
+        logits = _top_k_filter(logits, top_k)
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        token = dists.Categorical(probs=probs).sample()
+        confidence = probs.gather(-1, token[:, None]).squeeze(-1)
+    else:
+        confidence, token = probs.max(dim=-1)
+    if alg == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        confidence = top2[:, 0] - top2[:, 1]
+    elif alg == "entropy":
+        confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
+    return confidence, token
+
+
+@torch.no_grad()
+def dream_generate(model, input_ids, attention_mask=None, generation_config=None, **kwargs):
+    """Dream diffusion sampling. input_ids: [B, P] (left-padded when B > 1); attention_mask: [B, P] 0/1 or None.
+
+    Returns [B, max_length] token ids, or ``DreamSampleOutput(sequences, history)`` when
+    ``return_dict_in_generate=True``. Hooks: ``generation_tokens_hook_func(step, x, logits) -> x`` and
+    ``generation_logits_hook_func(step, x, logits) -> logits``, called as Dream calls them.
+    """
+    tokens_hook = kwargs.pop("generation_tokens_hook_func", None)
+    logits_hook = kwargs.pop("generation_logits_hook_func", None)
+    opts = _resolve_options(model, generation_config, kwargs)
+    adapter = MDMAdapter(model, family="dream", mask_id=opts["mask_token_id"])
+    mask_id = adapter.mask_id
+    check_token_ids(input_ids, "input_ids", adapter.vocab_size)
+    check_attention_mask(attention_mask, input_ids.shape)
+    check_pad_not_mask(input_ids, attention_mask, mask_id)
+    device = adapter.device
+    input_ids = input_ids.to(device)
+    if opts["num_return_sequences"] > 1:
+        input_ids = input_ids.repeat_interleave(opts["num_return_sequences"], dim=0)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(opts["num_return_sequences"], dim=0)
+
+    prompt_len = input_ids.shape[1]
+    if opts["max_new_tokens"] is not None:
+        max_length = opts["max_new_tokens"] + prompt_len
+    elif "max_length" not in kwargs and opts["max_length"] == DEFAULTS["max_length"]:
+        max_length = opts["max_length"] + prompt_len
+        limit = getattr(adapter.config, "max_position_embeddings", None)
+        max_length = min(max_length, limit) if limit is not None else max_length
+    else:
+        max_length = opts["max_length"]
+    if prompt_len >= max_length:
+        raise ValueError(f"input length {prompt_len} must be smaller than max_length {max_length} "
+                         "(set max_new_tokens)")
+
+    x = F.pad(input_ids, (0, max_length - prompt_len), value=mask_id)
+    batch, length = x.shape
+    if attention_mask is not None:
+        attention_mask = F.pad(attention_mask.to(device), (0, max_length - prompt_len), value=1)
+    prepared = adapter.prepare_attention(attention_mask, batch, length)
+    steps, alg = opts["steps"], opts["alg"]
+    timesteps_host = dream_timesteps(steps, opts["eps"], device)
+    timesteps = timesteps_host.to(device)
+    history = [] if (opts["return_dict_in_generate"] and opts["output_history"]) else None
+    if tokens_hook is not None:
+        x = tokens_hook(None, x, None)
+
+    # Known-before-the-loop facts (one host read each, outside the steps).
+    masks_per_row = (x == mask_id).sum(1).tolist()
+    uniform = len(set(masks_per_row)) == 1 and tokens_hook is None
+    counts = dream_counts(masks_per_row[0], batch, timesteps_host) if uniform else None
+    remaining = masks_per_row[0]
+    vocab = None
+
+    for i in range(steps):
+        mask_index = x == mask_id
+        raw = adapter.model(x, prepared.kwargs["attention_mask"], prepared.kwargs.get("position_ids")).logits
+        vocab = raw.shape[-1]
+        if logits_hook is not None:
+            logits = logits_hook(i, x, torch.cat([raw[:, :1], raw[:, :-1]], dim=1))
+            source = logits.reshape(-1, vocab)
+            shift = 0
+        else:  # row i reads output i-1 (output 0 for the first position), no shifted copy
+            source, shift = raw.reshape(-1, vocab), 1
+        if uniform and alg != "origin":
+            flat_idx = torch.argsort((~mask_index).view(-1).to(torch.uint8), stable=True)[: batch * remaining]
+        else:
+            flat_idx = mask_index.view(-1).nonzero().squeeze(1)
+        src_idx = flat_idx - (flat_idx % length > 0).long() * shift
+        mask_logits = source.index_select(0, src_idx)
+        t, s = timesteps[i], timesteps[i + 1]
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < steps - 1 else 1
+            transfer = torch.rand(flat_idx.shape[0], device=device) < p_transfer
+            x0 = torch.full_like(flat_idx, mask_id)
+            if bool(transfer.any()):
+                _, x0[transfer] = token_confidence(mask_logits[transfer], "maskgit_plus", opts["temperature"],
+                                                   opts["top_p"], opts["top_k"])
+            x.view(-1)[flat_idx] = x0
+        else:
+            confidence, x0 = token_confidence(mask_logits, alg, opts["temperature"], opts["top_p"], opts["top_k"])
+            if uniform:
+                k = counts[i]
+                remaining -= k
+            else:
+                mean_masks = mask_index.sum() / batch
+                k = int(mean_masks * (1 - s / t)) if i < steps - 1 else int(mean_masks)
+            full_conf = torch.full((batch, length), float("-inf"), device=device, dtype=source.dtype)
+            full_conf.view(-1)[flat_idx] = confidence.to(source.dtype)
+            if k > 0:
+                if opts["alg_temp"] is None or opts["alg_temp"] == 0:
+                    chosen = full_conf.topk(k, dim=-1).indices
+                else:
+                    chosen = torch.multinomial(F.softmax(full_conf / opts["alg_temp"], dim=-1), num_samples=k)
+                proposal = torch.full_like(x, mask_id)
+                proposal.view(-1)[flat_idx] = x0
+                x.scatter_(1, chosen, proposal.gather(1, chosen))
+        if tokens_hook is not None:
+            shifted = logits if logits_hook is not None else torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+            x = tokens_hook(i, x, shifted)
+        if history is not None:
+            history.append(x.clone())
+
+    if opts["return_dict_in_generate"]:
+        return DreamSampleOutput(sequences=x, history=history)
+    return x

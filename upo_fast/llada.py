@@ -1,0 +1,114 @@
+"""Drop-in replacement for LLaDA's ``generate()`` (the current, batched version with an attention mask).
+
+Same signature, same semantics, same tokens at temperature 0. What differs is the cost: token statistics are
+computed only for the rows that can be unmasked in the current block (not the whole ``[B, L, V]``), Gumbel noise
+is drawn only for those rows, the per-step transfer counts are known on the host before the loop (so no host
+sync inside a step), and the per-row ``topk`` loop is one batched ``topk``.
+
+At temperature > 0 the samples follow the same distribution (float64 Gumbel-max) but not the same random
+stream, because the reference draws noise for every position of the sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from upo_fast.adapters import LLADA_MASK_ID, MDMAdapter
+from upo_fast.schedules import llada_block_counts
+from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids, check_vocab_id
+
+LLADA_EOS_ID = 126081  # <|endoftext|>
+LLADA_EOT_ID = 126348  # <|eot_id|>
+REMASKING = ("low_confidence", "random")
+
+
+@torch.no_grad()
+def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128,
+                   temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=LLADA_MASK_ID,
+                   logits_eos_inf=False, confidence_eos_eot_inf=False, *, eos_id=LLADA_EOS_ID,
+                   eot_id=LLADA_EOT_ID):
+    """LLaDA sampling. prompt: [B, P] token ids (left-padded when B > 1); attention_mask: [B, P] 0/1 or None.
+
+    Returns [B, P + gen_length] token ids. ``steps`` is split evenly over ``gen_length // block_length`` blocks;
+    inside a block the per-step counts are ``block_length // steps_per_block`` with the remainder on the early
+    steps. ``eos_id``/``eot_id`` are the ids that ``logits_eos_inf``/``confidence_eos_eot_inf`` act on (LLaDA's
+    by default; set them for other tokenizers).
+    """
+    adapter = MDMAdapter(model, family="llada", mask_id=mask_id)
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
+        raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
+    num_blocks = gen_length // block_length
+    if steps <= 0 or steps % num_blocks != 0:
+        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks} = "
+                         f"gen_length // block_length)")
+    if temperature < 0 or cfg_scale < 0:
+        raise ValueError(f"temperature and cfg_scale must be >= 0, got {temperature} and {cfg_scale}")
+    check_token_ids(prompt, "prompt", adapter.vocab_size)
+    if logits_eos_inf or confidence_eos_eot_inf:
+        check_vocab_id(eos_id, "eos_id", adapter.vocab_size)
+        check_vocab_id(eot_id, "eot_id", adapter.vocab_size)
+    batch, prompt_len = prompt.shape
+    device = adapter.device
+    check_attention_mask(attention_mask, prompt.shape)
+    check_pad_not_mask(prompt, attention_mask, mask_id)
+
+    x = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=device)
+    x[:, :prompt_len] = prompt.to(device)
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask.to(device), torch.ones(
+            (batch, gen_length), dtype=attention_mask.dtype, device=device)], dim=-1)
+    prompt_index = x != mask_id
+    # Masks inside the prompt stay candidates in every block (as in the reference); only then must the
+    # statistics cover the prompt too. One host check, before the loop.
+    prompt_has_masks = bool((~prompt_index[:, :prompt_len]).any())
+    steps_per_block = steps // num_blocks
+    counts = llada_block_counts(block_length, steps_per_block)  # host ints, identical for every row
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    cfg_kwargs = {} if attention_mask is None else {"attention_mask": torch.cat([attention_mask] * 2)}
+    positions = torch.arange(x.shape[1], device=device)
+
+    for block in range(num_blocks):
+        block_end = prompt_len + (block + 1) * block_length
+        start = 0 if prompt_has_masks else prompt_len + block * block_length
+        for step in range(steps_per_block):
+            mask_index = x == mask_id
+            if cfg_scale > 0:
+                un_x = x.masked_fill(prompt_index, mask_id)
+                both = model(torch.cat([x, un_x]), **cfg_kwargs).logits[:, start:block_end]
+                cond, uncond = both.chunk(2, dim=0)
+                logits = uncond + (cfg_scale + 1) * (cond - uncond)
+            else:
+                logits = model(x, **kwargs).logits[:, start:block_end]
+            if logits_eos_inf:
+                logits[:, :, eos_id] = float("-inf")  # in place on our slice of the output, as the reference
+            if temperature > 0:
+                noisy = logits.double().exp() / (-torch.log(torch.rand_like(logits, dtype=torch.float64))) ** temperature
+                x0 = noisy.argmax(dim=-1)
+            else:
+                x0 = logits.argmax(dim=-1)
+            if confidence_eos_eot_inf:
+                # The reference writes `logits_with_noise[..., eos] = logits[..., eot] = -inf`; at temperature 0
+                # both names are the same tensor, so EOS and EoT both lose their confidence; above 0 only EoT.
+                logits[:, :, eot_id] = float("-inf")
+                if temperature == 0:
+                    logits[:, :, eos_id] = float("-inf")
+            full_conf = torch.full(x.shape, float("-inf"), device=device,
+                                   dtype=logits.dtype if remasking == "low_confidence" else torch.float32)
+            if remasking == "low_confidence":
+                x0_p = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+                full_conf[:, start:block_end] = x0_p
+            else:  # the reference draws one uniform per position of the whole sequence
+                full_conf = torch.rand(x.shape, device=device)
+                full_conf[:, block_end:] = float("-inf")
+            confidence = torch.where(mask_index & (positions < block_end), full_conf, float("-inf"))
+            k = counts[step]
+            if k == 0:
+                continue
+            select = confidence.topk(k, dim=-1).indices  # [B, k]; k never exceeds the candidates
+            x0_full = x.clone()
+            x0_full[:, start:block_end] = torch.where(mask_index[:, start:block_end], x0, x[:, start:block_end])
+            x.scatter_(1, select, x0_full.gather(1, select))
+    return x

@@ -1,0 +1,384 @@
+"""Masked-diffusion (MDM) pretraining for TinyMDM: the loss, and a resumable training loop.
+
+Checkpoint layout under ``out_dir``::
+
+    checkpoint-last -> ckpt-00000200-<id>/   symlink, swapped atomically with os.replace
+        config.json, model.safetensors      model.save_pretrained (loadable with load_tiny_mdm)
+        trainer_state.pt                    optimizer, scheduler, step, RNG states (torch.save)
+    train_log.jsonl                         one JSON object per log/checkpoint step
+
+A directory cannot be os.replace'd onto a non-empty directory, so ``checkpoint-last`` is a symlink to the newest
+complete checkpoint directory: replacing a symlink is atomic, hence ``checkpoint-last`` is loadable at all times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from upo_fast.models.tiny_mdm import quiet_transformers_progress
+
+LOSS_WEIGHTINGS = ("inverse_t", "none")
+CHECKPOINT_LINK = "checkpoint-last"
+TRAINER_STATE = "trainer_state.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class PretrainConfig:
+    """Hyper-parameters of :func:`pretrain_mdm`; validated on construction and again when training starts."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_mask_ratio: float = 0.05  # t ~ U(min_mask_ratio, 1); > 0 keeps the 1/t weight bounded
+    loss_weighting: str = "inverse_t"  # "inverse_t" (ELBO weight 1/t) or "none" (plain CE on masked tokens)
+    grad_clip: float | None = 1.0  # None disables clipping
+    seed: int = 0
+    out_dir: str | None = None
+    checkpoint_every: int = 200
+    log_every: int = 20
+    time_limit_s: float | None = None  # stop early (and checkpoint) after this wall time
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"PretrainConfig.{name} must be an int >= {minimum}, got {value!r}")
+
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            positive_int(name)
+        positive_int("warmup_steps", minimum=0)
+        positive_int("seed", minimum=0)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"PretrainConfig.lr must be > 0, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"PretrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.min_mask_ratio, (int, float)) and 0 < self.min_mask_ratio <= 1):
+            raise ValueError(f"PretrainConfig.min_mask_ratio must be in (0, 1], got {self.min_mask_ratio!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"PretrainConfig.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"PretrainConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.time_limit_s is not None and not (
+            isinstance(self.time_limit_s, (int, float)) and self.time_limit_s > 0
+        ):
+            raise ValueError(f"PretrainConfig.time_limit_s must be > 0 or None, got {self.time_limit_s!r}")
+        if self.out_dir is not None and not isinstance(self.out_dir, (str, os.PathLike)):
+            raise ValueError(f"PretrainConfig.out_dir must be a path or None, got {self.out_dir!r}")
+
+
+def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=None, generator=None):
+    """x0 [B, L] clean tokens, t [B] masking ratios in (0, 1] -> scalar loss.
+
+    Each token is masked independently with probability t (rows that end up with no masked token get one at a
+    random position), the model sees x0 with masked positions set to ``mask_id``, and the cross-entropy counts
+    at masked positions only. Normalization:
+
+    * ``"inverse_t"``: sum over masked tokens of CE / t_row, divided by B * L. This is the standard MDM
+      estimator of the negative ELBO per token (nats/token); dividing by B * L rather than by the number of
+      masked tokens is what makes it unbiased, because the 1/t weight already compensates for the masked share.
+    * ``"none"``: plain mean CE over the masked tokens (easier to read as a per-token prediction loss).
+
+    ``mask`` (bool [B, L], True = masked) replaces the random draw; ``generator`` drives the draw otherwise
+    (it may live on the CPU while the model is on an accelerator).
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+    if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.dtype.is_floating_point:
+        raise ValueError(f"x0 must be an integer [B, L] tensor, got {getattr(x0, 'shape', type(x0))}")
+    bsz, seq_len = x0.shape
+    t = torch.as_tensor(t, dtype=torch.float32)
+    if t.shape != (bsz,):
+        raise ValueError(f"t must have shape [B] = ({bsz},), got {tuple(t.shape)}")
+    if bool(((t <= 0) | (t > 1)).any()):
+        raise ValueError("t must lie in (0, 1]")
+    t = t.to(x0.device)
+    if mask is None:
+        rand_device = generator.device if generator is not None else x0.device
+        mask = torch.rand(bsz, seq_len, generator=generator, device=rand_device).to(x0.device) < t[:, None]
+        # Guarantee a masked token per row so every row contributes a training signal.
+        forced = torch.randint(seq_len, (bsz, 1), generator=generator, device=rand_device).to(x0.device)
+        empty_row = ~mask.any(dim=1, keepdim=True)
+        mask = mask.scatter(1, forced, mask.gather(1, forced) | empty_row)
+    else:
+        if mask.shape != x0.shape:
+            raise ValueError(f"mask must have the shape of x0 {tuple(x0.shape)}, got {tuple(mask.shape)}")
+        mask = mask.to(device=x0.device, dtype=torch.bool)
+
+    noisy = torch.where(mask, torch.full_like(x0, mask_id), x0)
+    out = model(noisy)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    token_ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x0.reshape(-1), reduction="none")
+    masked_ce = token_ce.view(bsz, seq_len) * mask
+    if weighting == "inverse_t":
+        return (masked_ce / t[:, None]).sum() / (bsz * seq_len)
+    return masked_ce.sum() / mask.sum().clamp_min(1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpointing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file in ``directory`` and the directory entry itself, so a crash cannot leave a renamed but
+    half-written checkpoint behind."""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rng_state(data_gen, noise_gen) -> dict:
+    state = {"data": data_gen.get_state(), "noise": noise_gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, data_gen, noise_gen) -> None:
+    data_gen.set_state(state["data"])
+    noise_gen.set_state(state["noise"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(out_dir: Path, model, trainer_state: dict) -> Path:
+    """Write a complete checkpoint next to the old one, then atomically point ``checkpoint-last`` at it."""
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=out_dir))
+    try:
+        with quiet_transformers_progress():
+            model.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        _fsync_tree(tmp)
+        final = out_dir / f"ckpt-{trainer_state['step']:08d}-{tmp.name.rsplit('-', 1)[-1]}"
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    link = out_dir / CHECKPOINT_LINK
+    if link.exists() and not link.is_symlink():
+        # A plain directory (e.g. copied in by hand) cannot be replaced atomically: move it aside first.
+        os.replace(link, out_dir / f"ckpt-moved-{final.name}")
+    tmp_link = out_dir / f".{CHECKPOINT_LINK}.{final.name}.tmp"
+    os.symlink(final.name, tmp_link)  # relative target: out_dir stays relocatable
+    os.replace(tmp_link, link)
+    _fsync_dir(out_dir)
+    # Only now is the previous checkpoint unreferenced; also sweep leftovers of interrupted saves.
+    for entry in out_dir.iterdir():
+        stale = entry.name.startswith(("ckpt-", ".tmp-ckpt-")) or entry.name.startswith(f".{CHECKPOINT_LINK}.")
+        if stale and entry.name != final.name:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    return link
+
+
+def _load_model_weights(model, checkpoint: Path, device) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(checkpoint / "model.safetensors"), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained drops tied copies (lm_head tied to embeddings); those are fine to be "missing".
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = [params[k] for k in state if k in params]
+    missing = [k for k in missing if not any(params.get(k) is p for p in loaded)]
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: checkpoint does not match the model (missing={missing}, unexpected={unexpected})")
+
+
+def _truncate_log(log_path: Path, last_step: int) -> None:
+    """Drop log records written after the checkpoint we resume from (they will be produced again)."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except ValueError:
+            continue  # a torn last line from a crash
+    tmp = log_path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, log_path)
+
+
+def _json_default(value):
+    # eval_fn may return tensors / numpy scalars.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _make_optimizer(model, cfg: PretrainConfig) -> torch.optim.AdamW:
+    # Decay matrices only: decaying norm gains pulls them towards 0, which only hurts.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def _make_scheduler(optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup, total = cfg.warmup_steps, cfg.steps
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup  # the first step already moves: a zero-lr step would waste a batch
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
+def pretrain_mdm(model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval_fn=None, progress=True) -> dict:
+    """Pretrain ``model`` with the MDM objective on batches from ``sample_batch(B, generator) -> [B, L]``.
+
+    AdamW with linear warmup and cosine decay to 0, gradient clipping, a tqdm bar showing the loss, and (when
+    ``cfg.out_dir`` is set) a JSONL log plus atomic checkpoints every ``checkpoint_every`` steps, at the end and
+    when ``time_limit_s`` runs out. If ``out_dir/checkpoint-last`` exists, training resumes from it and ends with
+    the same parameters as an uninterrupted run. ``eval_fn(model) -> dict`` runs (in eval mode, without grad) at
+    every checkpoint step and its result goes to the log. Returns a summary dict; leaves the model in eval mode.
+    """
+    if not isinstance(cfg, PretrainConfig):
+        raise ValueError(f"cfg must be a PretrainConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    vocab_size = model.config.vocab_size
+    if not (isinstance(mask_id, int) and 0 <= mask_id < vocab_size):
+        raise ValueError(f"mask_id must be an int in [0, vocab_size={vocab_size}), got {mask_id!r}")
+    device = next(model.parameters()).device
+    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = _make_scheduler(optimizer, cfg)
+    # Separate streams for data and masking noise, both on the CPU so runs replay identically on any device.
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 2**32)
+    step, seconds_before = 0, 0.0
+
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        link = out_dir / CHECKPOINT_LINK
+        if link.is_symlink() and not link.exists():
+            raise ValueError(f"{link}: dangling checkpoint link (its target directory is gone)")
+        if link.exists():
+            state = torch.load(link / TRAINER_STATE, map_location="cpu", weights_only=True)
+            _load_model_weights(model, link, device)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _set_rng_state(state["rng"], data_gen, noise_gen)
+            step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
+            _truncate_log(out_dir / LOG_FILE, step)
+    start_step = step
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    window_loss, window_steps = torch.zeros((), device=device), 0  # summed on device: one sync per log step
+    final_loss, last_eval, checkpoint, stopped_early = None, None, None, False
+    t_start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="mdm pretrain", dynamic_ncols=True)
+    try:
+        while step < cfg.steps:
+            x0 = sample_batch(cfg.batch_size, data_gen)
+            if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] != cfg.batch_size:
+                raise ValueError(f"sample_batch must return a [{cfg.batch_size}, L] tensor, got {getattr(x0, 'shape', x0)}")
+            if step == start_step and (int(x0.min()) < 0 or int(x0.max()) >= vocab_size):
+                raise ValueError(f"sample_batch returned token ids outside [0, {vocab_size})")
+            x0 = x0.to(device=device, dtype=torch.long, non_blocking=True)
+            t = cfg.min_mask_ratio + (1.0 - cfg.min_mask_ratio) * torch.rand(cfg.batch_size, generator=noise_gen)
+            lr = scheduler.get_last_lr()[0]  # the rate this step trains with
+            loss = mdm_loss(model, x0, mask_id, t=t, weighting=cfg.loss_weighting, generator=noise_gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window_loss += loss.detach()
+            window_steps += 1
+            bar.update(1)
+
+            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - t_start >= cfg.time_limit_s
+            last = step == cfg.steps or out_of_time
+            do_log = step % cfg.log_every == 0 or last
+            do_ckpt = step % cfg.checkpoint_every == 0 or last
+            record = None
+            if do_log or (do_ckpt and out_dir is not None):
+                record = {"step": step, "lr": lr, "seconds": round(seconds_before + time.perf_counter() - t_start, 3)}
+                if window_steps:
+                    final_loss = (window_loss / window_steps).item()
+                    record["loss"] = final_loss
+                    window_loss.zero_()
+                    window_steps = 0
+                    bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{lr:.2e}")
+            if do_ckpt and eval_fn is not None:
+                model.eval()
+                with torch.no_grad():
+                    last_eval = dict(eval_fn(model))
+                model.train()
+                record["eval"] = last_eval
+            if out_dir is not None and record is not None:
+                with open(out_dir / LOG_FILE, "a") as f:
+                    f.write(json.dumps(record, default=_json_default) + "\n")
+            if do_ckpt and out_dir is not None:
+                trainer_state = {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(data_gen, noise_gen),
+                    "seconds": seconds_before + time.perf_counter() - t_start,
+                    "config": asdict(cfg),
+                }
+                checkpoint = _save_checkpoint(out_dir, model, trainer_state)
+            if out_of_time and step < cfg.steps:
+                stopped_early = True
+                break
+    finally:
+        bar.close()
+        model.eval()
+
+    wall = time.perf_counter() - t_start
+    return {
+        "steps": step,
+        "resumed_from_step": start_step,
+        "final_loss": final_loss,  # mean over the last log window
+        "wall_seconds": wall,
+        "total_seconds": seconds_before + wall,
+        "stopped_early": stopped_early,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "last_eval": last_eval,
+    }

@@ -1,0 +1,195 @@
+"""The unmasking loop for any scorer: ``unmask`` (infilling, masks anywhere) and ``generate`` (LLaDA-style blocks).
+
+One step = one MDM forward, token statistics for the positions of the active region only, scores over candidate
+positions, selection of k positions per row, commit. Shapes are fixed for the whole call; the per-step counts are
+a ``[B, steps]`` device tensor made before the loop, so a step never waits on the host (the ``threshold`` rule,
+which may finish early, checks once per step whether anything is left, and the non-finite-logits check is read
+once after the loop).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from upo_fast.adapters import MDMAdapter, wrap_model
+from upo_fast.kernels.vocab_stats import VocabStats, gumbel_like, vocab_stats_ref
+from upo_fast.schedules import row_counts
+from upo_fast.scorers import SCORERS, ScoringContext, resolve_scorer
+from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids
+
+FEATURE_TOPK = 8  # top-k probabilities per position, a policy feature
+
+
+def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, stochastic: bool,
+                 position_temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, Lb] scores, [B, Lb] bool candidates, [B] counts -> [B, Lb] bool: the k best candidates of each row.
+
+    Stochastic scorers use Gumbel-top-k (k draws without replacement from softmax(scores / temperature));
+    at position temperature 0 they fall back to the deterministic order. Ties go to the lower position.
+    """
+    keys = scores.double()
+    if stochastic and position_temperature > 0:
+        keys = keys / position_temperature + gumbel_like(keys, generator)
+    keys = keys.masked_fill(~candidates, float("-inf"))
+    order = keys.argsort(dim=-1, descending=True, stable=True)
+    positions = torch.arange(keys.shape[-1], device=keys.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    return (rank < k[:, None]) & candidates
+
+
+class _Loop:
+    """State shared by the steps of one sampling call."""
+
+    def __init__(self, adapter: MDMAdapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold,
+                 generator, topk, position_temperature, suppress_tokens):
+        self.adapter, self.x = adapter, x
+        self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
+        self.valid = self.prepared.valid
+        self.scorer = resolve_scorer(scorer)
+        if temperature < 0 or cfg_scale < 0:
+            raise ValueError(f"temperature and cfg_scale must be >= 0, got {temperature} and {cfg_scale}")
+        if threshold is not None and not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1] or None, got {threshold}")
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.temperature, self.cfg_scale, self.threshold = temperature, cfg_scale, threshold
+        self.generator = generator
+        self.ctx = ScoringContext(topk=topk, policy=policy, position_temperature=position_temperature)
+        self.suppress = suppress_tokens
+        if self.scorer == "policy":
+            if policy is None:
+                raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
+            adapter.capture_last_block_input()
+        self.prompt_index = x != adapter.mask_id  # what classifier-free guidance hides
+        self.bad = torch.zeros((), dtype=torch.bool, device=x.device)
+
+    def logits(self, start: int, end: int) -> torch.Tensor:
+        x = self.x
+        if self.cfg_scale > 0:
+            uncond = x.masked_fill(self.prompt_index, self.adapter.mask_id)
+            prepared = self.adapter.prepare_attention(
+                None if self.valid is None else torch.cat([self.valid] * 2).long(), 2 * x.shape[0], x.shape[1])
+            both = self.adapter.logits(torch.cat([x, uncond]), prepared)[:, start:end]
+            cond, un = both.chunk(2)
+            return un + (self.cfg_scale + 1) * (cond - un)
+        return self.adapter.logits(x, self.prepared)[:, start:end]
+
+    def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
+        """One unmasking step on the region [start, end); k: [B] positions to commit per row."""
+        x = self.x
+        logits = self.logits(start, end)
+        batch, width, vocab = logits.shape
+        flat = vocab_stats_ref(logits, topk=min(FEATURE_TOPK, vocab), temperature=self.temperature,
+                               generator=self.generator, suppress=self.suppress, exclude=[self.adapter.mask_id])
+        stats = VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
+        region = x[:, start:end]
+        candidates = region == self.adapter.mask_id
+        if self.valid is not None:
+            candidates &= self.valid[:, start:end]
+        # NaN logits, or a row with nothing finite, at a position we may unmask: reported after the loop
+        self.bad |= (candidates & ~torch.isfinite(stats.confidence)).any()
+        if self.scorer == "origin":
+            draw = torch.rand(candidates.shape, device=x.device, generator=self.generator)
+            select = candidates & (draw < transfer_prob)
+        else:
+            if self.scorer == "policy":
+                hidden = self.adapter.last_hidden
+                self.ctx.hidden = hidden[:batch, start:end] if hidden is not None else None
+            scored = SCORERS[self.scorer](stats, candidates, self.ctx)
+            select = select_top_k(scored.scores, candidates, k, scored.stochastic,
+                                  self.ctx.position_temperature, self.generator)
+        if self.threshold is not None:
+            select |= candidates & (stats.confidence >= self.threshold)
+        x[:, start:end] = torch.where(select, stats.token, region)
+
+    def remaining(self, start: int, end: int) -> bool:
+        return bool((self.x[:, start:end] == self.adapter.mask_id).any())
+
+    def finish(self) -> torch.Tensor:
+        if bool(self.bad):
+            raise ValueError("the model returned non-finite logits (NaN, or every logit -inf) at a masked position")
+        return self.x
+
+
+def _prepare_input(adapter: MDMAdapter, x, attention_mask, name: str):
+    check_token_ids(x, name, adapter.vocab_size)
+    check_attention_mask(attention_mask, x.shape)
+    check_pad_not_mask(x, attention_mask, adapter.mask_id)
+    device = adapter.device
+    return x.to(device).clone(), (attention_mask.to(device) if attention_mask is not None else None)
+
+
+def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
+    steps = counts.shape[1]
+    for i in range(steps):
+        loop.step(start, end, counts[:, i], transfer_prob=1.0 / (steps - i))
+        if loop.threshold is not None and not loop.remaining(start, end):
+            break  # the threshold rule may finish early; this check is its one sync per step
+
+
+@torch.no_grad()
+def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence", temperature=0.0,
+           cfg_scale=0.0, mask_id=None, policy=None, threshold=None, generator=None, family=None, topk=5,
+           position_temperature=1.0, suppress_tokens=None):
+    """Fill every mask of ``x`` ([B, L] token ids; masks anywhere, e.g. Sudoku blanks) and return [B, L] ids.
+
+    steps: number of MDM forwards (default: one position per step, i.e. the largest mask count of a row). Each
+    row's masks are spread over the steps with LLaDA's linear schedule (remainder on early steps).
+    scorer: random, max_confidence (low_confidence), margin (topk_margin), entropy, topk (uniform over the
+    ``topk`` most confident), softmax_confidence, origin, policy. temperature: token temperature (0 = argmax).
+    threshold: also commit every candidate whose token confidence is >= threshold (parallel unmasking).
+    Padding positions (attention_mask == 0) are never unmasked.
+    """
+    adapter = wrap_model(model, family, mask_id)
+    x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
+    masked = x == adapter.mask_id
+    if attention_mask is not None:
+        masked &= attention_mask.bool()
+    per_row = masked.sum(1)
+    most = int(per_row.max())  # one host read, before the loop
+    if most == 0:
+        return x
+    steps = most if steps is None else steps
+    if not isinstance(steps, int) or not 1 <= steps <= most:
+        raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
+                         f"got {steps!r}")
+    loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
+                 position_temperature, suppress_tokens)
+    _run(loop, 0, x.shape[1], row_counts(per_row, steps))
+    return loop.finish()
+
+
+@torch.no_grad()
+def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
+             scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
+             generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None):
+    """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
+
+    Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each; candidates are
+    the masks of the active block. Returns [B, P + gen_length] token ids. Works for LLaDA, Dream (logit shift and
+    4-D padding mask handled by the adapter), TinyMDM and any model with ``.logits`` given ``mask_id``.
+    """
+    adapter = wrap_model(model, family, mask_id)
+    if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
+        raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
+    num_blocks = gen_length // block_length
+    if not isinstance(steps, int) or steps <= 0 or steps % num_blocks != 0:
+        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})")
+    steps_per_block = steps // num_blocks
+    if steps_per_block > block_length:
+        raise ValueError(f"steps per block ({steps_per_block}) exceeds the masks per block ({block_length}); "
+                         f"use steps <= {gen_length}")
+    input_ids, attention_mask = _prepare_input(adapter, input_ids, attention_mask, "input_ids")
+    batch, prompt_len = input_ids.shape
+    device = input_ids.device
+    x = torch.cat([input_ids, torch.full((batch, gen_length), adapter.mask_id, dtype=input_ids.dtype,
+                                         device=device)], dim=1)
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
+    loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
+                 position_temperature, suppress_tokens)
+    counts = row_counts(torch.full((batch,), block_length, device=device), steps_per_block)
+    for block in range(num_blocks):
+        start = prompt_len + block * block_length
+        _run(loop, start, start + block_length, counts)
+    return loop.finish()

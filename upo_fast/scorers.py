@@ -1,0 +1,102 @@
+"""Scorers: turn per-position token statistics into scores over candidate positions.
+
+A scorer maps ``(stats, candidates, context)`` to ``PositionScores(scores, stochastic)``:
+
+    scores      [B, Lb] float32, higher = unmask earlier; -inf where a position may not be chosen
+    stochastic  False: take the top-k scores (deterministic); True: Gumbel-top-k, i.e. sample k positions without
+                replacement from softmax(scores / position_temperature)
+
+``origin`` (Dream) is not a ranking: each masked position is unmasked independently with the step's transfer
+probability, so the sampler handles it as its own selection rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+
+from upo_fast.kernels.vocab_stats import VocabStats
+
+
+class PositionScores(NamedTuple):
+    scores: torch.Tensor
+    stochastic: bool
+
+
+@dataclass
+class ScoringContext:
+    """What a scorer may need besides the statistics."""
+
+    topk: int = 5                              # K for the ``topk`` scorer
+    policy: Callable | None = None             # learned policy for the ``policy`` scorer
+    hidden: torch.Tensor | None = None         # [B, Lb, d] hidden state entering the MDM's last block
+    position_temperature: float = 1.0
+
+
+def _masked(values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    return torch.where(candidates, values.float(), torch.full_like(values, float("-inf"), dtype=torch.float32))
+
+
+def max_confidence(stats: VocabStats, candidates, ctx) -> PositionScores:
+    return PositionScores(_masked(stats.confidence, candidates), False)
+
+
+def margin(stats: VocabStats, candidates, ctx) -> PositionScores:
+    return PositionScores(_masked(stats.margin, candidates), False)
+
+
+def entropy(stats: VocabStats, candidates, ctx) -> PositionScores:
+    return PositionScores(_masked(-stats.entropy, candidates), False)
+
+
+def random_order(stats: VocabStats, candidates, ctx) -> PositionScores:
+    return PositionScores(_masked(torch.zeros_like(stats.confidence), candidates), True)
+
+
+def topk_uniform(stats: VocabStats, candidates, ctx) -> PositionScores:
+    """Uniform over the K most confident candidates (fewer when fewer remain)."""
+    conf = _masked(stats.confidence, candidates)
+    k = min(ctx.topk, conf.shape[-1])
+    kth = conf.topk(k, dim=-1).values[:, -1:]
+    keep = candidates & (conf >= kth)
+    return PositionScores(_masked(torch.zeros_like(conf), keep), True)
+
+
+def softmax_confidence(stats: VocabStats, candidates, ctx) -> PositionScores:
+    """g_ref(a) proportional to sum_v exp(p_v / tau_ref): sample positions with log-weights ref_logsumexp."""
+    return PositionScores(_masked(stats.ref_logsumexp, candidates), True)
+
+
+def learned_policy(stats: VocabStats, candidates, ctx) -> PositionScores:
+    if ctx.policy is None:
+        raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
+    scores = ctx.policy(hidden=ctx.hidden, stats=stats, candidates=candidates)
+    if scores.shape != candidates.shape:
+        raise ValueError(f"the policy returned scores of shape {tuple(scores.shape)}, expected "
+                         f"{tuple(candidates.shape)}")
+    return PositionScores(_masked(scores, candidates), ctx.position_temperature > 0)
+
+
+SCORERS: dict[str, Callable] = {
+    "random": random_order,
+    "max_confidence": max_confidence,
+    "margin": margin,
+    "entropy": entropy,
+    "topk": topk_uniform,
+    "softmax_confidence": softmax_confidence,
+    "origin": random_order,  # ranking unused: the sampler applies Dream's independent-transfer rule
+    "policy": learned_policy,
+}
+ALIASES = {"low_confidence": "max_confidence", "topk_margin": "margin", "maskgit_plus": "max_confidence"}
+HEURISTICS = ("random", "max_confidence", "margin", "entropy", "topk", "softmax_confidence", "origin")
+
+
+def resolve_scorer(name: str) -> str:
+    """Canonical scorer name, or a ValueError listing the valid ones."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in SCORERS:
+        valid = sorted(set(SCORERS) | set(ALIASES))
+        raise ValueError(f"unknown scorer {name!r}; valid scorers: {', '.join(valid)}")
+    return canonical

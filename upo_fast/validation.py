@@ -1,0 +1,44 @@
+"""Input checks shared by the samplers: bad input gets a ValueError that names the argument, never a crash deep
+inside a model or kernel."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_vocab_id(value: int, name: str, vocab_size: int | None) -> None:
+    if not isinstance(value, int) or value < 0 or (vocab_size is not None and value >= vocab_size):
+        limit = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
+        raise ValueError(f"{name}={value!r} is outside the vocabulary {limit}")
+
+
+def check_token_ids(x, name: str, vocab_size: int | None) -> None:
+    """x must be a [B, L] integer tensor with ids inside the vocabulary (one host check, before the loop)."""
+    if not torch.is_tensor(x) or x.dim() != 2 or x.dtype not in (torch.int32, torch.int64):
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{name} must be a [batch, length] integer tensor, got {shape}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if vocab_size is not None:
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} holds token ids outside the vocabulary [0, {vocab_size}): "
+                             f"min {low}, max {high}")
+
+
+def check_attention_mask(attention_mask, shape, name: str = "attention_mask") -> None:
+    if attention_mask is None:
+        return
+    if not torch.is_tensor(attention_mask) or tuple(attention_mask.shape) != tuple(shape):
+        got = tuple(attention_mask.shape) if torch.is_tensor(attention_mask) else type(attention_mask).__name__
+        raise ValueError(f"{name} must be a 0/1 tensor of shape {tuple(shape)}, got {got}")
+
+
+def check_pad_not_mask(x, attention_mask, mask_id: int) -> None:
+    """Padding that uses the mask id would be unmasked like any other mask: refuse it (pad id must differ)."""
+    if attention_mask is None:
+        return
+    padded_masks = (x.to(attention_mask.device) == mask_id) & (attention_mask == 0)
+    if bool(padded_masks.any()):
+        raise ValueError(f"padding positions (attention_mask == 0) hold the mask id {mask_id}: the pad id must "
+                         "differ from mask_id (set tokenizer.pad_token_id to another token)")
