@@ -281,6 +281,11 @@ def make_llada_like(
     )
     model = TinyLLaDAModelLM(config)
     _reinit(model, seed, head_names=("model.transformer.ff_out",))
+    if weight_tying:
+        # With a tied head a masked position's own embedding tends to win the argmax, so an untrained model
+        # would "predict" [MASK]; shrink that row so predictions are real tokens, as with a trained model.
+        with torch.no_grad():
+            model.model.transformer["wte"].weight[mask_id] *= 0.05
     return model.float().eval().requires_grad_(False)
 
 

@@ -85,7 +85,8 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
             if logits_eos_inf:
                 logits[:, :, eos_id] = float("-inf")  # in place on our slice of the output, as the reference
             if temperature > 0:
-                noisy = logits.double().exp() / (-torch.log(torch.rand_like(logits, dtype=torch.float64))) ** temperature
+                uniform = torch.rand_like(logits, dtype=torch.float64)
+                noisy = logits.double().exp() / (-torch.log(uniform)) ** temperature
                 x0 = noisy.argmax(dim=-1)
             else:
                 x0 = logits.argmax(dim=-1)

@@ -55,7 +55,8 @@ class _Loop:
         self.temperature, self.cfg_scale, self.threshold = temperature, cfg_scale, threshold
         self.generator = generator
         self.ctx = ScoringContext(topk=topk, policy=policy, position_temperature=position_temperature)
-        self.suppress = suppress_tokens
+        # committing the mask token would leave the position masked and break the schedule, so it is never chosen
+        self.suppress = sorted({adapter.mask_id, *(suppress_tokens or [])})
         if self.scorer == "policy":
             if policy is None:
                 raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")

@@ -7,8 +7,8 @@ Checkpoint layout under ``out_dir``::
         trainer_state.pt                    optimizer, scheduler, step, RNG states (torch.save)
     train_log.jsonl                         one JSON object per log/checkpoint step
 
-A directory cannot be os.replace'd onto a non-empty directory, so ``checkpoint-last`` is a symlink to the newest
-complete checkpoint directory: replacing a symlink is atomic, hence ``checkpoint-last`` is loadable at all times.
+A directory cannot be os.replace'd onto a non-empty directory, so ``checkpoint-last`` is a symlink to the
+newest complete checkpoint directory: replacing a symlink is atomic, so ``checkpoint-last`` always loads.
 """
 
 from __future__ import annotations
@@ -72,8 +72,12 @@ class PretrainConfig:
         if not (isinstance(self.min_mask_ratio, (int, float)) and 0 < self.min_mask_ratio <= 1):
             raise ValueError(f"PretrainConfig.min_mask_ratio must be in (0, 1], got {self.min_mask_ratio!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"PretrainConfig.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
-        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(
+                f"PretrainConfig.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
+            )
+        if self.grad_clip is not None and not (
+            isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0
+        ):
             raise ValueError(f"PretrainConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.time_limit_s is not None and not (
             isinstance(self.time_limit_s, (int, float)) and self.time_limit_s > 0
@@ -92,7 +96,7 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
 
     * ``"inverse_t"``: sum over masked tokens of CE / t_row, divided by B * L. This is the standard MDM
       estimator of the negative ELBO per token (nats/token); dividing by B * L rather than by the number of
-      masked tokens is what makes it unbiased, because the 1/t weight already compensates for the masked share.
+      masked tokens is what makes it unbiased: the 1/t weight already compensates for the masked share.
     * ``"none"``: plain mean CE over the masked tokens (easier to read as a per-token prediction loss).
 
     ``mask`` (bool [B, L], True = masked) replaces the random draw; ``generator`` drives the draw otherwise
@@ -131,9 +135,9 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
     return masked_ce.sum() / mask.sum().clamp_min(1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Checkpointing
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -192,7 +196,9 @@ def _save_checkpoint(out_dir: Path, model, trainer_state: dict) -> Path:
     _fsync_dir(out_dir)
     # Only now is the previous checkpoint unreferenced; also sweep leftovers of interrupted saves.
     for entry in out_dir.iterdir():
-        stale = entry.name.startswith(("ckpt-", ".tmp-ckpt-")) or entry.name.startswith(f".{CHECKPOINT_LINK}.")
+        stale = entry.name.startswith(("ckpt-", ".tmp-ckpt-")) or entry.name.startswith(
+            f".{CHECKPOINT_LINK}."
+        )
         if stale and entry.name != final.name:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -211,7 +217,9 @@ def _load_model_weights(model, checkpoint: Path, device) -> None:
     loaded = [params[k] for k in state if k in params]
     missing = [k for k in missing if not any(params.get(k) is p for p in loaded)]
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: checkpoint does not match the model (missing={missing}, unexpected={unexpected})")
+        raise ValueError(
+            f"{checkpoint}: checkpoint does not match the model (missing={missing}, unexpected={unexpected})"
+        )
 
 
 def _truncate_log(log_path: Path, last_step: int) -> None:
@@ -237,9 +245,9 @@ def _json_default(value):
     return str(value)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Training loop
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _make_optimizer(model, cfg: PretrainConfig) -> torch.optim.AdamW:
@@ -264,14 +272,17 @@ def _make_scheduler(optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
-def pretrain_mdm(model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval_fn=None, progress=True) -> dict:
+def pretrain_mdm(
+    model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval_fn=None, progress=True
+) -> dict:
     """Pretrain ``model`` with the MDM objective on batches from ``sample_batch(B, generator) -> [B, L]``.
 
-    AdamW with linear warmup and cosine decay to 0, gradient clipping, a tqdm bar showing the loss, and (when
-    ``cfg.out_dir`` is set) a JSONL log plus atomic checkpoints every ``checkpoint_every`` steps, at the end and
-    when ``time_limit_s`` runs out. If ``out_dir/checkpoint-last`` exists, training resumes from it and ends with
-    the same parameters as an uninterrupted run. ``eval_fn(model) -> dict`` runs (in eval mode, without grad) at
-    every checkpoint step and its result goes to the log. Returns a summary dict; leaves the model in eval mode.
+    AdamW with linear warmup and cosine decay to 0, gradient clipping, a tqdm bar showing the loss, and
+    (when ``cfg.out_dir`` is set) a JSONL log plus atomic checkpoints every ``checkpoint_every`` steps, at the
+    end and when ``time_limit_s`` runs out. If ``out_dir/checkpoint-last`` exists, training resumes from it
+    and ends with the same parameters as an uninterrupted run. ``eval_fn(model) -> dict`` runs (eval mode, no
+    grad) at every checkpoint step and its result goes to the log. Returns a summary dict; leaves the model
+    in eval mode.
     """
     if not isinstance(cfg, PretrainConfig):
         raise ValueError(f"cfg must be a PretrainConfig, got {type(cfg).__name__}")
@@ -301,7 +312,8 @@ def pretrain_mdm(model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval
             scheduler.load_state_dict(state["scheduler"])
             _set_rng_state(state["rng"], data_gen, noise_gen)
             step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
-            _truncate_log(out_dir / LOG_FILE, step)
+        # A fresh start clears a stale log; a resume drops the records of steps that will be replayed.
+        _truncate_log(out_dir / LOG_FILE, step)
     start_step = step
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -314,11 +326,14 @@ def pretrain_mdm(model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval
         while step < cfg.steps:
             x0 = sample_batch(cfg.batch_size, data_gen)
             if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] != cfg.batch_size:
-                raise ValueError(f"sample_batch must return a [{cfg.batch_size}, L] tensor, got {getattr(x0, 'shape', x0)}")
+                raise ValueError(
+                    f"sample_batch must return a [{cfg.batch_size}, L] tensor, got {getattr(x0, 'shape', x0)}"
+                )
             if step == start_step and (int(x0.min()) < 0 or int(x0.max()) >= vocab_size):
                 raise ValueError(f"sample_batch returned token ids outside [0, {vocab_size})")
             x0 = x0.to(device=device, dtype=torch.long, non_blocking=True)
-            t = cfg.min_mask_ratio + (1.0 - cfg.min_mask_ratio) * torch.rand(cfg.batch_size, generator=noise_gen)
+            t_min = cfg.min_mask_ratio
+            t = t_min + (1.0 - t_min) * torch.rand(cfg.batch_size, generator=noise_gen)  # t ~ U(t_min, 1)
             lr = scheduler.get_last_lr()[0]  # the rate this step trains with
             loss = mdm_loss(model, x0, mask_id, t=t, weighting=cfg.loss_weighting, generator=noise_gen)
             optimizer.zero_grad(set_to_none=True)
@@ -337,8 +352,9 @@ def pretrain_mdm(model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval
             do_log = step % cfg.log_every == 0 or last
             do_ckpt = step % cfg.checkpoint_every == 0 or last
             record = None
-            if do_log or (do_ckpt and out_dir is not None):
-                record = {"step": step, "lr": lr, "seconds": round(seconds_before + time.perf_counter() - t_start, 3)}
+            if do_log or do_ckpt:
+                seconds = round(seconds_before + time.perf_counter() - t_start, 3)
+                record = {"step": step, "lr": lr, "seconds": seconds}
                 if window_steps:
                     final_loss = (window_loss / window_steps).item()
                     record["loss"] = final_loss

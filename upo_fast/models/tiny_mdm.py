@@ -1,7 +1,7 @@
-"""TinyMDM: a small bidirectional transformer used as a masked diffusion LM for toy tasks (Sudoku, copy tasks).
+"""TinyMDM: a small bidirectional transformer used as a masked diffusion LM for toy tasks (Sudoku, copying).
 
 It mirrors the interface of LLaDA/Dream closely enough for the sampler and adapters to treat it the same way:
-``model(input_ids, attention_mask=..., position_ids=...).logits`` gives ``[B, L, V]`` logits at every position.
+``model(input_ids, attention_mask=..., position_ids=...).logits`` gives ``[B, L, V]`` logits everywhere.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _require_positive_int(name: str, value) -> None:
 
 
 class TinyMDMConfig(PretrainedConfig):
-    """Configuration of :class:`TinyMDM`. ``grid_size=n`` describes a row-major ``n x n`` grid (``n`` a square)."""
+    """Configuration of :class:`TinyMDM`. ``grid_size=n``: a row-major ``n x n`` grid, ``n`` a square."""
 
     model_type = "tiny_mdm"
 
@@ -55,21 +55,17 @@ class TinyMDMConfig(PretrainedConfig):
         tie_word_embeddings: bool = False,
         **kwargs,
     ):
-        for name, value in [
-            ("vocab_size", vocab_size),
-            ("hidden_size", hidden_size),
-            ("num_hidden_layers", num_hidden_layers),
-            ("num_attention_heads", num_attention_heads),
-            ("intermediate_size", intermediate_size),
-            ("max_position_embeddings", max_position_embeddings),
-        ]:
+        sizes = dict(
+            vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+        )  # fmt: skip
+        for name, value in sizes.items():
             _require_positive_int(name, value)
         if position_embedding not in POSITION_EMBEDDINGS:
-            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {position_embedding!r}")
+            raise ValueError(f"position_embedding must be rope, learned or grid, got {position_embedding!r}")
         if hidden_size % num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})"
-            )
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_attention_heads")
         if position_embedding == "rope" and (hidden_size // num_attention_heads) % 2 != 0:
             raise ValueError("rope needs an even head dim: hidden_size / num_attention_heads must be even")
         if position_embedding == "grid":
@@ -83,39 +79,28 @@ class TinyMDMConfig(PretrainedConfig):
         for name, token in [("mask_token_id", mask_token_id), ("pad_token_id", pad_token_id)]:
             if token is not None and not (isinstance(token, int) and 0 <= token < vocab_size):
                 raise ValueError(f"{name} must be an int in [0, vocab_size={vocab_size}), got {token!r}")
-        if not rope_theta > 0:
-            raise ValueError(f"rope_theta must be > 0, got {rope_theta!r}")
-        if not rms_norm_eps > 0:
-            raise ValueError(f"rms_norm_eps must be > 0, got {rms_norm_eps!r}")
-        if not initializer_range > 0:
-            raise ValueError(f"initializer_range must be > 0, got {initializer_range!r}")
+        floats = dict(rope_theta=rope_theta, rms_norm_eps=rms_norm_eps, initializer_range=initializer_range)
+        for name, value in floats.items():
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value!r}")
 
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_size = intermediate_size
-        self.max_position_embeddings = max_position_embeddings
+        for name, value in sizes.items():
+            setattr(self, name, value)
         self.position_embedding = position_embedding
         self.grid_size = grid_size
         self.rope_theta = float(rope_theta)
         self.rms_norm_eps = float(rms_norm_eps)
         self.mask_token_id = mask_token_id
         self.initializer_range = float(initializer_range)
-        # transformers 4 consumes these two in the base __init__; transformers 5 stores them as extra attributes.
+        # transformers 4 consumes these two in the base __init__; 5 stores them as extra attributes.
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.pad_token_id = pad_token_id
         self.tie_word_embeddings = tie_word_embeddings
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Position embeddings
-# ----------------------------------------------------------------------------------------------------------------
-
-
 class TinyMDMRotary(nn.Module):
-    """Rotary embedding without buffers: the tables are rebuilt per forward (cheap at these sizes), which keeps
-    the module free of non-persistent state that meta-device loading in ``from_pretrained`` would lose."""
+    """Rotary embedding without buffers: the tables are rebuilt per forward (cheap at these sizes), which
+    keeps the module free of non-persistent state that meta-device loading in ``from_pretrained`` loses."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
@@ -137,18 +122,6 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
-
-
-class TinyMDMLearnedPositions(nn.Module):
-    """Absolute learned position embedding: position_ids [B|1, L] -> [B|1, L, hidden]."""
-
-    def __init__(self, max_positions: int, hidden_size: int):
-        super().__init__()
-        self.max_positions = max_positions
-        self.embed = nn.Embedding(max_positions, hidden_size)
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed(position_ids)
 
 
 class TinyMDMGridPositions(nn.Module):
@@ -174,11 +147,6 @@ class TinyMDMGridPositions(nn.Module):
         return self.row(row) + self.col(col) + self.box(box)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Transformer block
-# ----------------------------------------------------------------------------------------------------------------
-
-
 class TinyMDMAttention(nn.Module):
     """Bidirectional multi-head self-attention: hidden [B, L, D] -> [B, L, D]."""
 
@@ -191,7 +159,8 @@ class TinyMDMAttention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(self, hidden, attn_mask=None, rotary=None):
-        """hidden [B, L, D]; attn_mask bool [B|1, 1|H, L, L] (True = may attend) or None; rotary (cos, sin)."""
+        """hidden [B, L, D]; attn_mask bool [B|1, 1|H, L, L] (True = may attend) or None; rotary (cos, sin).
+        Returns [B, L, D]."""
         bsz, seq_len, _ = hidden.shape
         qkv = self.qkv_proj(hidden).view(bsz, seq_len, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, head_dim]
@@ -240,7 +209,7 @@ class TinyMDMBackbone(nn.Module):
         if config.position_embedding == "rope":
             self.embed_positions = TinyMDMRotary(head_dim, config.rope_theta)
         elif config.position_embedding == "learned":
-            self.embed_positions = TinyMDMLearnedPositions(config.max_position_embeddings, config.hidden_size)
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         else:
             self.embed_positions = TinyMDMGridPositions(config.grid_size, config.hidden_size)
         self.layers = nn.ModuleList(TinyMDMBlock(config) for _ in range(config.num_hidden_layers))
@@ -266,11 +235,6 @@ class TinyMDMBackbone(nn.Module):
         return hidden, (tuple(all_hidden) if all_hidden is not None else None)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The model
-# ----------------------------------------------------------------------------------------------------------------
-
-
 class TinyMDM(PreTrainedModel):
     """Bidirectional transformer with an LM head: ``input_ids [B, L] -> logits [B, L, V]``."""
 
@@ -278,8 +242,10 @@ class TinyMDM(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["TinyMDMBlock"]
     _supports_sdpa = True
-    # transformers 5 wants a {target: source} dict, 4.x a list of tied targets; only used if tie_word_embeddings.
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"} if _TRANSFORMERS_V5 else ["lm_head.weight"]
+    # transformers 5 wants a {target: source} dict, 4.x a list of targets; only used if tie_word_embeddings.
+    _tied_weights_keys = (
+        {"lm_head.weight": "model.embed_tokens.weight"} if _TRANSFORMERS_V5 else ["lm_head.weight"]
+    )
 
     def __init__(self, config: TinyMDMConfig):
         super().__init__(config)
@@ -311,52 +277,52 @@ class TinyMDM(PreTrainedModel):
         self.lm_head = value
 
     def _attention_mask_4d(self, attention_mask: torch.Tensor | None, bsz: int, seq_len: int):
-        """None | [B, L] (1 = real token) | bool [B|1, 1|H, L, L] (True = may attend) -> bool 4-D mask or None.
+        """None | [B, L] (1 = real token) | bool [B|1, 1|H, L, L] (True = may attend) -> bool 4-D or None.
 
         A query row with no allowed key would make softmax produce NaN; such rows (pad queries) are allowed to
         attend to themselves instead, which changes nothing for rows that had at least one allowed key.
         """
         if attention_mask is None:
             return None
+        shape = tuple(attention_mask.shape)
         if attention_mask.dim() == 2:
-            if tuple(attention_mask.shape) != (bsz, seq_len):
-                raise ValueError(
-                    f"attention_mask of shape {tuple(attention_mask.shape)} must be [B, L] = {(bsz, seq_len)}"
-                )
+            if shape != (bsz, seq_len):
+                raise ValueError(f"attention_mask {shape} must be [B, L] = {(bsz, seq_len)}")
             mask = (attention_mask != 0)[:, None, None, :].expand(bsz, 1, seq_len, seq_len)
         elif attention_mask.dim() == 4:
             b, h, q, k = attention_mask.shape
-            if b not in (1, bsz) or h not in (1, self.config.num_attention_heads) or (q, k) != (seq_len, seq_len):
-                raise ValueError(
-                    f"attention_mask of shape {tuple(attention_mask.shape)} must be [B, 1, L, L] with "
-                    f"B={bsz}, L={seq_len}"
-                )
+            heads = self.config.num_attention_heads
+            if b not in (1, bsz) or h not in (1, heads) or (q, k) != (seq_len, seq_len):
+                raise ValueError(f"attention_mask {shape} must be [B, 1, L, L] with B={bsz}, L={seq_len}")
             if attention_mask.is_floating_point():
                 # Additive float masks (0 / -inf) and 0/1 masks look alike; refuse rather than guess.
                 raise ValueError("a 4-D attention_mask must be bool (True = may attend), not floating point")
             mask = attention_mask != 0
         else:
-            raise ValueError(f"attention_mask must be 2-D [B, L] or 4-D [B, 1, L, L], got {attention_mask.dim()}-D")
+            raise ValueError(f"attention_mask must be 2-D [B, L] or 4-D [B, 1, L, L], got {shape}")
         eye = torch.eye(seq_len, dtype=torch.bool, device=mask.device)
         return mask | (eye & ~mask.any(dim=-1, keepdim=True))
 
-    def _position_ids(self, position_ids: torch.Tensor | None, bsz: int, seq_len: int, device) -> torch.Tensor:
-        """None | [B|1, L] | [L] -> [B|1, L] long, validated against the position embedding's range."""
+    def _position_ids(
+        self, position_ids: torch.Tensor | None, bsz: int, seq_len: int, device
+    ) -> torch.Tensor:
+        """None | [B|1, L] -> [B|1, L] long, validated against the position embedding's range."""
         cfg = self.config
         if cfg.position_embedding == "grid" and seq_len > cfg.grid_size**2:
+            raise ValueError(f"input_ids length {seq_len} exceeds the {cfg.grid_size}x{cfg.grid_size} grid")
+        too_long = seq_len > cfg.max_position_embeddings
+        if cfg.position_embedding == "learned" and position_ids is None and too_long:
             raise ValueError(
-                f"input_ids length {seq_len} exceeds the {cfg.grid_size}x{cfg.grid_size} grid ({cfg.grid_size**2})"
-            )
-        if cfg.position_embedding == "learned" and position_ids is None and seq_len > cfg.max_position_embeddings:
-            raise ValueError(
-                f"input_ids length {seq_len} exceeds max_position_embeddings={cfg.max_position_embeddings}"
+                f"input_ids length {seq_len} > max_position_embeddings={cfg.max_position_embeddings}"
             )
         if position_ids is None:
             return torch.arange(seq_len, device=device)[None]
-        if position_ids.dim() == 1:
-            position_ids = position_ids[None]
-        if position_ids.dim() != 2 or position_ids.shape[0] not in (1, bsz) or position_ids.shape[1] != seq_len:
-            raise ValueError(f"position_ids of shape {tuple(position_ids.shape)} must be [B, L] = {(bsz, seq_len)}")
+        if (
+            position_ids.dim() != 2
+            or position_ids.shape[0] not in (1, bsz)
+            or position_ids.shape[1] != seq_len
+        ):
+            raise ValueError(f"position_ids {tuple(position_ids.shape)} must be [B, L] = {(bsz, seq_len)}")
         return position_ids.to(device=device, dtype=torch.long)
 
     def forward(
@@ -369,15 +335,15 @@ class TinyMDM(PreTrainedModel):
     ):
         """input_ids [B, L] -> MaskedLMOutput(logits [B, L, V] float32, hidden_states tuple or None).
 
-        attention_mask: None (full attention), [B, L] padding mask (1/True = real token), or bool [B, 1, L, L]
-        (True = may attend). position_ids: [B, L]; for rope/learned they let left-padded rows start at 0 on the
-        first real token; for grid they are cell indices. Outputs at pad positions are finite but meaningless.
+        attention_mask: None (full attention), [B, L] padding mask (1/True = real token), or bool
+        [B, 1, L, L] (True = may attend). position_ids: [B, L]; for rope/learned they let left-padded rows
+        start at 0 on the first real token; for grid they are cell indices. Outputs at pad positions are
+        finite but meaningless.
         """
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a [B, L] tensor with L >= 1, got {shape}")
+            raise ValueError(f"input_ids must be [B, L] with L >= 1, got {getattr(input_ids, 'shape', None)}")
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-            raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}")
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
         bsz, seq_len = input_ids.shape
         attn_mask = self._attention_mask_4d(attention_mask, bsz, seq_len)
         positions = self._position_ids(position_ids, bsz, seq_len, input_ids.device)
@@ -390,8 +356,8 @@ class TinyMDM(PreTrainedModel):
 
 @contextlib.contextmanager
 def quiet_transformers_progress():
-    """Silence transformers' per-call "Loading weights"/"Writing model shards" bars, restoring the setting after
-    (frequent checkpointing would otherwise print a bar per save)."""
+    """Silence transformers' per-call "Loading weights"/"Writing model shards" bars, then restore the
+    setting (frequent checkpointing would otherwise print a bar per save)."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -406,8 +372,8 @@ def quiet_transformers_progress():
 def load_tiny_mdm(path, device="cpu") -> TinyMDM:
     """Load a TinyMDM saved with ``save_pretrained`` (or a pretraining ``checkpoint-last``) in eval mode.
 
-    Raises ValueError naming the path for a missing directory, a missing/corrupt config or weights file, and for
-    weights that do not match the config (from_pretrained would otherwise silently re-initialize them).
+    Raises ValueError naming the path for a missing directory, a missing/corrupt config or weights file,
+    and for weights that do not match the config (from_pretrained would silently re-initialize them).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -425,27 +391,16 @@ def load_tiny_mdm(path, device="cpu") -> TinyMDM:
     if model_type != TinyMDMConfig.model_type:
         raise ValueError(f"{path}: config.json has model_type={model_type!r}, expected 'tiny_mdm'")
 
-    single = os.path.join(path, "model.safetensors")
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        weight_files = [single]
-    elif os.path.isfile(index):
-        try:
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
-            raise ValueError(f"{path}: unreadable model.safetensors.index.json ({exc})") from exc
-        weight_files = [os.path.join(path, shard) for shard in shards]
-    else:
+    weight_file = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weight_file):
         raise ValueError(f"{path}: missing model.safetensors")
-    for weight_file in weight_files:
-        # Opening parses the header and checks it against the file size, which catches truncated/garbage files
-        # with a clear message instead of an error from deep inside from_pretrained.
-        try:
-            with safe_open(weight_file, framework="pt") as f:
-                f.keys()
-        except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{path}: corrupt or unreadable weights file {os.path.basename(weight_file)} ({exc})") from exc
+    # Opening parses the header and checks it against the file size, which catches truncated/garbage files
+    # with a clear message instead of an error from deep inside from_pretrained.
+    try:
+        with safe_open(weight_file, framework="pt") as f:
+            f.keys()
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: corrupt or unreadable model.safetensors ({exc})") from exc
 
     try:
         with quiet_transformers_progress():

@@ -1,0 +1,82 @@
+"""Evaluate unmasking orders on Sudoku: cell accuracy (the paper's metric), solved rate, and Pass@N headroom."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from upo_fast.sampler import unmask
+from upo_fast.tasks.sudoku import SudokuTask, cell_accuracy, solved_rate
+
+HELD_OUT_SEED = 20261128  # held-out puzzles are generated from this seed; training grids never use it
+
+
+def shipped_model_path(task_name: str) -> Path:
+    """Folder of the TinyMDM checkpoint shipped for a task (``upo_fast/assets/<task>``)."""
+    path = Path(str(resources.files("upo_fast.assets").joinpath(task_name)))
+    if not (path / "config.json").exists():
+        raise ValueError(f"no shipped model for task {task_name!r} at {path}; train one with "
+                         f"`upo-fast pretrain-mdm --task {task_name} --out DIR` and pass --model DIR")
+    return path
+
+
+def load_model(path: str | Path | None, task: SudokuTask, device: str = "cpu"):
+    from upo_fast.models import load_tiny_mdm
+
+    model = load_tiny_mdm(path or shipped_model_path(task.name), device=device)
+    if model.config.vocab_size != task.vocab_size or model.config.mask_token_id != task.mask_id:
+        raise ValueError(f"the model at {path} does not fit {task.name}: vocab {model.config.vocab_size} / mask "
+                         f"{model.config.mask_token_id}, expected {task.vocab_size} / {task.mask_id}")
+    return model
+
+
+def solve_puzzles(model, task: SudokuTask, puzzles: np.ndarray, scorer: str, *, batch_size: int = 250,
+                  seed: int = 0, progress: bool = False, **sampler_options) -> np.ndarray:
+    """[N, n, n] puzzles (0 = blank) -> [N, n, n] grids filled by ``unmask`` with ``scorer``."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    filled = []
+    starts = range(0, len(puzzles), batch_size)
+    for start in tqdm(starts, desc=scorer, disable=not progress, leave=False):
+        x = task.encode(puzzles[start:start + batch_size]).to(device)
+        out = unmask(model, x, scorer=scorer, generator=generator, **sampler_options)
+        filled.append(task.decode(out.cpu()))
+    return np.concatenate(filled)
+
+
+def evaluate(model, task: SudokuTask, puzzles: np.ndarray, solutions: np.ndarray, scorers: list[str], *,
+             batch_size: int = 250, seed: int = 0, progress: bool = True, **sampler_options) -> dict:
+    """{scorer: {"cell_accuracy", "solved_rate", "seconds"}} on the given puzzles."""
+    results = {}
+    for scorer in tqdm(scorers, desc="scorers", disable=not progress):
+        start = time.perf_counter()
+        pred = solve_puzzles(model, task, puzzles, scorer, batch_size=batch_size, seed=seed, progress=progress,
+                             **sampler_options)
+        results[scorer] = {"cell_accuracy": cell_accuracy(pred, puzzles, solutions),
+                           "solved_rate": solved_rate(pred, puzzles),
+                           "seconds": round(time.perf_counter() - start, 3)}
+    return results
+
+
+def pass_at_n(model, task: SudokuTask, puzzles: np.ndarray, scorer: str, n: int, *, batch_size: int = 250,
+              seed: int = 0, progress: bool = True, **sampler_options) -> dict:
+    """Pass@1 and Pass@n of a stochastic order: the fraction of puzzles solved by the first sample / any of n."""
+    solved = np.zeros((n, len(puzzles)), dtype=bool)
+    for i in tqdm(range(n), desc=f"{scorer} pass@{n}", disable=not progress):
+        pred = solve_puzzles(model, task, puzzles, scorer, batch_size=batch_size, seed=seed + 1000 * i,
+                             **sampler_options)
+        solved[i] = task.is_valid_solution(pred) & np.all((puzzles == 0) | (pred == puzzles), axis=(1, 2))
+    return {"pass@1": float(solved[0].mean()), f"pass@{n}": float(solved.any(0).mean()),
+            "mean_over_samples": float(solved.mean())}
+
+
+def format_table(results: dict, task_name: str, n: int) -> str:
+    lines = [f"{task_name}: {n} held-out puzzles", f"{'scorer':<20} {'cell_acc':>9} {'solved':>8} {'seconds':>8}"]
+    for name, r in results.items():
+        lines.append(f"{name:<20} {r['cell_accuracy']:>9.3f} {r['solved_rate']:>8.3f} {r['seconds']:>8.2f}")
+    return "\n".join(lines)
