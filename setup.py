@@ -6,5 +6,5 @@ from setuptools import setup
 setup(
     packages=["upo_fast", "upo_fast.models", "upo_fast.tasks", "upo_fast.kernels", "upo_fast.assets"],
     package_dir={"upo_fast": "upo_fast", "upo_fast.kernels": "kernels"},
-    package_data={"upo_fast.assets": ["*/*.json", "*/*.safetensors", "*/*.md"]},
+    package_data={"upo_fast.assets": ["*/*.json", "*/*.safetensors", "*/*.md", "*/*.jsonl"]},
 )

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from upo_fast.kernels.vocab_stats import vocab_stats_ref
 
 

@@ -11,7 +11,10 @@ They are not trained; they only reproduce the *interfaces* the samplers rely on:
   ``None``, ``"full"``, a 2-D padding mask or a 4-D boolean ``[B, 1, L, L]`` mask; RoPE from ``position_ids``;
   ``model.generation_config.mask_token_id``. Logits at ``i`` are meant to predict token ``i + 1``.
 
-Both are fp32, bidirectional (SDPA), and initialised deterministically from a seed.
+Both are fp32, bidirectional (SDPA), and initialised deterministically from a seed.  On top of RoPE they add a
+learned absolute position embedding (``learned_positions=True`` by default): RoPE alone only sees position
+differences, so without it a sampler passing shifted or wrong positions (e.g. ignoring Dream's mask-derived
+``position_ids``) would go unnoticed.
 """
 
 from __future__ import annotations
@@ -142,6 +145,8 @@ def _reinit(model: nn.Module, seed: int, head_names: tuple[str, ...]) -> None:
                 p.normal_(0.0, 2.5 / math.sqrt(p.shape[1]), generator=gen)
             elif p.dim() == 2 and ("wte" in name or "embed_tokens" in name):
                 p.normal_(0.0, 1.0, generator=gen)
+            elif p.dim() == 2 and ("wpe" in name or "embed_positions" in name):
+                p.normal_(0.0, 0.5, generator=gen)
             elif p.dim() == 2:
                 p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]), generator=gen)
             else:
@@ -171,6 +176,7 @@ class TinyLLaDAConfig(PretrainedConfig):
         max_sequence_length: int = 4096,
         rope_theta: float = 10000.0,
         weight_tying: bool = False,
+        learned_positions: bool = True,
         mask_token_id: int = LLADA_MASK_ID,
         eos_token_id: int | None = LLADA_EOS_ID,
         pad_token_id: int | None = LLADA_EOS_ID,
@@ -185,6 +191,7 @@ class TinyLLaDAConfig(PretrainedConfig):
         self.max_sequence_length = max_sequence_length
         self.rope_theta = rope_theta
         self.weight_tying = weight_tying
+        self.learned_positions = learned_positions
         self.mask_token_id = mask_token_id
         self.eos_token_id = eos_token_id if eos_token_id is not None and eos_token_id < vocab_size else None
         self.pad_token_id = pad_token_id if pad_token_id is not None and pad_token_id < vocab_size else None
@@ -203,6 +210,8 @@ class _LLaDAModel(nn.Module):
             ),
             "ln_f": _RMSNorm(config.d_model),
         }
+        if config.learned_positions:
+            parts["wpe"] = nn.Embedding(config.max_sequence_length, config.d_model)
         if not config.weight_tying:
             parts["ff_out"] = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.transformer = nn.ModuleDict(parts)
@@ -211,6 +220,8 @@ class _LLaDAModel(nn.Module):
         h = self.transformer["wte"](input_ids) if inputs_embeds is None else inputs_embeds
         b, length = h.shape[:2]
         positions = torch.arange(length, device=h.device)  # absolute, independent of the padding mask
+        if self.config.learned_positions:
+            h = h + self.transformer["wpe"](positions)
         attn_mask = _to_sdpa_mask(attention_mask, b, length, h.device)
         hidden_states = [h] if output_hidden_states else None
         for block in self.transformer["blocks"]:
@@ -267,6 +278,7 @@ def make_llada_like(
     n_layers: int = 2,
     n_heads: int = 4,
     weight_tying: bool = False,
+    learned_positions: bool = True,
 ) -> TinyLLaDAModelLM:
     if not 0 <= mask_id < vocab_size:
         raise ValueError("mask_id must be inside the vocabulary")
@@ -277,6 +289,7 @@ def make_llada_like(
         n_layers=n_layers,
         mlp_hidden_size=2 * hidden,
         weight_tying=weight_tying,
+        learned_positions=learned_positions,
         mask_token_id=mask_id,
     )
     model = TinyLLaDAModelLM(config)
@@ -309,6 +322,7 @@ class TinyDreamConfig(PretrainedConfig):
         rope_theta: float = 10000.0,
         rms_norm_eps: float = 1e-6,
         tie_word_embeddings: bool = False,
+        learned_positions: bool = True,
         mask_token_id: int = DREAM_MASK_ID,
         pad_token_id: int | None = DREAM_PAD_ID,
         bos_token_id: int | None = DREAM_PAD_ID,
@@ -325,6 +339,7 @@ class TinyDreamConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.rms_norm_eps = rms_norm_eps
         self.tie_word_embeddings = tie_word_embeddings
+        self.learned_positions = learned_positions
         self.mask_token_id = mask_token_id
 
         def inside(tok):
@@ -341,6 +356,8 @@ class _DreamBase(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.learned_positions:
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.layers = nn.ModuleList(
             _Block(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.rope_theta)
             for _ in range(config.num_hidden_layers)
@@ -352,6 +369,8 @@ class _DreamBase(nn.Module):
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, length = h.shape[:2]
         positions = torch.arange(length, device=h.device) if position_ids is None else position_ids
+        if self.config.learned_positions:
+            h = h + self.embed_positions(positions.to(h.device))
         attn_mask = _to_sdpa_mask(attention_mask, b, length, h.device)
         hidden_states = [h] if output_hidden_states else None
         for layer in self.layers:
@@ -420,6 +439,7 @@ def make_dream_like(
     n_layers: int = 2,
     n_heads: int = 4,
     pad_id: int | None = DREAM_PAD_ID,
+    learned_positions: bool = True,
 ) -> TinyDreamModel:
     if not 0 <= mask_id < vocab_size:
         raise ValueError("mask_id must be inside the vocabulary")
@@ -430,6 +450,7 @@ def make_dream_like(
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_heads,
+        learned_positions=learned_positions,
         mask_token_id=mask_id,
         pad_token_id=pad_id,
         bos_token_id=pad_id,

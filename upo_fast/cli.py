@@ -128,7 +128,8 @@ def cmd_pretrain_mdm(args) -> None:
 
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          min_mask_ratio=args.min_mask_ratio, loss_weighting=args.loss_weighting,
-                         out_dir=args.out, checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit)
+                         out_dir=args.out, checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit,
+                         stop_at_step=args.stop_at_step)
     summary = pretrain_mdm(model, task.training_batch, cfg, mask_id=task.mask_id, eval_fn=eval_fn)
     model.save_pretrained(args.out)
     print(json.dumps(summary, indent=2))
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--loss-weighting", default="inverse_t", choices=["inverse_t", "none"])
     pt.add_argument("--checkpoint-every", type=int, default=200)
     pt.add_argument("--time-limit", type=float, default=None, help="seconds")
+    pt.add_argument("--stop-at-step", type=int, default=None, help="stop here; the lr schedule still spans --steps")
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=cmd_pretrain_mdm)
     return parser

@@ -4,13 +4,16 @@
 ``diffusion_generate`` and returns what it returns; at temperature 0 the tokens are the same. Differences in
 cost, not in result:
 
-* token statistics are computed only for the masked rows, gathered without a host sync (when every row holds the
-  same number of masks, the masked rows and the per-step counts are known before the loop);
+* token statistics (filters, softmax, confidence) are computed only for the masked rows;
 * Dream's one-position logit shift is applied by reading row i-1 for position i, not by copying ``[B, L, V]``.
 
-Where the reference's own behaviour needs the device's answer each step, we ask too: alg ``origin`` draws a random
-vector whose length is the current number of masks; user hooks may change which positions are masked; rows with
-different mask counts change the batch mean that sets k. Those cases sync once per step, like the reference.
+Like the reference, each step reads two numbers from the device: the masked positions and the batch-mean mask
+count that sets k. They cannot be known ahead: alg ``origin`` commits a random number of positions, hooks may
+change x, and a model may commit the mask token itself (the position then stays masked). The sync-free loop with
+the same schedule is ``upo_fast.generate``/``unmask``.
+
+One deliberate difference: unknown keyword arguments raise a ValueError (the reference ignores them), so that a
+misspelt ``max_new_token`` does not silently fall back to the default length.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 from upo_fast.adapters import MDMAdapter
-from upo_fast.schedules import dream_counts, dream_timesteps
+from upo_fast.schedules import dream_timesteps
 from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -145,18 +148,10 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
         attention_mask = F.pad(attention_mask.to(device), (0, max_length - prompt_len), value=1)
     prepared = adapter.prepare_attention(attention_mask, batch, length)
     steps, alg = opts["steps"], opts["alg"]
-    timesteps_host = dream_timesteps(steps, opts["eps"], device)
-    timesteps = timesteps_host.to(device)
+    timesteps = dream_timesteps(steps, opts["eps"], device).to(device)
     history = [] if (opts["return_dict_in_generate"] and opts["output_history"]) else None
     if tokens_hook is not None:
         x = tokens_hook(None, x, None)
-
-    # Known-before-the-loop facts (one host read each, outside the steps).
-    masks_per_row = (x == mask_id).sum(1).tolist()
-    uniform = len(set(masks_per_row)) == 1 and tokens_hook is None
-    counts = dream_counts(masks_per_row[0], batch, timesteps_host) if uniform else None
-    remaining = masks_per_row[0]
-    vocab = None
 
     for i in range(steps):
         mask_index = x == mask_id
@@ -168,10 +163,7 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
             shift = 0
         else:  # row i reads output i-1 (output 0 for the first position), no shifted copy
             source, shift = raw.reshape(-1, vocab), 1
-        if uniform and alg != "origin":
-            flat_idx = torch.argsort((~mask_index).view(-1).to(torch.uint8), stable=True)[: batch * remaining]
-        else:
-            flat_idx = mask_index.view(-1).nonzero().squeeze(1)
+        flat_idx = mask_index.view(-1).nonzero().squeeze(1)  # the masked rows, in the reference's order
         src_idx = flat_idx - (flat_idx % length > 0).long() * shift
         mask_logits = source.index_select(0, src_idx)
         t, s = timesteps[i], timesteps[i + 1]
@@ -185,12 +177,8 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
             x.view(-1)[flat_idx] = x0
         else:
             confidence, x0 = token_confidence(mask_logits, alg, opts["temperature"], opts["top_p"], opts["top_k"])
-            if uniform:
-                k = counts[i]
-                remaining -= k
-            else:
-                mean_masks = mask_index.sum() / batch
-                k = int(mean_masks * (1 - s / t)) if i < steps - 1 else int(mean_masks)
+            mean_masks = mask_index.sum() / batch
+            k = int(mean_masks * (1 - s / t)) if i < steps - 1 else int(mean_masks)
             full_conf = torch.full((batch, length), float("-inf"), device=device, dtype=source.dtype)
             full_conf.view(-1)[flat_idx] = confidence.to(source.dtype)
             if k > 0:

@@ -61,9 +61,6 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
         attention_mask = torch.cat([attention_mask.to(device), torch.ones(
             (batch, gen_length), dtype=attention_mask.dtype, device=device)], dim=-1)
     prompt_index = x != mask_id
-    # Masks inside the prompt stay candidates in every block (as in the reference); only then must the
-    # statistics cover the prompt too. One host check, before the loop.
-    prompt_has_masks = bool((~prompt_index[:, :prompt_len]).any())
     steps_per_block = steps // num_blocks
     counts = llada_block_counts(block_length, steps_per_block)  # host ints, identical for every row
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
@@ -72,7 +69,12 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
 
     for block in range(num_blocks):
         block_end = prompt_len + (block + 1) * block_length
-        start = 0 if prompt_has_masks else prompt_len + block * block_length
+        block_start = prompt_len + block * block_length
+        # Every mask left of the block end is a candidate (as in the reference): masks in the prompt, and positions
+        # where an earlier step committed the mask token itself. Normally there are none and the statistics cover
+        # the block only; one host read per block (not per step) tells.
+        leftover = (x[:, :block_start] == mask_id).any(0).nonzero()
+        start = int(leftover[0]) if leftover.numel() else block_start
         for step in range(steps_per_block):
             mask_index = x == mask_id
             if cfg_scale > 0:

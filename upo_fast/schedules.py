@@ -22,26 +22,5 @@ def row_counts(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
 
 def dream_timesteps(steps: int, eps: float, device) -> torch.Tensor:
     """Dream's timesteps ``linspace(1, eps, steps + 1)``, made on the sampling device (linspace is not bitwise
-    the same on every device) and returned on the host."""
+    the same on every device, and the transfer counts depend on its float32 values)."""
     return torch.linspace(1, eps, steps + 1, device=device).cpu()
-
-
-def dream_counts(num_masked_per_row: int, batch: int, timesteps: torch.Tensor) -> list[int]:
-    """Dream's transfer counts when every row holds the same number of masks.
-
-    The reference computes ``int(mask_index.sum() / B * (1 - s / t))`` in float32 each step (all remaining masks
-    on the last step); replaying those float32 operations on the host gives the same integers without a sync.
-    """
-    steps = timesteps.numel() - 1
-    remaining = num_masked_per_row
-    counts = []
-    for i in range(steps):
-        mean = torch.tensor(remaining * batch, dtype=torch.int64) / batch  # float32, like the reference
-        if i < steps - 1:
-            k = int(mean * (1 - timesteps[i + 1] / timesteps[i]))
-        else:
-            k = int(mean)
-        k = min(k, remaining)
-        counts.append(k)
-        remaining -= k
-    return counts

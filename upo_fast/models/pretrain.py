@@ -51,6 +51,7 @@ class PretrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     time_limit_s: float | None = None  # stop early (and checkpoint) after this wall time
+    stop_at_step: int | None = None  # stop early (and checkpoint) after this step; the lr schedule still spans `steps`
 
     def __post_init__(self):
         self.validate()
@@ -83,6 +84,10 @@ class PretrainConfig:
             isinstance(self.time_limit_s, (int, float)) and self.time_limit_s > 0
         ):
             raise ValueError(f"PretrainConfig.time_limit_s must be > 0 or None, got {self.time_limit_s!r}")
+        if self.stop_at_step is not None and not (
+            isinstance(self.stop_at_step, int) and 1 <= self.stop_at_step <= self.steps
+        ):
+            raise ValueError(f"PretrainConfig.stop_at_step must be in [1, steps] or None, got {self.stop_at_step!r}")
         if self.out_dir is not None and not isinstance(self.out_dir, (str, os.PathLike)):
             raise ValueError(f"PretrainConfig.out_dir must be a path or None, got {self.out_dir!r}")
 
@@ -348,6 +353,7 @@ def pretrain_mdm(
             bar.update(1)
 
             out_of_time = cfg.time_limit_s is not None and time.perf_counter() - t_start >= cfg.time_limit_s
+            out_of_time = out_of_time or (cfg.stop_at_step is not None and step >= cfg.stop_at_step)
             last = step == cfg.steps or out_of_time
             do_log = step % cfg.log_every == 0 or last
             do_ckpt = step % cfg.checkpoint_every == 0 or last
