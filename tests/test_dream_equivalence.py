@@ -19,15 +19,6 @@ LENGTHS = (5, 3, 7)
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These models are tiny: one intra-op thread is fastest and avoids OpenMP oversubscription on busy
-    machines (tens of times slower otherwise).  Both samplers run under the same setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model():

@@ -25,15 +25,6 @@ PAD = 0
 LENGTHS = (5, 3, 7)  # three prompts, left padded to width 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These models are tiny: one intra-op thread is fastest and avoids OpenMP oversubscription on busy
-    machines (tens of times slower otherwise).  Both samplers run under the same setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model():

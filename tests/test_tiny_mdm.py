@@ -11,16 +11,6 @@ from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, load_tiny_md
 VOCAB, MASK_ID = 12, 11
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny ops gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning threads
-    # make them ~100x slower; restore the setting for other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def small_config(position_embedding="rope", **kwargs):
     defaults = dict(
         vocab_size=VOCAB,

@@ -13,7 +13,7 @@ import torch
 
 from upo_fast.scorers import HEURISTICS, resolve_scorer
 
-DEMO_PUZZLES = 300
+DEMO_PUZZLES = 200
 
 
 def _task(name: str):

@@ -1,0 +1,28 @@
+"""The shipped TinyMDM checkpoints load, fit their tasks, and make the unmasking order matter on 9x9."""
+
+import numpy as np
+import pytest
+
+from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model, shipped_model_path
+from upo_fast.tasks import get_task
+
+
+@pytest.mark.parametrize("task_name", ["sudoku4", "sudoku9"])
+def test_shipped_checkpoint_is_small_and_loads(task_name):
+    path = shipped_model_path(task_name)
+    assert (path / "model.safetensors").stat().st_size <= 10 * 2**20
+    assert (path / "README.md").exists()  # the model card
+    model = load_model(None, get_task(task_name))
+    assert model.config.model_type == "tiny_mdm" and not model.training
+
+
+def test_sudoku9_order_matters():
+    task = get_task("sudoku9")
+    model = load_model(None, task)
+    puzzles, solutions = task.make_puzzles(40, seed=HELD_OUT_SEED + 7)
+    assert np.all((puzzles == 0).sum((1, 2)) == 50)
+    r = evaluate(model, task, puzzles, solutions, ["max_confidence", "random"], progress=False)
+    # 40 puzzles: loose bounds around the demo's 200-puzzle figures
+    assert r["max_confidence"]["solved_rate"] >= r["random"]["solved_rate"] + 0.2
+    assert 0.4 <= r["max_confidence"]["solved_rate"] <= 0.97
+    assert r["max_confidence"]["cell_accuracy"] > r["random"]["cell_accuracy"]
