@@ -218,3 +218,20 @@ def test_non_finite_logits():
 def test_generic_model_needs_a_mask_id():
     with pytest.raises(ValueError, match="mask_id is required"):
         upo_fast.unmask(TableModel(torch.zeros(4, VOCAB)), torch.full((1, 4), MASK))
+
+
+def test_generate_on_dream_and_llada_batched_with_left_padding_equals_row_by_row():
+    from tiny_models import left_padded_batch, make_dream_like, make_llada_like
+
+    dream = make_dream_like(vocab_size=64, mask_id=63, seed=1, pad_id=0)
+    llada = make_llada_like(vocab_size=64, mask_id=63, seed=1)
+    ids, attn = left_padded_batch((4, 2, 6), 1, 60, pad_id=0, seed=2)
+    for model in (dream, llada):
+        batched = upo_fast.generate(model, ids, attn, gen_length=8, block_length=4, steps=4, scorer="margin")
+        assert not (batched[:, ids.shape[1]:] == 63).any()
+        if model is dream:  # Dream's positions come from the mask, so a padded row equals the row alone
+            for row in range(3):
+                keep = attn[row].bool()
+                alone = upo_fast.generate(model, ids[row:row + 1, keep], gen_length=8, block_length=4, steps=4,
+                                          scorer="margin")
+                assert torch.equal(alone[0, -8:], batched[row, -8:])
