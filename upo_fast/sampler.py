@@ -56,21 +56,23 @@ class _Loop:
         self.generator = generator
         self.ctx = ScoringContext(topk=topk, policy=policy, position_temperature=position_temperature)
         # committing the mask token would leave the position masked and break the schedule, so it is never chosen
-        self.suppress = sorted({adapter.mask_id, *(suppress_tokens or [])})
+        self.suppress = torch.tensor(sorted({adapter.mask_id, *(suppress_tokens or [])}), device=x.device)
+        self.exclude = torch.tensor([adapter.mask_id], device=x.device)  # made once: no copies inside a step
         if self.scorer == "policy":
             if policy is None:
                 raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
             adapter.capture_last_block_input()
         self.prompt_index = x != adapter.mask_id  # what classifier-free guidance hides
+        if cfg_scale > 0:  # the doubled batch's attention, prepared once (Dream's preparation reads the device)
+            doubled = None if self.valid is None else torch.cat([self.valid] * 2).long()
+            self.prepared_cfg = adapter.prepare_attention(doubled, 2 * x.shape[0], x.shape[1])
         self.bad = torch.zeros((), dtype=torch.bool, device=x.device)
 
     def logits(self, start: int, end: int) -> torch.Tensor:
         x = self.x
         if self.cfg_scale > 0:
             uncond = x.masked_fill(self.prompt_index, self.adapter.mask_id)
-            prepared = self.adapter.prepare_attention(
-                None if self.valid is None else torch.cat([self.valid] * 2).long(), 2 * x.shape[0], x.shape[1])
-            both = self.adapter.logits(torch.cat([x, uncond]), prepared)[:, start:end]
+            both = self.adapter.logits(torch.cat([x, uncond]), self.prepared_cfg)[:, start:end]
             cond, un = both.chunk(2)
             return un + (self.cfg_scale + 1) * (cond - un)
         return self.adapter.logits(x, self.prepared)[:, start:end]
@@ -81,7 +83,7 @@ class _Loop:
         logits = self.logits(start, end)
         batch, width, vocab = logits.shape
         flat = vocab_stats_ref(logits, topk=min(FEATURE_TOPK, vocab), temperature=self.temperature,
-                               generator=self.generator, suppress=self.suppress, exclude=[self.adapter.mask_id])
+                               generator=self.generator, suppress=self.suppress, exclude=self.exclude)
         stats = VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
         region = x[:, start:end]
         candidates = region == self.adapter.mask_id
