@@ -12,12 +12,16 @@ per selected row:
                                 still over the whole vocabulary)
     ref_logsumexp  [N] float32  log sum_v exp(p_v / ref_tau): the log of the softmax-confidence reference weight
 
-This file holds the pure-PyTorch reference, ``vocab_stats_ref``; the fused Triton kernel will live beside it and be
-tested against it.
+This file holds the fused Triton kernel with its launcher, ``vocab_stats_triton`` (fp32 accumulation, an online
+softmax over BLOCK_V tiles, one program per row), and the pure-PyTorch reference, ``vocab_stats_ref``, that the CPU
+path runs and the tests compare against. The public entry point choosing between them is ``upo_fast.ops``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 from typing import NamedTuple
 
 import torch
@@ -94,3 +98,240 @@ def vocab_stats_ref(logits: torch.Tensor, rows: torch.Tensor | None = None, *, t
         topk_probs = probs.topk(topk, dim=-1).values
     ref_logsumexp = torch.logsumexp(probs / ref_tau, dim=-1)
     return VocabStats(token, confidence, margin, entropy, topk_probs, ref_logsumexp)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernel. `tl` is imported on the first launch, not at import time: the CPU sampler imports this file for
+# the reference, which must stay cheap and work without triton (macOS). The kernel is decorated on first use, per
+# TRITON_INTERPRET value, because triton decides between compiling and interpreting when it decorates.
+# ----------------------------------------------------------------------------------------------------------------
+tl = None
+
+
+def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
+                        token_ptr, conf_ptr, margin_ptr, entropy_ptr, topk_ptr, ref_ptr,
+                        V, L, stride_b, stride_l, n_suppress, n_exclude, temperature, inv_tau, seed,
+                        HAS_ROWS: tl.constexpr, SAMPLE: tl.constexpr, NEED_REF: tl.constexpr,
+                        K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
+    """One program per selected row; pass 1 streams the row once in BLOCK_V tiles with an online softmax."""
+    pid = tl.program_id(0)
+    if HAS_ROWS:
+        row = tl.load(rows_ptr + pid).to(tl.int64)
+    else:
+        row = pid.to(tl.int64)
+    # [B, L, V] with any row strides: the flat row r is (r // L, r % L); a 2-D input passes L = R, stride_b = 0
+    base = logits_ptr + (row // L) * stride_b + (row % L) * stride_l
+    lane = tl.arange(0, BLOCK_V)
+    slot = tl.arange(0, K_PAD)
+    NEG = float("-inf")
+
+    m = tl.full((), NEG, tl.float32)  # running max logit
+    z = tl.zeros((), tl.float32)  # sum exp(l - m)
+    t = tl.zeros((), tl.float32)  # sum exp(l - m) * (l - m): entropy = log z - t / z, no cancellation against m
+    second = tl.full((), NEG, tl.float32)  # second largest logit (a tied maximum counts twice, like topk)
+    tok = tl.zeros((), tl.int32)  # stays 0 on an all -inf row: comparisons below are strict
+    best = tl.full((), NEG, tl.float32)  # best Gumbel score so far (SAMPLE)
+    tok_logit = tl.full((), NEG, tl.float32)  # logit of the sampled token (SAMPLE)
+    top = tl.full((K_PAD,), NEG, tl.float32)  # running top-K logits with `exclude` left out, descending
+    for start in range(0, V, BLOCK_V):
+        offs = start + lane
+        x = tl.load(base + offs, mask=offs < V, other=NEG).to(tl.float32)
+        for j in range(n_suppress):  # few ids: one compare per id and tile is cheaper than a lookup table
+            x = tl.where(offs == tl.load(suppress_ptr + j), NEG, x)
+        t1, i1 = tl.max(x, axis=0, return_indices=True)  # ties: first index, like torch.argmax
+        t2 = tl.max(tl.where(lane == i1, NEG, x), axis=0)
+        if not SAMPLE:
+            tok = tl.where(t1 > m, start + i1, tok)
+        second = tl.maximum(tl.minimum(m, t1), tl.maximum(second, t2))
+        m_new = tl.maximum(m, t1)
+        shift = tl.where(m_new > NEG, m_new, 0.0)  # all -inf so far: any finite shift keeps every term at 0
+        alpha = tl.exp(m - shift)
+        e = tl.exp(x - shift)
+        t = alpha * (t + tl.where(m > NEG, m - shift, 0.0) * z) + tl.sum(e * tl.where(x > NEG, x - shift, 0.0), 0)
+        z = alpha * z + tl.sum(e, axis=0)
+        m = m_new
+        if SAMPLE:
+            # Gumbel-max, argmax(l + T*g) == argmax(l/T + g) without overflow at tiny T. Counter-based RNG keyed
+            # by (seed, flat row, token id): independent of BLOCK_V, the grid and which other rows are selected.
+            bits = tl.randint(seed, row * V + offs)
+            v = (bits.to(tl.float32) + 0.5) * 2.3283064365386963e-10  # uniform in (0, 1], fine near 0
+            w = 1.0 - v
+            # E = -log(1 - v) ~ Exp(1), via the log1p trick: exact near v = 0, where the Gumbel tail lives
+            expo = tl.where(w == 1.0, v, -tl.log(w) * (v / tl.where(w == 1.0, 1.0, 1.0 - w)))
+            score = x - temperature * tl.log(expo)
+            s1, si = tl.max(score, axis=0, return_indices=True)
+            hit = s1 > best
+            tok = tl.where(hit, start + si, tok)
+            tok_logit = tl.where(hit, tl.max(tl.where(lane == si, x, NEG), axis=0), tok_logit)
+            best = tl.maximum(best, s1)
+        xe = x
+        for j in range(n_exclude):
+            xe = tl.where(offs == tl.load(exclude_ptr + j), NEG, xe)
+        kth = tl.min(tl.where(slot < K, top, float("inf")), axis=0)
+        if tl.max(xe, axis=0) > kth:  # most tiles of a long row cannot enter the top-K: skip the merge
+            merged = tl.full((K_PAD,), NEG, tl.float32)
+            for i in tl.static_range(K):  # K rounds of max-extraction from (running top-K) + (this tile)
+                a, ia = tl.max(top, axis=0, return_indices=True)
+                b, ib = tl.max(xe, axis=0, return_indices=True)
+                from_tile = b > a  # remove the extracted entry from its source; -1 matches no lane
+                merged = tl.where(slot == i, tl.maximum(a, b), merged)
+                xe = tl.where(lane == tl.where(from_tile, ib, -1), NEG, xe)
+                top = tl.where(slot == tl.where(from_tile, -1, ia), NEG, top)
+            top = merged
+
+    valid = m > NEG  # an all -inf row gets token 0 and NaN statistics, like the reference
+    nan = float("nan")
+    if SAMPLE:
+        conf = tl.exp(tok_logit - m) / z
+    else:
+        conf = 1.0 / z
+    tl.store(token_ptr + pid, tok.to(tl.int64))
+    tl.store(conf_ptr + pid, tl.where(valid, conf, nan))
+    tl.store(margin_ptr + pid, tl.where(valid, (1.0 - tl.exp(second - m)) / z, nan))
+    tl.store(entropy_ptr + pid, tl.where(valid, tl.log(z) - t / z, nan))
+    tl.store(topk_ptr + pid * K + slot, tl.where(valid, tl.exp(top - m) / z, nan), mask=slot < K)
+
+    ref = tl.full((), nan, tl.float32)
+    if NEED_REF:
+        # Pass 2: sum_v exp(p_v / tau) needs the final m and z, so the row is read a second time. The largest
+        # term, p_max / tau = 1 / (z tau), is known exactly and factored out so that a small tau cannot overflow.
+        pmax = 1.0 / z
+        acc = tl.zeros((), tl.float32)
+        for start in range(0, V, BLOCK_V):
+            offs = start + lane
+            x = tl.load(base + offs, mask=offs < V, other=NEG).to(tl.float32)
+            for j in range(n_suppress):
+                x = tl.where(offs == tl.load(suppress_ptr + j), NEG, x)
+            p = tl.exp(x - m) / z
+            acc += tl.sum(tl.where(offs < V, tl.exp((p - pmax) * inv_tau), 0.0), axis=0)
+        ref = tl.where(valid, pmax * inv_tau + tl.log(acc), nan)
+    tl.store(ref_ptr + pid, ref)
+
+
+MAX_TOPK = 16  # the kernel keeps the running top-k in registers
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def triton_interpreting() -> bool:
+    """True when TRITON_INTERPRET asks triton to run kernels on the CPU (numpy) instead of compiling them."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
+
+
+def interpreter_ready() -> bool:
+    """Whether triton's own library (tl.max, tl.randint, ...) can run in the interpreter in this process: only if
+    TRITON_INTERPRET was set before triton.language was first imported (torch._dynamo, which transformers
+    loads, imports it)."""
+    import triton.language
+
+    return type(triton.language.zeros).__name__ == "InterpretedFunction"
+
+
+@functools.cache
+def _jitted(interpret: bool):
+    global tl
+    import triton
+    import triton.language
+
+    tl = triton.language  # the kernel's global, resolved when triton parses it
+    return triton.jit(_vocab_stats_kernel, do_not_specialize=["seed"])
+
+
+def _id_tensor(ids, name: str, vocab: int, device: torch.device, check: bool) -> tuple[torch.Tensor, int]:
+    """Token ids [S] as int32 on ``device``; ids must be in [0, V) (tensors are checked only when ``check``)."""
+    if ids is None:
+        return torch.full((1,), -1, dtype=torch.int32, device=device), 0  # never read: the count is 0
+    if torch.is_tensor(ids):
+        if ids.dtype not in (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64) or ids.dim() > 1:
+            raise ValueError(f"{name} must be a list or a 0-D/1-D integer tensor of token ids, got {ids.dtype} "
+                             f"of shape {tuple(ids.shape)}")
+        out = ids.to(device=device, dtype=torch.int32).reshape(-1)
+        bad = check and out.numel() > 0 and bool(((out < 0) | (out >= vocab)).any())
+    else:
+        values = [int(i) for i in ids]
+        bad = any(not 0 <= i < vocab for i in values)
+        out = torch.tensor(values, dtype=torch.int32, device=device)
+    if bad:
+        raise ValueError(f"{name} holds token ids outside the vocabulary [0, {vocab})")
+    if out.numel() == 0:
+        return torch.full((1,), -1, dtype=torch.int32, device=device), 0
+    return out, out.numel()
+
+
+def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
+                       temperature: float = 0.0, seed: int | None = None,
+                       suppress: torch.Tensor | list[int] | None = None,
+                       exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
+                       need_ref: bool = True, check_rows: bool = True, block_v: int | None = None) -> VocabStats:
+    """Fused statistics of ``logits`` [R, V] or [B, L, V] (fp16/bf16/fp32/fp64, any row strides) for the flat rows
+    ``rows`` [N] (default: all R = B*L rows), same outputs as ``vocab_stats_ref`` (see the module docstring).
+
+    - temperature > 0 samples by Gumbel-max with triton's Philox keyed by (``seed``, flat row, token id), so a row's
+      token depends neither on ``block_v`` nor on which other rows are selected. ``seed=None`` draws a seed from
+      torch's global CPU generator on the host before the launch (no device sync). The Gumbel noise is fp32 from
+      32 random bits: its upper tail is cut at ~22.9 (probability ~1e-10 per token).
+    - ``need_ref=False`` skips the second pass over V that ``ref_logsumexp`` needs (it then holds NaN).
+    - ``check_rows`` checks ``rows`` and tensor ``suppress``/``exclude`` ids against their ranges: a device sync;
+      switch it off inside CUDA graphs or hot loops once the indices are known to be valid.
+    - ``block_v`` (a power of two >= 16) sets the tile width; the default is min(next_pow2(V), 1024).
+    - A row with every logit -inf (after ``suppress``) gets token 0 and NaN statistics, like the reference; a NaN
+      logit makes the row's statistics NaN (through the sum z) and its token some id in [0, V).
+    CPU tensors run in triton's interpreter, which needs TRITON_INTERPRET=1 set before triton is first imported.
+    """
+    if not torch.is_tensor(logits) or logits.dtype not in _FLOAT_DTYPES:
+        got = logits.dtype if torch.is_tensor(logits) else type(logits).__name__
+        raise ValueError(f"logits must be a float16/bfloat16/float32/float64 tensor, got {got}")
+    if logits.dim() not in (2, 3):
+        raise ValueError(f"logits must be [R, V] or [B, L, V], got shape {tuple(logits.shape)}")
+    vocab, n_flat = logits.shape[-1], logits.shape[:-1].numel()
+    if vocab < 1 or n_flat < 1:
+        raise ValueError(f"logits must hold at least one row and one vocabulary entry, got {tuple(logits.shape)}")
+    if not isinstance(topk, int) or not 1 <= topk <= min(vocab, MAX_TOPK):
+        raise ValueError(f"topk must be an int in [1, min(V={vocab}, {MAX_TOPK})], got {topk!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not ref_tau > 0:
+        raise ValueError(f"ref_tau must be > 0, got {ref_tau}")
+    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
+        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
+    device = logits.device
+    if device.type == "cpu" and not (triton_interpreting() and interpreter_ready()):
+        raise ValueError("Triton on CPU tensors needs TRITON_INTERPRET=1 set before triton is first imported (torch."
+                         "_dynamo imports it); use vocab_stats_ref or upo_fast.ops.vocab_stats(backend='auto') instead")
+    if rows is not None:
+        if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
+            raise ValueError("rows must be a 1-D int32/int64 tensor of flat row indices")
+        if rows.device != device:
+            raise ValueError(f"rows is on {rows.device} but logits is on {device}")
+        if rows.numel() == 0:
+            raise ValueError("rows is empty: select at least one row")
+        if check_rows and bool(((rows < 0) | (rows >= n_flat)).any()):
+            raise ValueError(f"rows holds indices outside [0, {n_flat}) (the flat rows of logits)")
+    sup, n_sup = _id_tensor(suppress, "suppress", vocab, device, check_rows)
+    exc, n_exc = _id_tensor(exclude, "exclude", vocab, device, check_rows)
+    if logits.stride(-1) != 1:  # rows may be strided, entries inside a row must not be
+        logits = logits.contiguous()
+    if logits.dim() == 2:
+        length, stride_b, stride_l = n_flat, 0, logits.stride(0)
+    else:
+        length, stride_b, stride_l = logits.shape[1], logits.stride(0), logits.stride(1)
+    sample = temperature > 0
+    if sample and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    n = n_flat if rows is None else rows.numel()
+    f32 = dict(dtype=torch.float32, device=device)
+    out = VocabStats(torch.empty(n, dtype=torch.int64, device=device), torch.empty(n, **f32), torch.empty(n, **f32),
+                     torch.empty(n, **f32), torch.empty(n, topk, **f32), torch.empty(n, **f32))
+    block = block_v or min(max(triton_next_pow2(vocab), 16), 1024)
+    kernel = _jitted(triton_interpreting())
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        kernel[(n,)](logits, out.token if rows is None else rows, sup, exc, *out,
+                     vocab, length, stride_b, stride_l, n_sup, n_exc,
+                     max(float(temperature), 1e-30) if sample else 0.0,  # 1e-30: T must not round to 0 in fp32
+                     1.0 / ref_tau, int(seed) % 2**63 if sample else 0,
+                     HAS_ROWS=rows is not None, SAMPLE=sample, NEED_REF=need_ref, K=topk,
+                     K_PAD=max(2, triton_next_pow2(topk)), BLOCK_V=block, num_warps=4 if block <= 1024 else 8)
+    return out
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()

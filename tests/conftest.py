@@ -1,8 +1,14 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run through triton's interpreter, which must be switched on before triton is
+# first imported (loading a transformers model imports it), so here, before any test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # tests import their fixtures (tiny_models, reference_samplers) as plain modules
 sys.path.insert(0, str(Path(__file__).resolve().parent))

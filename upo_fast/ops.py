@@ -1,0 +1,63 @@
+"""Public entry points of the token-statistics ops, choosing between the Triton kernels and the references.
+
+``import upo_fast.ops`` works without triton (macOS): triton is imported only when a Triton backend runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from upo_fast.kernels.vocab_stats import (
+    MAX_TOPK,
+    VocabStats,
+    vocab_stats_ref,
+    vocab_stats_triton,
+)
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def triton_available() -> bool:
+    """Whether triton is installed (found, not imported: importing it is slow)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a blocked or half-removed triton
+        return False
+
+
+def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
+                temperature: float = 0.0, seed: int | None = None, generator: torch.Generator | None = None,
+                suppress: torch.Tensor | list[int] | None = None, exclude: torch.Tensor | list[int] | None = None,
+                ref_tau: float = 0.05, backend: str = "auto") -> VocabStats:
+    """Per-row token statistics of ``logits`` [R, V] or [B, L, V] for the flat rows ``rows`` [N] (default all):
+    token [N], confidence [N], margin [N], entropy [N], topk_probs [N, topk], ref_logsumexp [N]
+    (see ``upo_fast.kernels.vocab_stats``).
+
+    backend: "torch" runs the reference; "triton" the fused kernel (CUDA tensors, or CPU tensors in triton's
+    interpreter when TRITON_INTERPRET=1 was set before triton was first imported; else a ValueError); "auto" picks
+    Triton for CUDA tensors when triton is installed and topk <= 16, else the reference.
+
+    Sampling (temperature > 0) takes ``seed`` or ``generator``, not both. The two backends use different random
+    streams: the same seed gives reproducible but backend-dependent tokens. With ``generator`` the Triton backend
+    draws its seed from it on the host (a device sync if the generator lives on the GPU); with neither it draws
+    from torch's global CPU generator.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed or generator, not both")
+    on_cuda = torch.is_tensor(logits) and logits.is_cuda
+    if backend == "triton" and not triton_available():
+        raise ValueError("backend='triton' needs the triton package (pip install triton; Linux only)")
+    use_triton = backend == "triton" or (backend == "auto" and on_cuda and topk <= MAX_TOPK and triton_available())
+    if use_triton:
+        if temperature > 0 and seed is None and generator is not None:
+            seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device).item())
+        return vocab_stats_triton(logits, rows, topk=topk, temperature=temperature, seed=seed, suppress=suppress,
+                                  exclude=exclude, ref_tau=ref_tau)
+    if seed is not None and torch.is_tensor(logits):
+        generator = torch.Generator(device=logits.device).manual_seed(seed)
+    return vocab_stats_ref(logits, rows, topk=topk, temperature=temperature, generator=generator,
+                           suppress=suppress, exclude=exclude, ref_tau=ref_tau)
