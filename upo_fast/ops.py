@@ -61,3 +61,51 @@ def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk:
         generator = torch.Generator(device=logits.device).manual_seed(seed)
     return vocab_stats_ref(logits, rows, topk=topk, temperature=temperature, generator=generator,
                            suppress=suppress, exclude=exclude, ref_tau=ref_tau)
+
+
+def fused_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                     rows: torch.Tensor | None = None, logit_scale: float = 1.0, topk: int = 8,
+                     temperature: float = 0.0, seed: int | None = None, generator: torch.Generator | None = None,
+                     suppress: torch.Tensor | list[int] | None = None,
+                     exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
+                     need_ref: bool = True, backend: str = "auto") -> VocabStats:
+    """``vocab_stats`` of the logits ``(hidden @ weight.T + bias) * logit_scale`` without materializing them
+    (``hidden`` [R, d] or [B, L, d] with flat ``rows``, ``weight`` [V, d], ``bias`` [V]); see
+    ``upo_fast.kernels.fused_head``. Backends, seeds and generators follow ``vocab_stats``; ``need_ref=False``
+    (Triton only; the reference always computes it) skips the second matmul that ``ref_logsumexp`` costs.
+    """
+    from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed or generator, not both")
+    on_cuda = torch.is_tensor(hidden) and hidden.is_cuda
+    if backend == "triton" and not triton_available():
+        raise ValueError("backend='triton' needs the triton package (pip install triton; Linux only)")
+    use_triton = backend == "triton" or (backend == "auto" and on_cuda and topk <= MAX_TOPK and triton_available())
+    if use_triton:
+        if temperature > 0 and seed is None and generator is not None:
+            seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device).item())
+        return fused_head_stats_triton(hidden, weight, bias, rows=rows, logit_scale=logit_scale, topk=topk,
+                                       temperature=temperature, seed=seed, suppress=suppress, exclude=exclude,
+                                       ref_tau=ref_tau, need_ref=need_ref)
+    if seed is not None and torch.is_tensor(hidden):
+        generator = torch.Generator(device=hidden.device).manual_seed(seed)
+    return fused_head_stats_ref(hidden, weight, bias, rows=rows, logit_scale=logit_scale, topk=topk,
+                                temperature=temperature, generator=generator, suppress=suppress, exclude=exclude,
+                                ref_tau=ref_tau)
+
+
+# Position ops over per-position scores [B, L] (selection, reference distributions, KL / CE); each takes
+# backend="auto" | "triton" | "torch" with the same rule as above. They live with their kernels.
+from upo_fast.kernels.position_policy import (  # noqa: E402
+    policy_divergence,
+    position_log_softmax,
+    reference_distribution,
+    select_positions,
+    topk_candidates,
+)
+
+__all__ = ["vocab_stats", "fused_head_stats", "position_log_softmax", "select_positions", "topk_candidates",
+           "reference_distribution", "policy_divergence", "BACKENDS", "triton_available"]

@@ -1,0 +1,131 @@
+"""Shared helpers of the benchmarks: run metadata, timing, peak memory, and result files (JSON + CSV).
+
+Every result file carries the metadata that the README rule asks for: device, torch/triton versions, commit, date
+and the command line.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib.metadata
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(repo: Path = REPO) -> str | None:
+    """The checked-out commit, read from .git without running git (None outside a checkout)."""
+    git = repo / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head
+        ref = head.split(":", 1)[1].strip()
+        bases = [git]
+        if (git / "commondir").exists():  # a linked worktree keeps its refs in the main .git
+            bases.append((git / (git / "commondir").read_text().strip()).resolve())
+        for base in bases:
+            if (base / ref).exists():
+                return (base / ref).read_text().strip()
+            packed = base / "packed-refs"
+            if packed.exists():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def metadata(device: torch.device | str) -> dict:
+    return dict(device=device_name(device), torch=torch.__version__, triton=package_version("triton"),
+                cuda=torch.version.cuda, python=platform.python_version(), commit=git_commit(),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join([Path(sys.executable).name, *sys.argv]))
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 20,
+            device: torch.device | str | None = None) -> dict:
+    """Median, 20th and 80th percentile of ``fn``'s time in milliseconds: CUDA events around each call on a GPU
+    (no host sync between start and end), ``time.perf_counter`` on the CPU."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        fn()
+    times = []
+    if cuda:
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) for start, end in events]
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return dict(median_ms=statistics.median(times), p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8),
+                repeats=repeats)
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int | None:
+    """Peak CUDA memory allocated during one call of ``fn``, above what was allocated before (None on the CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def write_results(out_dir: str | Path, name: str, rows: list[dict], meta: dict, extra: dict | None = None) -> dict:
+    """Write ``<name>.json`` ({"meta", "results", **extra}) and ``<name>.csv`` (one row per result, the metadata
+    repeated as columns) under ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out / f"{name}.json", out / f"{name}.csv"
+    json_path.write_text(json.dumps(dict(meta=meta, results=rows, **(extra or {})), indent=2, default=str) + "\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row)) + [f"meta_{k}" for k in meta]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, **{f"meta_{k}": v for k, v in meta.items()}})
+    return dict(json=str(json_path), csv=str(csv_path))
