@@ -25,15 +25,14 @@ import contextlib
 import functools
 
 import torch
-from upo_fast.kernels.vocab_stats import (
-    MAX_TOPK,
-    VocabStats,
-    _id_tensor,
-    interpreter_ready,
+from upo_fast.kernels.triton_support import (
+    check_flat_rows,
+    id_tensor,
+    require_runnable,
     triton_interpreting,
     triton_next_pow2,
-    vocab_stats_ref,
 )
+from upo_fast.kernels.vocab_stats import MAX_TOPK, VocabStats, vocab_stats_ref
 
 _DOT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -274,20 +273,10 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
             raise ValueError(f"{name} must be a power of two >= 16, got {block}")
     if v_splits is not None and v_splits < 1:
         raise ValueError(f"v_splits must be >= 1, got {v_splits}")
-    if device.type == "cpu" and not (triton_interpreting() and interpreter_ready()):
-        raise ValueError("Triton on CPU tensors needs TRITON_INTERPRET=1 set before triton is first imported; use "
-                         "fused_head_stats_ref or upo_fast.ops.fused_head_stats(backend='auto') instead")
-    if rows is not None:
-        if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
-            raise ValueError("rows must be a 1-D int32/int64 tensor of flat row indices")
-        if rows.device != device:
-            raise ValueError(f"rows is on {rows.device} but hidden is on {device}")
-        if rows.numel() == 0:
-            raise ValueError("rows is empty: select at least one row")
-        if check_rows and bool(((rows < 0) | (rows >= n_flat)).any()):
-            raise ValueError(f"rows holds indices outside [0, {n_flat}) (the flat rows of hidden)")
-    sup, n_sup = _id_tensor(suppress, "suppress", vocab, device, check_rows)
-    exc, n_exc = _id_tensor(exclude, "exclude", vocab, device, check_rows)
+    require_runnable(device, "fused_head_stats_ref")
+    check_flat_rows(rows, device, n_flat, "hidden", check_rows)
+    sup, n_sup = id_tensor(suppress, "suppress", vocab, device, check_rows)
+    exc, n_exc = id_tensor(exclude, "exclude", vocab, device, check_rows)
     if hidden.dim() == 2:
         length, s_hb, s_hl = n_flat, 0, hidden.stride(0)
     else:

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import types
 
 import torch
-from upo_fast.kernels.vocab_stats import gumbel_like, interpreter_ready, triton_interpreting, triton_next_pow2
+from upo_fast.kernels.triton_support import triton_interpreting, triton_next_pow2, use_triton
+from upo_fast.kernels.vocab_stats import gumbel_like
 
-BACKENDS = ("auto", "triton", "torch")
 REFERENCE_KINDS = ("max_confidence", "softmax_confidence", "topk")
 DIVERGENCES = ("kl", "ce")
 NEG = float("-inf")
@@ -70,26 +69,6 @@ def _check_k(k, scores: torch.Tensor, check: bool) -> None:
 def _check_K(K) -> None:
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"K must be an int >= 1, got {K!r}")
-
-
-def _triton_available() -> bool:
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _use_triton(backend: str, device: torch.device) -> bool:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "triton":
-        if not _triton_available():
-            raise ValueError("backend='triton' needs the triton package (pip install triton; Linux only)")
-        if device.type == "cpu" and not (triton_interpreting() and interpreter_ready()):
-            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is first "
-                             "imported; use backend='torch' or 'auto'")
-        return True
-    return backend == "auto" and device.type == "cuda" and _triton_available()
 
 
 # References
@@ -372,7 +351,7 @@ def position_log_softmax(scores, candidates, temperature: float = 1.0, *, check:
     _check_temperature(temperature)
     if check and scores.numel() and not bool(candidates.any(-1).all()):
         raise ValueError("candidates has a row with no candidate: its position distribution is undefined")
-    if not _use_triton(backend, scores.device):
+    if not use_triton(backend, scores.device):
         return position_log_softmax_ref(scores, candidates, temperature).float()
     out = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
     _launch("log_softmax", scores, scores.contiguous(), _u8(candidates), out, float(temperature))
@@ -391,7 +370,7 @@ def select_positions(scores, candidates, k=None, *, threshold=None, temperature:
     _check_select(scores, candidates, k, threshold, temperature, check)
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
-    if not _use_triton(backend, scores.device):
+    if not use_triton(backend, scores.device):
         if seed is not None:
             generator = torch.Generator(device=scores.device).manual_seed(seed)
         return select_positions_ref(scores, candidates, k, threshold=threshold, temperature=temperature,
@@ -412,7 +391,7 @@ def topk_candidates(confidence, candidates, K: int, *, backend: str = "auto") ->
     position."""
     _check_rows(confidence, candidates, "confidence")
     _check_K(K)
-    if not _use_triton(backend, confidence.device):
+    if not use_triton(backend, confidence.device):
         return topk_candidates_ref(confidence, candidates, K)
     k = torch.full(confidence.shape[:1], K, dtype=torch.int64, device=confidence.device)
     return select_positions(confidence, candidates, k, temperature=0.0, check=False, backend="triton")
@@ -425,7 +404,7 @@ def reference_distribution(kind: str, candidates, *, confidence=None, ref_logsum
     softmax of ``ref_logsumexp``, "topk" uniform over ``topk_candidates(confidence, candidates, K)``."""
     _check_kind(kind, candidates, confidence, ref_logsumexp, K)
     values = ref_logsumexp if kind == "softmax_confidence" else confidence
-    if not _use_triton(backend, values.device):
+    if not use_triton(backend, values.device):
         return reference_distribution_ref(kind, candidates, confidence=confidence, ref_logsumexp=ref_logsumexp, K=K)
     if kind == "topk":
         candidates = topk_candidates(confidence, candidates, K, backend="triton")
@@ -463,6 +442,6 @@ def policy_divergence(scores, candidates, reference, kind: str = "kl", temperatu
     torch.autograd.Function with a Triton backward; the torch path is autograd of the reference. float32 output
     (float64 for float64 scores on the torch path)."""
     _check_divergence(scores, candidates, reference, kind, temperature)
-    if not _use_triton(backend, scores.device):
+    if not use_triton(backend, scores.device):
         return policy_divergence_ref(scores, candidates, reference, kind, temperature)
     return _TritonDivergence.apply(scores, candidates, reference.detach(), kind == "kl", temperature)

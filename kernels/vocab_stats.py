@@ -21,10 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from typing import NamedTuple
 
 import torch
+from upo_fast.kernels.triton_support import (  # noqa: F401  (some are re-exported)
+    check_flat_rows,
+    id_tensor,
+    interpreter_ready,
+    require_runnable,
+    triton_interpreting,
+    triton_next_pow2,
+)
 
 
 class VocabStats(NamedTuple):
@@ -212,20 +219,6 @@ MAX_TOPK = 16  # the kernel keeps the running top-k in registers
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def triton_interpreting() -> bool:
-    """True when TRITON_INTERPRET asks triton to run kernels on the CPU (numpy) instead of compiling them."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
-
-
-def interpreter_ready() -> bool:
-    """Whether triton's own library (tl.max, tl.randint, ...) can run in the interpreter in this process: only if
-    TRITON_INTERPRET was set before triton.language was first imported (torch._dynamo, which transformers
-    loads, imports it)."""
-    import triton.language
-
-    return type(triton.language.zeros).__name__ == "InterpretedFunction"
-
-
 @functools.cache
 def _jitted(interpret: bool):
     global tl
@@ -234,27 +227,6 @@ def _jitted(interpret: bool):
 
     tl = triton.language  # the kernel's global, resolved when triton parses it
     return triton.jit(_vocab_stats_kernel, do_not_specialize=["seed"])
-
-
-def _id_tensor(ids, name: str, vocab: int, device: torch.device, check: bool) -> tuple[torch.Tensor, int]:
-    """Token ids [S] as int32 on ``device``; ids must be in [0, V) (tensors are checked only when ``check``)."""
-    if ids is None:
-        return torch.full((1,), -1, dtype=torch.int32, device=device), 0  # never read: the count is 0
-    if torch.is_tensor(ids):
-        if ids.dtype not in (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64) or ids.dim() > 1:
-            raise ValueError(f"{name} must be a list or a 0-D/1-D integer tensor of token ids, got {ids.dtype} "
-                             f"of shape {tuple(ids.shape)}")
-        out = ids.to(device=device, dtype=torch.int32).reshape(-1)
-        bad = check and out.numel() > 0 and bool(((out < 0) | (out >= vocab)).any())
-    else:
-        values = [int(i) for i in ids]
-        bad = any(not 0 <= i < vocab for i in values)
-        out = torch.tensor(values, dtype=torch.int32, device=device)
-    if bad:
-        raise ValueError(f"{name} holds token ids outside the vocabulary [0, {vocab})")
-    if out.numel() == 0:
-        return torch.full((1,), -1, dtype=torch.int32, device=device), 0
-    return out, out.numel()
 
 
 def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
@@ -294,20 +266,10 @@ def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *
     if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
         raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
     device = logits.device
-    if device.type == "cpu" and not (triton_interpreting() and interpreter_ready()):
-        raise ValueError("Triton on CPU tensors needs TRITON_INTERPRET=1 set before triton is first imported (torch."
-                         "_dynamo imports it); use vocab_stats_ref or upo_fast.ops.vocab_stats(backend='auto') instead")
-    if rows is not None:
-        if not torch.is_tensor(rows) or rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
-            raise ValueError("rows must be a 1-D int32/int64 tensor of flat row indices")
-        if rows.device != device:
-            raise ValueError(f"rows is on {rows.device} but logits is on {device}")
-        if rows.numel() == 0:
-            raise ValueError("rows is empty: select at least one row")
-        if check_rows and bool(((rows < 0) | (rows >= n_flat)).any()):
-            raise ValueError(f"rows holds indices outside [0, {n_flat}) (the flat rows of logits)")
-    sup, n_sup = _id_tensor(suppress, "suppress", vocab, device, check_rows)
-    exc, n_exc = _id_tensor(exclude, "exclude", vocab, device, check_rows)
+    require_runnable(device, "vocab_stats_ref")
+    check_flat_rows(rows, device, n_flat, "logits", check_rows)
+    sup, n_sup = id_tensor(suppress, "suppress", vocab, device, check_rows)
+    exc, n_exc = id_tensor(exclude, "exclude", vocab, device, check_rows)
     if logits.stride(-1) != 1:  # rows may be strided, entries inside a row must not be
         logits = logits.contiguous()
     if logits.dim() == 2:
@@ -331,7 +293,3 @@ def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *
                      HAS_ROWS=rows is not None, SAMPLE=sample, NEED_REF=need_ref, K=topk,
                      K_PAD=max(2, triton_next_pow2(topk)), BLOCK_V=block, num_warps=4 if block <= 1024 else 8)
     return out
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()

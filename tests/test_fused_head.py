@@ -2,33 +2,20 @@
 reference on the materialized fp32 logits, on the CPU through triton's interpreter (tiny shapes and tiles: tl.dot is
 slow there) or on a GPU when there is one, plus the public wrapper ``upo_fast.ops.fused_head_stats``."""
 
-import os
-
+import pytest
 import torch
-
-if not torch.cuda.is_available():  # also set by conftest.py; needed here when this file is run on its own
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-pytest.importorskip("triton")
-
-from upo_fast.kernels.fused_head import (  # noqa: E402
+from kernel_device import DEVICE
+from upo_fast.kernels.fused_head import (
     fused_head_stats_ref,
     fused_head_stats_triton,
     head_logits,
 )
-from upo_fast.kernels.vocab_stats import (  # noqa: E402
-    triton_interpreting,
+from upo_fast.kernels.vocab_stats import (
     vocab_stats_ref,
     vocab_stats_triton,
 )
 
-from upo_fast import ops  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not triton_interpreting():
-    pytest.skip("no GPU and TRITON_INTERPRET is off", allow_module_level=True)
+from upo_fast import ops
 
 FIELDS = ("confidence", "margin", "entropy", "topk_probs", "ref_logsumexp")
 TILES = dict(block_r=16, block_v=32, block_d=16)  # small tiles keep the interpreter fast and make several of them

@@ -2,30 +2,19 @@
 the CPU through triton's interpreter, on a GPU when there is one), sampling distributions, gradients, bad input."""
 
 import math
-import os
 
+import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kernel_device import DEVICE
+from upo_fast.kernels import position_policy as pp
 
-if not torch.cuda.is_available():  # also set by conftest.py; needed here when this file is run on its own
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-pytest.importorskip("triton")
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from upo_fast.kernels import position_policy as pp  # noqa: E402
-from upo_fast.kernels.vocab_stats import triton_interpreting  # noqa: E402
-
-from upo_fast.sampler import select_top_k  # noqa: E402
+from upo_fast.sampler import select_top_k
 
 # triton's interpreter runs the kernels in numpy, which warns about log(0) and inf - inf on masked lanes
 pytestmark = [pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not triton_interpreting():
-    pytest.skip("no GPU and TRITON_INTERPRET is off", allow_module_level=True)
 
 SHAPES = [(1, 1), (3, 5), (1, 37), (3, 200)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

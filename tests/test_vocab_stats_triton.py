@@ -1,31 +1,17 @@
 """The fused Triton vocabulary-statistics kernel against the PyTorch reference (on the CPU through triton's
 interpreter, on a GPU when there is one), plus the public wrapper ``upo_fast.ops.vocab_stats``."""
 
-import os
-
+import pytest
 import torch
-
-if not torch.cuda.is_available():  # also set by conftest.py; needed here when this file is run on its own
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-pytest.importorskip("triton")
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from upo_fast.kernels.vocab_stats import (  # noqa: E402
-    triton_interpreting,
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kernel_device import DEVICE
+from upo_fast.kernels.vocab_stats import (
     vocab_stats_ref,
     vocab_stats_triton,
 )
 
-from upo_fast import ops  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not triton_interpreting():
-    pytest.skip("no GPU and TRITON_INTERPRET is off", allow_module_level=True)
-
+from upo_fast import ops
 
 FIELDS = ("confidence", "margin", "entropy", "topk_probs", "ref_logsumexp")
 # (dtype, atol, rtol): the kernel reads the same values as the fp32-upcast reference and accumulates in fp32, so

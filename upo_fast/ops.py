@@ -5,26 +5,25 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from upo_fast.kernels.vocab_stats import (
-    MAX_TOPK,
-    VocabStats,
-    vocab_stats_ref,
-    vocab_stats_triton,
-)
-
-BACKENDS = ("auto", "triton", "torch")
+from upo_fast.kernels.triton_support import BACKENDS, triton_available, use_triton
+from upo_fast.kernels.vocab_stats import MAX_TOPK, VocabStats, vocab_stats_ref, vocab_stats_triton
 
 
-def triton_available() -> bool:
-    """Whether triton is installed (found, not imported: importing it is slow)."""
-    try:
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):  # a blocked or half-removed triton
-        return False
+def _route(backend, x, topk, temperature, seed, generator):
+    """(use the kernel?, seed, generator) for the statistics ops: the kernel takes a seed, the reference a
+    generator; whichever the caller gave is turned into what the chosen path needs."""
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed or generator, not both")
+    device = x.device if torch.is_tensor(x) else torch.device("cpu")
+    if use_triton(backend, device, supported=topk <= MAX_TOPK):
+        if temperature > 0 and seed is None and generator is not None:
+            seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device).item())
+        return True, seed, None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    return False, None, generator
 
 
 def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
@@ -44,21 +43,10 @@ def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk:
     draws its seed from it on the host (a device sync if the generator lives on the GPU); with neither it draws
     from torch's global CPU generator.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if seed is not None and generator is not None:
-        raise ValueError("pass seed or generator, not both")
-    on_cuda = torch.is_tensor(logits) and logits.is_cuda
-    if backend == "triton" and not triton_available():
-        raise ValueError("backend='triton' needs the triton package (pip install triton; Linux only)")
-    use_triton = backend == "triton" or (backend == "auto" and on_cuda and topk <= MAX_TOPK and triton_available())
-    if use_triton:
-        if temperature > 0 and seed is None and generator is not None:
-            seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device).item())
+    kernel, seed, generator = _route(backend, logits, topk, temperature, seed, generator)
+    if kernel:
         return vocab_stats_triton(logits, rows, topk=topk, temperature=temperature, seed=seed, suppress=suppress,
                                   exclude=exclude, ref_tau=ref_tau)
-    if seed is not None and torch.is_tensor(logits):
-        generator = torch.Generator(device=logits.device).manual_seed(seed)
     return vocab_stats_ref(logits, rows, topk=topk, temperature=temperature, generator=generator,
                            suppress=suppress, exclude=exclude, ref_tau=ref_tau)
 
@@ -76,22 +64,11 @@ def fused_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     """
     from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton
 
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if seed is not None and generator is not None:
-        raise ValueError("pass seed or generator, not both")
-    on_cuda = torch.is_tensor(hidden) and hidden.is_cuda
-    if backend == "triton" and not triton_available():
-        raise ValueError("backend='triton' needs the triton package (pip install triton; Linux only)")
-    use_triton = backend == "triton" or (backend == "auto" and on_cuda and topk <= MAX_TOPK and triton_available())
-    if use_triton:
-        if temperature > 0 and seed is None and generator is not None:
-            seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device).item())
+    kernel, seed, generator = _route(backend, hidden, topk, temperature, seed, generator)
+    if kernel:
         return fused_head_stats_triton(hidden, weight, bias, rows=rows, logit_scale=logit_scale, topk=topk,
                                        temperature=temperature, seed=seed, suppress=suppress, exclude=exclude,
                                        ref_tau=ref_tau, need_ref=need_ref)
-    if seed is not None and torch.is_tensor(hidden):
-        generator = torch.Generator(device=hidden.device).manual_seed(seed)
     return fused_head_stats_ref(hidden, weight, bias, rows=rows, logit_scale=logit_scale, topk=topk,
                                 temperature=temperature, generator=generator, suppress=suppress, exclude=exclude,
                                 ref_tau=ref_tau)
