@@ -148,7 +148,7 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
         attention_mask = F.pad(attention_mask.to(device), (0, max_length - prompt_len), value=1)
     prepared = adapter.prepare_attention(attention_mask, batch, length)
     steps, alg = opts["steps"], opts["alg"]
-    timesteps = dream_timesteps(steps, opts["eps"], device).to(device)
+    timesteps = dream_timesteps(steps, opts["eps"], device)
     history = [] if (opts["return_dict_in_generate"] and opts["output_history"]) else None
     if tokens_hook is not None:
         x = tokens_hook(None, x, None)

@@ -111,7 +111,7 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
             if k == 0:
                 continue
             select = confidence.topk(k, dim=-1).indices  # [B, k]; k never exceeds the candidates
-            x0_full = x.clone()
-            x0_full[:, start:block_end] = torch.where(mask_index[:, start:block_end], x0, x[:, start:block_end])
-            x.scatter_(1, select, x0_full.gather(1, select))
+            region = x[:, start:block_end]  # a view: the scatter writes into x; the selection never leaves it
+            proposal = torch.where(mask_index[:, start:block_end], x0, region)
+            region.scatter_(1, select - start, proposal.gather(1, select - start))
     return x

@@ -21,6 +21,6 @@ def row_counts(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def dream_timesteps(steps: int, eps: float, device) -> torch.Tensor:
-    """Dream's timesteps ``linspace(1, eps, steps + 1)``, made on the sampling device (linspace is not bitwise
-    the same on every device, and the transfer counts depend on its float32 values)."""
-    return torch.linspace(1, eps, steps + 1, device=device).cpu()
+    """Dream's timesteps ``linspace(1, eps, steps + 1)``, made on the sampling device, as the reference makes
+    them (linspace is not bitwise the same on every device, and the transfer counts depend on its float32 values)."""
+    return torch.linspace(1, eps, steps + 1, device=device)
