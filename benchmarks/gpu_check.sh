@@ -18,7 +18,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvi
 rc=0
 timeout 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider || rc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
-timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml" \
-    tests/test_vocab_stats_triton.py tests/test_fused_head.py
+timeout 200 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml" \
+    tests/test_vocab_stats_triton.py tests/test_fused_head.py tests/test_position_policy.py \
+    tests/test_torch_library.py tests/test_sampler_kernels.py
 timeout 240 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" --compile-budget-s 120
 echo "results in $OUT"

@@ -29,6 +29,7 @@ from upo_fast.kernels.triton_support import (
     check_flat_rows,
     id_tensor,
     require_runnable,
+    seed_tensor,
     triton_interpreting,
     triton_next_pow2,
 )
@@ -68,7 +69,7 @@ tl = None
 
 def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr, tok_ptr, top_ptr, mz_ptr, acc_ptr,
                        N, V, D, L, s_hb, s_hl, s_hd, s_wv, s_wd, chunk, n_sup, n_exc,
-                       scale, temperature, inv_tau, seed,
+                       scale, temperature, inv_tau, seed_ptr,
                        HAS_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, SAMPLE: tl.constexpr, REF_PASS: tl.constexpr,
                        IEEE: tl.constexpr, DOT_F32: tl.constexpr, K: tl.constexpr, K_PAD: tl.constexpr,
                        BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -101,6 +102,8 @@ def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr
         big_z = tl.load(mz_ptr + N + r_local, mask=r_ok, other=1.0)
         pmax = 1.0 / big_z
     ref_acc = tl.zeros((BLOCK_R,), tl.float32)
+    if SAMPLE:
+        seed = tl.load(seed_ptr)  # from memory (see vocab_stats.py)
 
     v_lo = split * chunk
     v_hi = tl.minimum(v_lo + chunk, V)
@@ -194,7 +197,7 @@ def _jitted(interpret: bool):
     import triton.language
 
     tl = triton.language
-    return triton.jit(_fused_head_kernel, do_not_specialize=["seed"])
+    return triton.jit(_fused_head_kernel)
 
 
 def _combine(part: torch.Tensor, tok: torch.Tensor, top: torch.Tensor, sample: bool):
@@ -226,7 +229,7 @@ def _combine(part: torch.Tensor, tok: torch.Tensor, top: torch.Tensor, sample: b
 
 def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                             rows: torch.Tensor | None = None, logit_scale: float = 1.0, topk: int = 8,
-                            temperature: float = 0.0, seed: int | None = None,
+                            temperature: float = 0.0, seed: int | torch.Tensor | None = None,
                             suppress: torch.Tensor | list[int] | None = None,
                             exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
                             need_ref: bool = True, check_rows: bool = True, block_r: int | None = None,
@@ -277,15 +280,9 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
     check_flat_rows(rows, device, n_flat, "hidden", check_rows)
     sup, n_sup = id_tensor(suppress, "suppress", vocab, device, check_rows)
     exc, n_exc = id_tensor(exclude, "exclude", vocab, device, check_rows)
-    if hidden.dim() == 2:
-        length, s_hb, s_hl = n_flat, 0, hidden.stride(0)
-    else:
-        length, s_hb, s_hl = hidden.shape[1], hidden.stride(0), hidden.stride(1)
     sample = temperature > 0
-    if sample and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    seed_t = seed_tensor(seed, device) if sample else sup  # a placeholder the kernel never reads
     n = n_flat if rows is None else rows.numel()
-
     small = device.type == "cpu"  # the interpreter: tl.dot is slow there, keep tiles small
     br = block_r or (16 if small or n <= 16 else 32 if n <= 32 else 64)
     bv = block_v or (32 if small else 128)
@@ -296,9 +293,29 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
         target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         v_splits = max(1, -(-target // row_tiles))
     per_split = -(-v_tiles // min(v_splits, v_tiles))
-    chunk = per_split * bv
-    splits = -(-vocab // chunk)
+    return VocabStats(*torch.ops.upo_fast.fused_head_stats(
+        hidden, weight, bias, rows, sup, exc, seed_t, n_sup, n_exc, float(logit_scale), topk, float(temperature),
+        float(ref_tau), need_ref, br, bv, bd, per_split * bv))
 
+
+# Registered with torch.library like vocab_stats (see there); inputs arrive checked, tiles chosen.
+@torch.library.custom_op("upo_fast::fused_head_stats", mutates_args=())
+def _fused_head_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor | None,
+                   suppress: torch.Tensor, exclude: torch.Tensor, seed: torch.Tensor, n_sup: int, n_exc: int,
+                   logit_scale: float, topk: int, temperature: float, ref_tau: float, need_ref: bool, br: int, bv: int,
+                   bd: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor]:
+    device = hidden.device
+    vocab, dim, n_flat = weight.shape[0], hidden.shape[-1], hidden.shape[:-1].numel()
+    n = n_flat if rows is None else rows.shape[0]
+    if hidden.dim() == 2:
+        length, s_hb, s_hl = n_flat, 0, hidden.stride(0)
+    else:
+        length, s_hb, s_hl = hidden.shape[1], hidden.stride(0), hidden.stride(1)
+    sample = temperature > 0
+    small = device.type == "cpu"
+    row_tiles = -(-n // br)
+    splits = -(-vocab // chunk)
     f32 = dict(dtype=torch.float32, device=device)
     part = torch.empty(6, splits, n, **f32)
     tok = torch.empty(splits, n, dtype=torch.int32, device=device)
@@ -307,10 +324,9 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
     bias_arg = bias if bias is not None else part
     rows_arg = rows if rows is not None else tok
     kernel = _jitted(triton_interpreting())
-    common = (hidden, weight, bias_arg, rows_arg, sup, exc, part, tok, top)
+    common = (hidden, weight, bias_arg, rows_arg, suppress, exclude, part, tok, top)
     sizes = (n, vocab, dim, length, s_hb, s_hl, hidden.stride(-1), weight.stride(0), weight.stride(1), chunk,
-             n_sup, n_exc, float(logit_scale), max(float(temperature), 1e-30) if sample else 0.0, 1.0 / ref_tau,
-             int(seed) % 2**63 if sample else 0)
+             n_sup, n_exc, logit_scale, max(temperature, 1e-30) if sample else 0.0, 1.0 / ref_tau, seed)
     meta = dict(HAS_ROWS=rows is not None, HAS_BIAS=bias is not None, SAMPLE=sample,
                 IEEE=hidden.dtype == torch.float32 or small, DOT_F32=small, K=topk,
                 K_PAD=max(2, triton_next_pow2(topk)), BLOCK_R=br, BLOCK_V=bv, BLOCK_D=bd,
@@ -325,7 +341,16 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
             ref = torch.where(valid, ref, torch.full_like(ref, float("nan")))
         else:
             ref = torch.full((n,), float("nan"), **f32)
-    return VocabStats(*stats, ref)
+    return (*stats, ref)
+
+
+@_fused_head_op.register_fake
+def _(hidden, weight, bias, rows, suppress, exclude, seed, n_sup, n_exc, logit_scale, topk, temperature, ref_tau,
+      need_ref, br, bv, bd, chunk):
+    n = hidden.shape[:-1].numel() if rows is None else rows.shape[0]
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    return (torch.empty(n, dtype=torch.int64, device=hidden.device), torch.empty(n, **f32), torch.empty(n, **f32),
+            torch.empty(n, **f32), torch.empty(n, topk, **f32), torch.empty(n, **f32))
 
 
 _FLOAT_BIAS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

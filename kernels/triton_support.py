@@ -92,3 +92,23 @@ def id_tensor(ids, name: str, vocab: int, device: torch.device, check: bool) -> 
     if out.numel() == 0:
         return torch.full((1,), -1, dtype=torch.int32, device=device), 0
     return out, out.numel()
+
+
+def seed_tensor(seed, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The kernels' Philox seed as a [1] int64 tensor on ``device``: kernels read it from memory, so a sampling loop
+    can keep one seed tensor on the GPU and advance it in place (no host value baked into a CUDA graph).
+
+    seed: an int (copied to the device), a 1-element int64 tensor on ``device`` (used as is, not read), or None (a
+    fresh seed drawn on the host from ``generator`` or torch's global CPU generator; a device sync only if
+    ``generator`` lives on the GPU)."""
+    if torch.is_tensor(seed):
+        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != device:
+            raise ValueError(f"seed must be an int or a 1-element int64 tensor on {device}, got {seed.dtype} "
+                             f"of shape {tuple(seed.shape)} on {seed.device}")
+        return seed.reshape(1)
+    if seed is None:
+        gen_device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=gen_device).item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int or a 1-element int64 tensor, got {type(seed).__name__}")
+    return torch.tensor([seed % 2**63], dtype=torch.int64, device=device)

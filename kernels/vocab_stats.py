@@ -29,6 +29,7 @@ from upo_fast.kernels.triton_support import (  # noqa: F401  (some are re-export
     id_tensor,
     interpreter_ready,
     require_runnable,
+    seed_tensor,
     triton_interpreting,
     triton_next_pow2,
 )
@@ -117,7 +118,7 @@ tl = None
 
 def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
                         token_ptr, conf_ptr, margin_ptr, entropy_ptr, topk_ptr, ref_ptr,
-                        V, L, stride_b, stride_l, n_suppress, n_exclude, temperature, inv_tau, seed,
+                        V, L, stride_b, stride_l, n_suppress, n_exclude, temperature, inv_tau, seed_ptr,
                         HAS_ROWS: tl.constexpr, SAMPLE: tl.constexpr, NEED_REF: tl.constexpr,
                         K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_V: tl.constexpr):
     """One program per selected row; pass 1 streams the row once in BLOCK_V tiles with an online softmax."""
@@ -140,6 +141,8 @@ def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
     best = tl.full((), NEG, tl.float32)  # best Gumbel score so far (SAMPLE)
     tok_logit = tl.full((), NEG, tl.float32)  # logit of the sampled token (SAMPLE)
     top = tl.full((K_PAD,), NEG, tl.float32)  # running top-K logits with `exclude` left out, descending
+    if SAMPLE:
+        seed = tl.load(seed_ptr)  # from memory, not an argument: a CUDA graph replays with the current seed
     for start in range(0, V, BLOCK_V):
         offs = start + lane
         x = tl.load(base + offs, mask=offs < V, other=NEG).to(tl.float32)
@@ -226,11 +229,11 @@ def _jitted(interpret: bool):
     import triton.language
 
     tl = triton.language  # the kernel's global, resolved when triton parses it
-    return triton.jit(_vocab_stats_kernel, do_not_specialize=["seed"])
+    return triton.jit(_vocab_stats_kernel)
 
 
 def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
-                       temperature: float = 0.0, seed: int | None = None,
+                       temperature: float = 0.0, seed: int | torch.Tensor | None = None,
                        suppress: torch.Tensor | list[int] | None = None,
                        exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
                        need_ref: bool = True, check_rows: bool = True, block_v: int | None = None) -> VocabStats:
@@ -238,9 +241,10 @@ def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *
     ``rows`` [N] (default: all R = B*L rows), same outputs as ``vocab_stats_ref`` (see the module docstring).
 
     - temperature > 0 samples by Gumbel-max with triton's Philox keyed by (``seed``, flat row, token id), so a row's
-      token depends neither on ``block_v`` nor on which other rows are selected. ``seed=None`` draws a seed from
-      torch's global CPU generator on the host before the launch (no device sync). The Gumbel noise is fp32 from
-      32 random bits: its upper tail is cut at ~22.9 (probability ~1e-10 per token).
+      token depends neither on ``block_v`` nor on which other rows are selected. ``seed`` is an int, a [1] int64
+      tensor on the device (read by the kernel: what a CUDA graph needs), or None (drawn from torch's global CPU
+      generator on the host; no device sync). The Gumbel noise is fp32 from 32 random bits: its upper tail is cut
+      at ~22.9 (probability ~1e-10 per token).
     - ``need_ref=False`` skips the second pass over V that ``ref_logsumexp`` needs (it then holds NaN).
     - ``check_rows`` checks ``rows`` and tensor ``suppress``/``exclude`` ids against their ranges: a device sync;
       switch it off inside CUDA graphs or hot loops once the indices are known to be valid.
@@ -270,26 +274,47 @@ def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *
     check_flat_rows(rows, device, n_flat, "logits", check_rows)
     sup, n_sup = id_tensor(suppress, "suppress", vocab, device, check_rows)
     exc, n_exc = id_tensor(exclude, "exclude", vocab, device, check_rows)
+    sample = temperature > 0
+    seed_t = seed_tensor(seed, device) if sample else sup  # a placeholder the kernel never reads
+    block = block_v or min(max(triton_next_pow2(vocab), 16), 1024)
+    return VocabStats(*torch.ops.upo_fast.vocab_stats(
+        logits, rows, sup, exc, seed_t, n_sup, n_exc, topk, float(temperature), float(ref_tau), need_ref, block))
+
+
+# Registered with torch.library so that torch.compile traces through the launch (as one opaque op with a fake
+# implementation for shapes) and CUDA-graph capture sees plain kernel launches. Inputs arrive checked.
+@torch.library.custom_op("upo_fast::vocab_stats", mutates_args=())
+def _vocab_stats_op(logits: torch.Tensor, rows: torch.Tensor | None, suppress: torch.Tensor, exclude: torch.Tensor,
+                    seed: torch.Tensor, n_suppress: int, n_exclude: int, topk: int, temperature: float,
+                    ref_tau: float, need_ref: bool, block_v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = _empty_stats(logits, rows, topk)
     if logits.stride(-1) != 1:  # rows may be strided, entries inside a row must not be
         logits = logits.contiguous()
+    n_flat = logits.shape[:-1].numel()
     if logits.dim() == 2:
         length, stride_b, stride_l = n_flat, 0, logits.stride(0)
     else:
         length, stride_b, stride_l = logits.shape[1], logits.stride(0), logits.stride(1)
     sample = temperature > 0
-    if sample and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    n = n_flat if rows is None else rows.numel()
-    f32 = dict(dtype=torch.float32, device=device)
-    out = VocabStats(torch.empty(n, dtype=torch.int64, device=device), torch.empty(n, **f32), torch.empty(n, **f32),
-                     torch.empty(n, **f32), torch.empty(n, topk, **f32), torch.empty(n, **f32))
-    block = block_v or min(max(triton_next_pow2(vocab), 16), 1024)
     kernel = _jitted(triton_interpreting())
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        kernel[(n,)](logits, out.token if rows is None else rows, sup, exc, *out,
-                     vocab, length, stride_b, stride_l, n_sup, n_exc,
-                     max(float(temperature), 1e-30) if sample else 0.0,  # 1e-30: T must not round to 0 in fp32
-                     1.0 / ref_tau, int(seed) % 2**63 if sample else 0,
-                     HAS_ROWS=rows is not None, SAMPLE=sample, NEED_REF=need_ref, K=topk,
-                     K_PAD=max(2, triton_next_pow2(topk)), BLOCK_V=block, num_warps=4 if block <= 1024 else 8)
-    return out
+    with torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext():
+        kernel[(out[0].numel(),)](logits, out[0] if rows is None else rows, suppress, exclude, *out,
+                                  logits.shape[-1], length, stride_b, stride_l, n_suppress, n_exclude,
+                                  max(temperature, 1e-30) if sample else 0.0,  # 1e-30: T must not round to 0 in fp32
+                                  1.0 / ref_tau, seed, HAS_ROWS=rows is not None, SAMPLE=sample, NEED_REF=need_ref,
+                                  K=topk, K_PAD=max(2, triton_next_pow2(topk)), BLOCK_V=block_v,
+                                  num_warps=4 if block_v <= 1024 else 8)
+    return tuple(out)
+
+
+def _empty_stats(logits, rows, topk):
+    n = logits.shape[:-1].numel() if rows is None else rows.shape[0]
+    f32 = dict(dtype=torch.float32, device=logits.device)
+    return (torch.empty(n, dtype=torch.int64, device=logits.device), torch.empty(n, **f32), torch.empty(n, **f32),
+            torch.empty(n, **f32), torch.empty(n, topk, **f32), torch.empty(n, **f32))
+
+
+@_vocab_stats_op.register_fake
+def _(logits, rows, suppress, exclude, seed, n_suppress, n_exclude, topk, temperature, ref_tau, need_ref, block_v):
+    return _empty_stats(logits, rows, topk)

@@ -7,7 +7,7 @@ from transformers.modeling_outputs import MaskedLMOutput
 from upo_fast.kernels.vocab_stats import vocab_stats_ref
 
 import upo_fast
-from upo_fast.sampler import select_top_k
+from upo_fast.ops import select_positions
 from upo_fast.scorers import HEURISTICS, SCORERS, ScoringContext, resolve_scorer
 
 VOCAB, MASK = 13, 12
@@ -84,16 +84,16 @@ def test_margin_and_entropy_use_their_own_statistics():
     assert SCORERS["entropy"](stats2d, cand, ctx).scores.argmax().item() == 1
 
 
-def test_select_top_k_per_row_counts_and_candidates():
+def test_select_positions_per_row_counts_and_candidates():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.3, 0.2, 0.8, 0.1]])
     cand = torch.tensor([[True, False, True, True], [True, True, True, True]])
-    sel = select_top_k(scores, cand, torch.tensor([2, 1]), stochastic=False)
+    sel = select_positions(scores, cand, torch.tensor([2, 1]), temperature=0.0)
     assert sel.tolist() == [[False, False, True, True], [False, False, True, False]]
     # stochastic with equal scores: every candidate is reachable, non-candidates never
     counts = torch.zeros(4)
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
-        counts += select_top_k(torch.zeros(1, 4), cand[:1], torch.tensor([1]), True, 1.0, g)[0].float()
+        counts += select_positions(torch.zeros(1, 4), cand[:1], torch.tensor([1]), generator=g)[0].float()
     assert counts[1] == 0 and (counts[[0, 2, 3]] > 90).all()
 
 

@@ -1,4 +1,5 @@
 """Public entry points of the token-statistics ops, choosing between the Triton kernels and the references.
+Importing this module registers the Triton paths as ``torch.ops.upo_fast.*`` (torch.library custom ops).
 
 ``import upo_fast.ops`` works without triton (macOS): triton is imported only when a Triton backend runs.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton
 from upo_fast.kernels.triton_support import BACKENDS, triton_available, use_triton
 from upo_fast.kernels.vocab_stats import MAX_TOPK, VocabStats, vocab_stats_ref, vocab_stats_triton
 
@@ -22,14 +24,14 @@ def _route(backend, x, topk, temperature, seed, generator):
             seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device).item())
         return True, seed, None
     if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(int(seed))
     return False, None, generator
 
 
 def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
                 temperature: float = 0.0, seed: int | None = None, generator: torch.Generator | None = None,
                 suppress: torch.Tensor | list[int] | None = None, exclude: torch.Tensor | list[int] | None = None,
-                ref_tau: float = 0.05, backend: str = "auto") -> VocabStats:
+                ref_tau: float = 0.05, check: bool = True, backend: str = "auto") -> VocabStats:
     """Per-row token statistics of ``logits`` [R, V] or [B, L, V] for the flat rows ``rows`` [N] (default all):
     token [N], confidence [N], margin [N], entropy [N], topk_probs [N, topk], ref_logsumexp [N]
     (see ``upo_fast.kernels.vocab_stats``).
@@ -41,12 +43,13 @@ def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk:
     Sampling (temperature > 0) takes ``seed`` or ``generator``, not both. The two backends use different random
     streams: the same seed gives reproducible but backend-dependent tokens. With ``generator`` the Triton backend
     draws its seed from it on the host (a device sync if the generator lives on the GPU); with neither it draws
-    from torch's global CPU generator.
+    from torch's global CPU generator. ``seed`` may be a [1] int64 device tensor (read by the kernel; the reference
+    reads it on the host). ``check=False`` skips the range checks of ``rows`` and tensor ids that read the device.
     """
     kernel, seed, generator = _route(backend, logits, topk, temperature, seed, generator)
     if kernel:
         return vocab_stats_triton(logits, rows, topk=topk, temperature=temperature, seed=seed, suppress=suppress,
-                                  exclude=exclude, ref_tau=ref_tau)
+                                  exclude=exclude, ref_tau=ref_tau, check_rows=check)
     return vocab_stats_ref(logits, rows, topk=topk, temperature=temperature, generator=generator,
                            suppress=suppress, exclude=exclude, ref_tau=ref_tau)
 
@@ -56,19 +59,18 @@ def fused_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                      temperature: float = 0.0, seed: int | None = None, generator: torch.Generator | None = None,
                      suppress: torch.Tensor | list[int] | None = None,
                      exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
-                     need_ref: bool = True, backend: str = "auto") -> VocabStats:
+                     need_ref: bool = True, check: bool = True, backend: str = "auto") -> VocabStats:
     """``vocab_stats`` of the logits ``(hidden @ weight.T + bias) * logit_scale`` without materializing them
     (``hidden`` [R, d] or [B, L, d] with flat ``rows``, ``weight`` [V, d], ``bias`` [V]); see
     ``upo_fast.kernels.fused_head``. Backends, seeds and generators follow ``vocab_stats``; ``need_ref=False``
-    (Triton only; the reference always computes it) skips the second matmul that ``ref_logsumexp`` costs.
+    (Triton only; the reference always computes it) skips the second matmul that ``ref_logsumexp`` costs;
+    ``check`` as in ``vocab_stats``.
     """
-    from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton
-
     kernel, seed, generator = _route(backend, hidden, topk, temperature, seed, generator)
     if kernel:
         return fused_head_stats_triton(hidden, weight, bias, rows=rows, logit_scale=logit_scale, topk=topk,
                                        temperature=temperature, seed=seed, suppress=suppress, exclude=exclude,
-                                       ref_tau=ref_tau, need_ref=need_ref)
+                                       ref_tau=ref_tau, need_ref=need_ref, check_rows=check)
     return fused_head_stats_ref(hidden, weight, bias, rows=rows, logit_scale=logit_scale, topk=topk,
                                 temperature=temperature, generator=generator, suppress=suppress, exclude=exclude,
                                 ref_tau=ref_tau)
@@ -76,13 +78,8 @@ def fused_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 # Position ops over per-position scores [B, L] (selection, reference distributions, KL / CE); each takes
 # backend="auto" | "triton" | "torch" with the same rule as above. They live with their kernels.
-from upo_fast.kernels.position_policy import (  # noqa: E402
-    policy_divergence,
-    position_log_softmax,
-    reference_distribution,
-    select_positions,
-    topk_candidates,
-)
+from upo_fast.kernels.policy_divergence import policy_divergence, reference_distribution  # noqa: E402
+from upo_fast.kernels.position_select import position_log_softmax, select_positions, topk_candidates  # noqa: E402
 
 __all__ = ["vocab_stats", "fused_head_stats", "position_log_softmax", "select_positions", "topk_candidates",
            "reference_distribution", "policy_divergence", "BACKENDS", "triton_available"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from upo_fast import ops
 from upo_fast.adapters import MDMAdapter, wrap_model
-from upo_fast.kernels.vocab_stats import VocabStats, gumbel_like, vocab_stats_ref
+from upo_fast.kernels.triton_support import seed_tensor, use_triton
+from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.schedules import row_counts
 from upo_fast.scorers import SCORERS, ScoringContext, resolve_scorer
 from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids
@@ -20,28 +22,11 @@ from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_
 FEATURE_TOPK = 8  # top-k probabilities per position, a policy feature
 
 
-def select_top_k(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, stochastic: bool,
-                 position_temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[B, Lb] scores, [B, Lb] bool candidates, [B] counts -> [B, Lb] bool: the k best candidates of each row.
-
-    Stochastic scorers use Gumbel-top-k (k draws without replacement from softmax(scores / temperature));
-    at position temperature 0 they fall back to the deterministic order. Ties go to the lower position.
-    """
-    keys = scores.double()
-    if stochastic and position_temperature > 0:
-        keys = keys / position_temperature + gumbel_like(keys, generator)
-    keys = keys.masked_fill(~candidates, float("-inf"))
-    order = keys.argsort(dim=-1, descending=True, stable=True)
-    positions = torch.arange(keys.shape[-1], device=keys.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, positions)
-    return (rank < k[:, None]) & candidates
-
-
 class _Loop:
     """State shared by the steps of one sampling call."""
 
     def __init__(self, adapter: MDMAdapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold,
-                 generator, topk, position_temperature, suppress_tokens):
+                 generator, topk, position_temperature, suppress_tokens, backend="auto"):
         self.adapter, self.x = adapter, x
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
@@ -67,6 +52,13 @@ class _Loop:
             doubled = None if self.valid is None else torch.cat([self.valid] * 2).long()
             self.prepared_cfg = adapter.prepare_attention(doubled, 2 * x.shape[0], x.shape[1])
         self.bad = torch.zeros((), dtype=torch.bool, device=x.device)
+        # On CUDA the statistics and the selection run as Triton kernels (upo_fast.ops, backend "auto"), which draw
+        # their noise from seeds kept on the device and advanced in place each step: one host draw here, none
+        # inside the loop. On CPU the references draw from ``generator`` directly.
+        self.kernels = use_triton(backend, x.device)
+        self.backend = "triton" if self.kernels else "torch"
+        if self.kernels:
+            self.token_seed, self.position_seed = (seed_tensor(None, x.device, generator) for _ in range(2))
 
     def logits(self, start: int, end: int) -> torch.Tensor:
         x = self.x
@@ -82,8 +74,12 @@ class _Loop:
         x = self.x
         logits = self.logits(start, end)
         batch, width, vocab = logits.shape
-        flat = vocab_stats_ref(logits, topk=min(FEATURE_TOPK, vocab), temperature=self.temperature,
-                               generator=self.generator, suppress=self.suppress, exclude=self.exclude)
+        if self.kernels:
+            self.token_seed.add_(1)
+            self.position_seed.add_(1)
+        noise = dict(seed=self.token_seed) if self.kernels else dict(generator=self.generator)
+        flat = ops.vocab_stats(logits, topk=min(FEATURE_TOPK, vocab), temperature=self.temperature, **noise,
+                               suppress=self.suppress, exclude=self.exclude, check=False, backend=self.backend)
         stats = VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
         region = x[:, start:end]
         candidates = region == self.adapter.mask_id
@@ -99,8 +95,9 @@ class _Loop:
                 hidden = self.adapter.last_hidden
                 self.ctx.hidden = hidden[:batch, start:end] if hidden is not None else None
             scored = SCORERS[self.scorer](stats, candidates, self.ctx)
-            select = select_top_k(scored.scores, candidates, k, scored.stochastic,
-                                  self.ctx.position_temperature, self.generator)
+            noise = dict(seed=self.position_seed) if self.kernels else dict(generator=self.generator)
+            select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
+                                          temperature=self.ctx.position_temperature if scored.stochastic else 0.0)
         if self.threshold is not None:
             select |= candidates & (stats.confidence >= self.threshold)
         x[:, start:end] = torch.where(select, stats.token, region)
@@ -133,7 +130,7 @@ def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
 @torch.no_grad()
 def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence", temperature=0.0,
            cfg_scale=0.0, mask_id=None, policy=None, threshold=None, generator=None, family=None, topk=5,
-           position_temperature=1.0, suppress_tokens=None):
+           position_temperature=1.0, suppress_tokens=None, backend="auto"):
     """Fill every mask of ``x`` ([B, L] token ids; masks anywhere, e.g. Sudoku blanks) and return [B, L] ids.
 
     steps: number of MDM forwards (default: one position per step, i.e. the largest mask count of a row). Each
@@ -141,7 +138,9 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     scorer: random, max_confidence (low_confidence), margin (topk_margin), entropy, topk (uniform over the
     ``topk`` most confident), softmax_confidence, origin, policy. temperature: token temperature (0 = argmax).
     threshold: also commit every candidate whose token confidence is >= threshold (parallel unmasking).
-    Padding positions (attention_mask == 0) are never unmasked.
+    Padding positions (attention_mask == 0) are never unmasked. backend: "auto" (Triton kernels for the statistics
+    and the selection on CUDA, PyTorch references elsewhere), "triton" or "torch" (see ``upo_fast.ops``); the two
+    give the same tokens at temperature 0 and different random streams otherwise.
     """
     adapter = wrap_model(model, family, mask_id)
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
@@ -157,7 +156,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
         raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
                          f"got {steps!r}")
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens)
+                 position_temperature, suppress_tokens, backend)
     _run(loop, 0, x.shape[1], row_counts(per_row, steps))
     return loop.finish()
 
@@ -165,12 +164,13 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
              scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
-             generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None):
+             generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto"):
     """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
 
     Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each; candidates are
     the masks of the active block. Returns [B, P + gen_length] token ids. Works for LLaDA, Dream (logit shift and
-    4-D padding mask handled by the adapter), TinyMDM and any model with ``.logits`` given ``mask_id``.
+    4-D padding mask handled by the adapter), TinyMDM and any model with ``.logits`` given ``mask_id``. Other
+    options as in ``unmask``.
     """
     adapter = wrap_model(model, family, mask_id)
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
@@ -190,7 +190,7 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens)
+                 position_temperature, suppress_tokens, backend)
     counts = row_counts(torch.full((batch,), block_length, device=device), steps_per_block)
     for block in range(num_blocks):
         start = prompt_len + block * block_length

@@ -1,0 +1,70 @@
+"""The sampler on its Triton path (what CUDA runs by default; on the CPU through triton's interpreter): the same tokens
+as the PyTorch path at temperature 0, reproducible draws at temperature > 0, and on a GPU no host sync in a step."""
+
+import pytest
+import torch
+from kernel_device import DEVICE
+
+import upo_fast
+from upo_fast.models import TinyMDM, TinyMDMConfig
+
+pytestmark = [pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")]
+
+VOCAB, MASK = 13, 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = TinyMDMConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=64, mask_token_id=MASK)
+    return TinyMDM(config).to(DEVICE).eval()
+
+
+def masked_batch(batch=3, length=12, seed=0, p=0.6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, MASK, (batch, length), generator=g)
+    return x.masked_fill(torch.rand(batch, length, generator=g) < p, MASK).to(DEVICE)
+
+
+@pytest.mark.parametrize("scorer", ["max_confidence", "topk"])
+def test_triton_path_gives_the_same_tokens_at_temperature_zero(model, scorer):
+    x = masked_batch()
+    attn = torch.ones_like(x)
+    attn[0, :3] = 0  # left padding
+    x[0, :3] = 0
+    want = upo_fast.unmask(model, x, attn, scorer=scorer, backend="torch")
+    got = upo_fast.unmask(model, x, attn, scorer=scorer, backend="triton")
+    assert torch.equal(got, want)
+    ids = torch.randint(0, MASK, (2, 4), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    kwargs = dict(gen_length=8, block_length=4, steps=4, scorer=scorer)
+    assert torch.equal(upo_fast.generate(model, ids, backend="triton", **kwargs),
+                       upo_fast.generate(model, ids, backend="torch", **kwargs))
+
+
+def test_triton_path_sampling_is_reproducible_and_fills_every_mask(model):
+    # random positions (the selection kernel's Gumbel-top-k) and sampled tokens (vocab_stats' Gumbel-max)
+    x = masked_batch(batch=2, length=8, seed=3)
+
+    def run(seed):
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+        return upo_fast.unmask(model, x, scorer="random", temperature=1.0, generator=g, backend="triton")
+
+    a = run(5)
+    assert not (a == MASK).any() and torch.equal(a[x != MASK], x[x != MASK])
+    assert torch.equal(a, run(5))
+    assert not torch.equal(a, run(6))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_auto_on_cuda_is_the_triton_path(model, temperature):
+    from upo_fast.adapters import MDMAdapter
+    from upo_fast.sampler import _Loop
+
+    loop = _Loop(MDMAdapter(model), masked_batch(), None, "max_confidence", temperature, 0.0, None, None, None, 5,
+                 1.0, None)
+    assert loop.kernels
