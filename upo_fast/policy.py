@@ -1,0 +1,318 @@
+"""The learned unmasking policy g_phi of UPO: one score per position of the active region.
+
+    hidden [B, W, d]  (the hidden state entering the MDM's last block, positions of the active region)
+    stats  VocabStats with fields [B, W] (topk_probs [B, W, k >= feature_topk], the mask token excluded)
+    candidates [B, W] bool  (positions the policy may choose)
+      -> scores [B, W] float32; g_phi(a | x) = softmax over the candidates of scores / position_temperature
+
+Body: optional width projection d -> policy_dim, plus a Linear embedding of the per-position features
+[is-candidate flag, top-k probabilities]; one pre-norm transformer block (``TinyMDMBlock``, fresh or copied from
+the MDM's last block); a final RMSNorm; a 3-layer MLP (Linear, SiLU, LayerNorm) to one score per position.
+
+With ``anchor="confidence"`` the score is ``top1_prob / anchor_tau + correction`` and the MLP's last Linear starts
+at zero, so a fresh policy *is* the max-confidence rule (scaled to a sharp softmax): training starts at the
+heuristic the reference anchors to instead of at a random order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from upo_fast.adapters import FAMILIES, MDMAdapter, detect_family
+from upo_fast.kernels.vocab_stats import VocabStats
+from upo_fast.models.tiny_mdm import TinyMDM, TinyMDMBlock, TinyMDMConfig
+
+try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
+    from transformers import initialization as _init
+except ImportError:  # transformers 4.x: plain torch init is fine there
+    from torch.nn import init as _init
+
+logger = logging.getLogger(__name__)
+
+ANCHORS = ("none", "confidence")
+BLOCK_INITS = ("fresh", "copy")
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _positive_float(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a float > 0, got {value!r}")
+
+
+class UnmaskingPolicyConfig(PretrainedConfig):
+    """Configuration of :class:`UnmaskingPolicy`. Records the MDM it fits (``mdm_family``, ``mdm_hidden_size``).
+
+    ``policy_dim=None`` (or equal to ``mdm_hidden_size``) runs the block at the MDM's width; otherwise a Linear
+    projects d -> policy_dim first. ``intermediate_size=None`` means 4 * policy width.
+    """
+
+    model_type = "upo_policy"
+
+    def __init__(
+        self,
+        mdm_family: str = "generic",
+        mdm_hidden_size: int = 32,
+        feature_topk: int = 8,
+        policy_dim: int | None = None,
+        num_heads: int = 4,
+        intermediate_size: int | None = None,
+        mlp_hidden: int = 256,
+        anchor: str = "none",
+        anchor_tau: float = 0.1,
+        block_init: str = "fresh",
+        rms_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        if mdm_family not in FAMILIES:
+            raise ValueError(f"mdm_family must be one of {', '.join(FAMILIES)}, got {mdm_family!r}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
+        if block_init not in BLOCK_INITS:
+            raise ValueError(f"block_init must be one of {', '.join(BLOCK_INITS)}, got {block_init!r}")
+        for name, value in [("mdm_hidden_size", mdm_hidden_size), ("feature_topk", feature_topk),
+                            ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)]:
+            _positive_int(name, value)
+        for name, value in [("policy_dim", policy_dim), ("intermediate_size", intermediate_size)]:
+            if value is not None:
+                _positive_int(name, value)
+        for name, value in [("anchor_tau", anchor_tau), ("rms_norm_eps", rms_norm_eps),
+                            ("initializer_range", initializer_range)]:
+            _positive_float(name, value)
+        width = policy_dim if policy_dim is not None else mdm_hidden_size
+        if width % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide the policy width {width} (policy_dim or "
+                             "mdm_hidden_size)")
+        self.mdm_family = mdm_family
+        self.mdm_hidden_size = mdm_hidden_size
+        self.feature_topk = feature_topk
+        self.policy_dim = policy_dim
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
+        self.mlp_hidden = mlp_hidden
+        self.anchor = anchor
+        self.anchor_tau = float(anchor_tau)
+        self.block_init = block_init
+        self.rms_norm_eps = float(rms_norm_eps)
+        self.initializer_range = float(initializer_range)
+        super().__init__(**kwargs)
+
+    @property
+    def width(self) -> int:
+        """The width the transformer block runs at."""
+        return self.policy_dim if self.policy_dim is not None else self.mdm_hidden_size
+
+    @property
+    def ffn_size(self) -> int:
+        return self.intermediate_size if self.intermediate_size is not None else 4 * self.width
+
+    @property
+    def projects_input(self) -> bool:
+        return self.width != self.mdm_hidden_size
+
+    def block_config(self) -> TinyMDMConfig:
+        """The TinyMDMConfig that builds the policy's block. "learned" positions: no rotary (the MDM's hidden
+        states already carry position information), and it drops rope's even-head-dim requirement."""
+        return TinyMDMConfig(vocab_size=1, hidden_size=self.width, num_hidden_layers=1,
+                             num_attention_heads=self.num_heads, intermediate_size=self.ffn_size,
+                             position_embedding="learned", rms_norm_eps=self.rms_norm_eps, pad_token_id=None)
+
+
+def _mdm_hidden_size(mdm: nn.Module) -> int:
+    config = getattr(mdm, "config", None)
+    size = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)  # LLaDA names it d_model
+    if size is None:
+        raise ValueError("cannot read the MDM's hidden size: its config has neither hidden_size nor d_model")
+    return int(size)
+
+
+def _unwrap(mdm):
+    return mdm.model if isinstance(mdm, MDMAdapter) else mdm
+
+
+class UnmaskingPolicy(PreTrainedModel):
+    """Scores the positions of the active region: ``forward(hidden, stats, candidates) -> [B, W] float32``."""
+
+    config_class = UnmaskingPolicyConfig
+    base_model_prefix = "policy"
+    _no_split_modules = ["TinyMDMBlock"]
+
+    def __init__(self, config: UnmaskingPolicyConfig):
+        super().__init__(config)
+        width = config.width
+        self.input_proj = nn.Linear(config.mdm_hidden_size, width) if config.projects_input else None
+        # 1 candidate flag + the top-k probabilities, embedded at the block's width and added to the hidden state
+        self.feature_proj = nn.Linear(1 + config.feature_topk, width)
+        self.block = TinyMDMBlock(config.block_config())
+        self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
+        m = config.mlp_hidden
+        self.head = nn.Sequential(
+            nn.Linear(width, m), nn.SiLU(), nn.LayerNorm(m),
+            nn.Linear(m, m), nn.SiLU(), nn.LayerNorm(m),
+            nn.Linear(m, 1),
+        )  # fmt: skip
+        self.post_init()
+
+    def _init_weights(self, module):
+        # `_init` skips tensors already loaded from a checkpoint on transformers 5, so from_pretrained keeps them.
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            # The anchor's correction starts at exactly 0: a fresh policy ranks like max-confidence.
+            zero = self.config.anchor == "confidence" and module is self.head[-1]
+            # A copied block must see the MDM's own hidden state at first: features enter through zero weights
+            # (their gradient is not zero, so they are learned).
+            zero = zero or (self.config.block_init == "copy" and module is self.feature_proj)
+            if zero:
+                _init.zeros_(module.weight)
+            else:
+                _init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
+            if module.weight is not None:
+                _init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                _init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then CPU tensors are copied into memory the model owns.
+
+        On the CPU, transformers may leave tensors pointing into the safetensors buffer at unaligned offsets; BLAS
+        then takes other code paths and the loaded policy's scores differ from the saved one's in the last bit.
+        Owned (aligned) copies make a save/load round trip bit-exact, for the cost of one copy of a small model.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.device.type == "cpu":
+                    tensor.data = tensor.data.clone()
+        return loaded
+
+    # ---- construction beside an MDM ------------------------------------------------------------------------
+    @classmethod
+    def for_mdm(cls, mdm_model, **overrides) -> UnmaskingPolicy:
+        """A fresh policy that fits ``mdm_model`` (an MDM or an ``MDMAdapter``); ``overrides`` set config fields.
+
+        With ``block_init="copy"`` the block starts as a copy of the MDM's last block: supported for a TinyMDM
+        MDM at the policy width of the MDM (num_heads and intermediate_size default to the MDM's).
+        """
+        mdm = _unwrap(mdm_model)
+        fields = dict(mdm_family=detect_family(mdm), mdm_hidden_size=_mdm_hidden_size(mdm))
+        copy = overrides.get("block_init") == "copy"
+        if copy and isinstance(mdm, TinyMDM):
+            fields.update(num_heads=mdm.config.num_attention_heads, intermediate_size=mdm.config.intermediate_size)
+        fields.update(overrides)
+        config = UnmaskingPolicyConfig(**fields)
+        if copy:
+            if not isinstance(mdm, TinyMDM) or config.projects_input:
+                raise ValueError("block_init='copy' needs a TinyMDM MDM with matching width (policy_dim None or "
+                                 f"{config.mdm_hidden_size}); got {type(mdm).__name__} and policy_dim="
+                                 f"{config.policy_dim}; use block_init='fresh'")
+            mdm_cfg = mdm.config
+            if (config.num_heads, config.ffn_size) != (mdm_cfg.num_attention_heads, mdm_cfg.intermediate_size):
+                raise ValueError(f"block_init='copy' needs num_heads={mdm_cfg.num_attention_heads} and "
+                                 f"intermediate_size={mdm_cfg.intermediate_size} (the MDM's), got "
+                                 f"{config.num_heads} and {config.ffn_size}")
+        policy = cls(config)
+        if copy:
+            policy.block.load_state_dict(mdm.model.layers[-1].state_dict())
+        policy.to(next(mdm.parameters()).device)
+        logger.info("UnmaskingPolicy for a %s MDM (hidden %d): %.2fM parameters", config.mdm_family,
+                    config.mdm_hidden_size, policy.num_parameters() / 1e6)
+        return policy
+
+    def check_compatible(self, mdm_model) -> None:
+        """Raise a ValueError when ``mdm_model`` is not the kind of MDM this policy was trained beside."""
+        mdm = _unwrap(mdm_model)
+        family, hidden = detect_family(mdm), _mdm_hidden_size(mdm)
+        cfg = self.config
+        if family != cfg.mdm_family:
+            raise ValueError(f"this policy fits a {cfg.mdm_family!r} MDM, but the model is a {family!r} MDM")
+        if hidden != cfg.mdm_hidden_size:
+            raise ValueError(f"this policy fits an MDM of hidden size {cfg.mdm_hidden_size}, but the model's "
+                             f"hidden size is {hidden}")
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def _check_inputs(self, hidden, stats, candidates, attention_mask) -> None:
+        cfg = self.config
+        if hidden is None:
+            raise ValueError("hidden is required (the hidden state entering the MDM's last block, [B, W, d])")
+        if not torch.is_tensor(hidden) or hidden.dim() != 3 or not hidden.is_floating_point():
+            raise ValueError(f"hidden must be a [B, W, d] float tensor, got {getattr(hidden, 'shape', hidden)}")
+        if hidden.shape[-1] != cfg.mdm_hidden_size:
+            raise ValueError(f"hidden has last dim {hidden.shape[-1]}, but this policy fits an MDM of hidden size "
+                             f"{cfg.mdm_hidden_size} (mdm_hidden_size)")
+        bw = tuple(hidden.shape[:2])
+        topk = stats.topk_probs
+        if not torch.is_tensor(topk) or topk.dim() != 3 or tuple(topk.shape[:2]) != bw:
+            raise ValueError(f"stats.topk_probs must be [B, W, k] with [B, W] = {bw}, got "
+                             f"{tuple(getattr(topk, 'shape', ()))}")
+        if topk.shape[-1] < cfg.feature_topk:
+            raise ValueError(f"stats.topk_probs has {topk.shape[-1]} values per position, the policy needs "
+                             f"feature_topk={cfg.feature_topk}")
+        if not torch.is_tensor(candidates) or candidates.dtype != torch.bool or tuple(candidates.shape) != bw:
+            raise ValueError(f"candidates must be a bool [B, W] = {bw} tensor, got "
+                             f"{getattr(candidates, 'dtype', type(candidates).__name__)} "
+                             f"{tuple(getattr(candidates, 'shape', ()))}")
+        if attention_mask is not None and tuple(attention_mask.shape) != bw:
+            raise ValueError(f"attention_mask must be [B, W] = {bw} (1 = real position), got "
+                             f"{tuple(attention_mask.shape)}")
+
+    @staticmethod
+    def _block_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """[B, W] (nonzero = real) -> bool [B, 1, W, W] (True = may attend). A pad query may attend to itself,
+        so a row with no allowed key never turns softmax into NaN."""
+        if attention_mask is None:
+            return None
+        valid = attention_mask != 0
+        width = valid.shape[-1]
+        mask = valid[:, None, None, :].expand(-1, 1, width, width)
+        eye = torch.eye(width, dtype=torch.bool, device=valid.device)
+        return mask | (eye & ~mask.any(dim=-1, keepdim=True))
+
+    def forward(self, hidden: torch.Tensor, stats: VocabStats, candidates: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, W, d], stats (fields [B, W], topk_probs [B, W, k]), candidates [B, W] bool, attention_mask
+        [B, W] or None -> scores [B, W] float32. Scores at non-candidates are meaningless (callers mask them)."""
+        self._check_inputs(hidden, stats, candidates, attention_mask)
+        cfg = self.config
+        dtype = self.feature_proj.weight.dtype
+        # The MDM may run in bf16 while the policy trains in fp32: compute in the policy's dtype.
+        topk = stats.topk_probs[..., : cfg.feature_topk].to(dtype)
+        features = torch.cat([candidates.to(dtype)[..., None], topk], dim=-1)  # [B, W, 1 + k]
+        x = hidden.to(dtype)
+        if self.input_proj is not None:
+            x = self.input_proj(x)
+        x = x + self.feature_proj(features)
+        x = self.norm(self.block(x, self._block_mask(attention_mask)))
+        scores = self.head(x).squeeze(-1).float()  # [B, W]
+        if cfg.anchor == "confidence":
+            # top-1 probability with the mask token excluded, exactly what max-confidence ranks by
+            scores = stats.topk_probs[..., 0].float() / cfg.anchor_tau + scores
+        return scores
+
+
+def _register_auto_classes() -> None:
+    """Let ``AutoConfig`` / ``AutoModel.from_pretrained`` read ``model_type="upo_policy"`` directories."""
+    try:
+        from transformers import AutoConfig, AutoModel
+
+        AutoConfig.register(UnmaskingPolicyConfig.model_type, UnmaskingPolicyConfig, exist_ok=True)
+        AutoModel.register(UnmaskingPolicyConfig, UnmaskingPolicy, exist_ok=True)
+    except (ValueError, TypeError, ImportError, AttributeError):
+        pass  # a transformers version with another registry API: the classes still load directly
+
+
+_register_auto_classes()
+
+__all__ = ["UnmaskingPolicyConfig", "UnmaskingPolicy", "ANCHORS", "BLOCK_INITS"]
