@@ -24,49 +24,14 @@ if not torch.cuda.is_available():  # the Triton rows run in the interpreter, whi
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import metadata, peak_memory_bytes, time_ms, write_results  # noqa: E402
+from common import measure, metadata, triton_usable, write_results  # noqa: E402
 from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton  # noqa: E402
-from upo_fast.kernels.vocab_stats import (  # noqa: E402
-    interpreter_ready,
-    triton_interpreting,
-    vocab_stats_ref,
-    vocab_stats_triton,
-)
+from upo_fast.kernels.vocab_stats import vocab_stats_ref, vocab_stats_triton  # noqa: E402
 
 FULL_MODELS = [("llada", 126464, 4096), ("dream", 152064, 3584)]
 FULL_ROWS = (32, 256, 4096)
 QUICK_MODELS = [("tiny", 300, 32)]
 QUICK_ROWS = (4, 16)
-
-
-def triton_usable(device: torch.device) -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return device.type == "cuda" or (triton_interpreting() and interpreter_ready())
-
-
-def measure(rows: list, fn, *, op: str, impl: str, model: str, n_rows: int, vocab: int, dim: int, device,
-            warmup: int, repeats: int, bytes_read: int | None = None, flops: int | None = None, **extra) -> dict:
-    """Time ``fn`` and append one result row (failures are recorded, not raised: one bad entry keeps the rest)."""
-    row = dict(op=op, impl=impl, model=model, rows=n_rows, vocab=vocab, dim=dim, **extra)
-    try:
-        row.update(time_ms(fn, warmup, repeats, device))
-        row["peak_mem_mb"] = None if (peak := peak_memory_bytes(fn, device)) is None else peak / 2**20
-        seconds = row["median_ms"] / 1e3
-        if bytes_read is not None:
-            row["gb_per_s"] = bytes_read / seconds / 1e9
-        if flops is not None:
-            row["tflop_per_s"] = flops / seconds / 1e12
-    except Exception as exc:  # noqa: BLE001 - e.g. torch.compile unavailable, out of memory
-        row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    rows.append(row)
-    shown = f"{row['median_ms']:.3f} ms" if "median_ms" in row else row["error"]
-    print(f"{op:16s} {impl:16s} {model:6s} R={n_rows:5d}  {shown}", flush=True)
-    return row
 
 
 def run(args) -> tuple[list, dict]:
@@ -87,7 +52,7 @@ def run(args) -> tuple[list, dict]:
         for n in row_counts:
             hidden = torch.randn(n, dim, device=device, generator=g).to(dtype)
             logits = hidden @ weight.t()  # [n, V] bf16: vocab_stats's input
-            common = dict(model=model, n_rows=n, vocab=vocab, dim=dim, device=device, warmup=warmup, repeats=repeats)
+            common = dict(model=model, rows=n, vocab=vocab, dim=dim, device=device, warmup=warmup, repeats=repeats)
             logit_bytes = logits.numel() * logits.element_size()
             copy = measure(results, lambda logits=logits: logits.clone(), op="copy", impl="torch",
                            bytes_read=2 * logit_bytes, note="read + write bytes", **common)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from upo_fast.kernels.triton_support import interpreter_ready, triton_interpreting
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,3 +130,35 @@ def write_results(out_dir: str | Path, name: str, rows: list[dict], meta: dict, 
         for row in rows:
             writer.writerow({**row, **{f"meta_{k}": v for k, v in meta.items()}})
     return dict(json=str(json_path), csv=str(csv_path))
+
+
+def triton_usable(device: torch.device) -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or (triton_interpreting() and interpreter_ready())
+
+
+def measure(results: list, fn, *, op: str, impl: str, device, warmup: int, repeats: int, bytes_read: int | None = None,
+            flops: int | None = None, **fields) -> dict:
+    """Time ``fn`` (median and 20th/80th percentiles), take its peak memory, and append one result row holding
+    ``fields`` (model, sizes, ...). Failures are recorded, not raised: one bad entry keeps the rest of the run."""
+    row = dict(op=op, impl=impl, **fields)
+    try:
+        row.update(time_ms(fn, warmup, repeats, device))
+        row["peak_mem_mb"] = None if (peak := peak_memory_bytes(fn, device)) is None else peak / 2**20
+        seconds = row["median_ms"] / 1e3
+        if bytes_read is not None:
+            row["gb_per_s"] = bytes_read / seconds / 1e9
+        if flops is not None:
+            row["tflop_per_s"] = flops / seconds / 1e12
+    except Exception as exc:  # noqa: BLE001 - e.g. torch.compile unavailable, out of memory
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    results.append(row)
+    shown = f"{row['median_ms']:.3f} ms" if "median_ms" in row else row["error"]
+    sizes = " ".join(f"{k}={v}" for k, v in fields.items() if k != "note")
+    print(f"{op:22s} {impl:16s} {sizes:40s} {shown}", flush=True)
+    return row

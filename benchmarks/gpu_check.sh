@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the token-statistics kernels, under 8 minutes on one H100/H200:
 #   1. the GPU-only tests (pytest -m gpu) and the kernel tests compiled for the GPU,
-#   2. the kernel benchmark, whose JSON/CSV/PNG land in $OUT (default benchmarks/results/<date>).
+#   2. the kernel benchmarks, whose JSON/CSV/PNG land in $OUT (default benchmarks/results/<date>).
 # Usage: OUT=/some/dir bash benchmarks/gpu_check.sh        (PYTHON overrides the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,10 +16,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvi
 
 # pytest exits 5 when no test carries the gpu mark: not a failure
 rc=0
-timeout 120 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider || rc=$?
+timeout 90 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider || rc=$?
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
-timeout 200 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml" \
+timeout 150 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml" \
     tests/test_vocab_stats_triton.py tests/test_fused_head.py tests/test_position_policy.py \
     tests/test_torch_library.py tests/test_sampler_kernels.py
-timeout 240 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" --compile-budget-s 120
+timeout 180 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" --compile-budget-s 100
+timeout 60 "$PYTHON" benchmarks/bench_position_ops.py --out "$OUT" --compile-budget-s 30
 echo "results in $OUT"
