@@ -51,7 +51,8 @@ class UnmaskingPolicyConfig(PretrainedConfig):
     """Configuration of :class:`UnmaskingPolicy`. Records the MDM it fits (``mdm_family``, ``mdm_hidden_size``).
 
     ``policy_dim=None`` (or equal to ``mdm_hidden_size``) runs the block at the MDM's width; otherwise a Linear
-    projects d -> policy_dim first. ``intermediate_size=None`` means 4 * policy width.
+    projects d -> policy_dim first. ``intermediate_size=None`` means 4 * policy width. ``candidate_topk=K`` (set for
+    policies trained against the Top-K reference) makes the sampler offer only the K most confident candidates.
     """
 
     model_type = "upo_policy"
@@ -68,6 +69,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         anchor: str = "none",
         anchor_tau: float = 0.1,
         block_init: str = "fresh",
+        candidate_topk: int | None = None,
         rms_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         **kwargs,
@@ -81,7 +83,8 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         for name, value in [("mdm_hidden_size", mdm_hidden_size), ("feature_topk", feature_topk),
                             ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)]:
             _positive_int(name, value)
-        for name, value in [("policy_dim", policy_dim), ("intermediate_size", intermediate_size)]:
+        for name, value in [("policy_dim", policy_dim), ("intermediate_size", intermediate_size),
+                            ("candidate_topk", candidate_topk)]:
             if value is not None:
                 _positive_int(name, value)
         for name, value in [("anchor_tau", anchor_tau), ("rms_norm_eps", rms_norm_eps),
@@ -101,6 +104,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         self.anchor = anchor
         self.anchor_tau = float(anchor_tau)
         self.block_init = block_init
+        self.candidate_topk = candidate_topk  # trained against Top-K: choose among the K most confident only
         self.rms_norm_eps = float(rms_norm_eps)
         self.initializer_range = float(initializer_range)
         super().__init__(**kwargs)
@@ -208,6 +212,9 @@ class UnmaskingPolicy(PreTrainedModel):
         """
         mdm = _unwrap(mdm_model)
         fields = dict(mdm_family=detect_family(mdm), mdm_hidden_size=_mdm_hidden_size(mdm))
+        vocab = getattr(getattr(mdm, "config", None), "vocab_size", None)
+        if isinstance(vocab, int) and vocab < 8:  # the sampler gives min(8, V) top-k probabilities
+            fields["feature_topk"] = vocab
         copy = overrides.get("block_init") == "copy"
         if copy and isinstance(mdm, TinyMDM):
             fields.update(num_heads=mdm.config.num_attention_heads, intermediate_size=mdm.config.intermediate_size)

@@ -26,7 +26,7 @@ class _Loop:
     """State shared by the steps of one sampling call."""
 
     def __init__(self, adapter: MDMAdapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold,
-                 generator, topk, position_temperature, suppress_tokens, backend="auto"):
+                 generator, topk, position_temperature, suppress_tokens, backend="auto", recorder=None):
         self.adapter, self.x = adapter, x
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
@@ -43,9 +43,10 @@ class _Loop:
         # committing the mask token would leave the position masked and break the schedule, so it is never chosen
         self.suppress = torch.tensor(sorted({adapter.mask_id, *(suppress_tokens or [])}), device=x.device)
         self.exclude = torch.tensor([adapter.mask_id], device=x.device)  # made once: no copies inside a step
-        if self.scorer == "policy":
-            if policy is None:
-                raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
+        self.recorder = recorder
+        if self.scorer == "policy" and policy is None:
+            raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
+        if self.scorer == "policy" or recorder is not None:  # the policy's input, and what training records
             adapter.capture_last_block_input()
         self.prompt_index = x != adapter.mask_id  # what classifier-free guidance hides
         if cfg_scale > 0:  # the doubled batch's attention, prepared once (Dream's preparation reads the device)
@@ -91,13 +92,18 @@ class _Loop:
             draw = torch.rand(candidates.shape, device=x.device, generator=self.generator)
             select = candidates & (draw < transfer_prob)
         else:
-            if self.scorer == "policy":
+            if self.scorer == "policy" or self.recorder is not None:
                 hidden = self.adapter.last_hidden
                 self.ctx.hidden = hidden[:batch, start:end] if hidden is not None else None
             scored = SCORERS[self.scorer](stats, candidates, self.ctx)
+            if scored.candidates is not None:
+                candidates = scored.candidates
             noise = dict(seed=self.position_seed) if self.kernels else dict(generator=self.generator)
+            position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
             select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
-                                          temperature=self.ctx.position_temperature if scored.stochastic else 0.0)
+                                          temperature=position_temperature)
+            if self.recorder is not None:
+                self.recorder.write(self.ctx.hidden, stats, candidates, scored.scores, select, position_temperature)
         if self.threshold is not None:
             select |= candidates & (stats.confidence >= self.threshold)
         x[:, start:end] = torch.where(select, stats.token, region)
@@ -130,7 +136,7 @@ def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
 @torch.no_grad()
 def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence", temperature=0.0,
            cfg_scale=0.0, mask_id=None, policy=None, threshold=None, generator=None, family=None, topk=5,
-           position_temperature=1.0, suppress_tokens=None, backend="auto"):
+           position_temperature=1.0, suppress_tokens=None, backend="auto", recorder=None):
     """Fill every mask of ``x`` ([B, L] token ids; masks anywhere, e.g. Sudoku blanks) and return [B, L] ids.
 
     steps: number of MDM forwards (default: one position per step, i.e. the largest mask count of a row). Each
@@ -140,7 +146,9 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     threshold: also commit every candidate whose token confidence is >= threshold (parallel unmasking).
     Padding positions (attention_mask == 0) are never unmasked. backend: "auto" (Triton kernels for the statistics
     and the selection on CUDA, PyTorch references elsewhere), "triton" or "torch" (see ``upo_fast.ops``); the two
-    give the same tokens at temperature 0 and different random streams otherwise.
+    give the same tokens at temperature 0 and different random streams otherwise. recorder: an object whose
+    ``write(hidden, stats, candidates, scores, select, position_temperature)`` is called once per step with the
+    step's policy inputs and decision (``upo_fast.training.TrajectoryRecorder`` keeps them for GRPO).
     """
     adapter = wrap_model(model, family, mask_id)
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
@@ -156,7 +164,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
         raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
                          f"got {steps!r}")
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend)
+                 position_temperature, suppress_tokens, backend, recorder)
     _run(loop, 0, x.shape[1], row_counts(per_row, steps))
     return loop.finish()
 
@@ -164,7 +172,8 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
              scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
-             generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto"):
+             generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto",
+             recorder=None):
     """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
 
     Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each; candidates are
@@ -190,7 +199,7 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend)
+                 position_temperature, suppress_tokens, backend, recorder)
     counts = row_counts(torch.full((batch,), block_length, device=device), steps_per_block)
     for block in range(num_blocks):
         start = prompt_len + block * block_length

@@ -24,6 +24,7 @@ from upo_fast.kernels.vocab_stats import VocabStats
 class PositionScores(NamedTuple):
     scores: torch.Tensor
     stochastic: bool
+    candidates: torch.Tensor | None = None  # [B, Lb] bool when the scorer narrows the candidates (Top-K)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def topk_uniform(stats: VocabStats, candidates, ctx) -> PositionScores:
     k = min(ctx.topk, conf.shape[-1])
     kth = conf.topk(k, dim=-1).values[:, -1:]
     keep = candidates & (conf >= kth)
-    return PositionScores(_masked(torch.zeros_like(conf), keep), True)
+    return PositionScores(_masked(torch.zeros_like(conf), keep), True, keep)
 
 
 def softmax_confidence(stats: VocabStats, candidates, ctx) -> PositionScores:
@@ -71,13 +72,20 @@ def softmax_confidence(stats: VocabStats, candidates, ctx) -> PositionScores:
 
 
 def learned_policy(stats: VocabStats, candidates, ctx) -> PositionScores:
+    """The policy's scores; a policy trained against the Top-K reference (``policy.config.candidate_topk`` = K)
+    chooses among the K most confident candidates only, as in training."""
     if ctx.policy is None:
         raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
+    top_k = getattr(getattr(ctx.policy, "config", None), "candidate_topk", None)
+    if top_k:
+        from upo_fast.ops import topk_candidates
+
+        candidates = topk_candidates(stats.confidence.float(), candidates, int(top_k))
     scores = ctx.policy(hidden=ctx.hidden, stats=stats, candidates=candidates)
     if scores.shape != candidates.shape:
         raise ValueError(f"the policy returned scores of shape {tuple(scores.shape)}, expected "
                          f"{tuple(candidates.shape)}")
-    return PositionScores(_masked(scores, candidates), ctx.position_temperature > 0)
+    return PositionScores(_masked(scores, candidates), ctx.position_temperature > 0, candidates if top_k else None)
 
 
 SCORERS: dict[str, Callable] = {
