@@ -4,7 +4,9 @@ subpackage ``upo_fast.kernels`` (never ``import kernels``: a PyPI package of tha
 from setuptools import setup
 
 setup(
-    packages=["upo_fast", "upo_fast.models", "upo_fast.tasks", "upo_fast.kernels", "upo_fast.assets"],
+    packages=["upo_fast", "upo_fast.models", "upo_fast.tasks", "upo_fast.training", "upo_fast.kernels",
+              "upo_fast.assets"],
     package_dir={"upo_fast": "upo_fast", "upo_fast.kernels": "kernels"},
-    package_data={"upo_fast.assets": ["*/*.json", "*/*.safetensors", "*/*.md", "*/*.jsonl"]},
+    package_data={"upo_fast.assets": [f"{folder}*.{ext}" for folder in ("*/", "*/*/")
+                                       for ext in ("json", "safetensors", "md", "jsonl", "png")]},
 )

@@ -1,4 +1,4 @@
-"""``upo-fast`` command line: demo, eval, sample, pretrain-mdm."""
+"""``upo-fast`` command line: demo, eval, sample, train, pretrain-policy, pretrain-mdm."""
 
 from __future__ import annotations
 
@@ -42,14 +42,69 @@ def cmd_eval(args) -> dict:
     model = load_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
     torch.manual_seed(args.seed)
-    results = evaluate(model, task, puzzles, solutions, scorers, batch_size=args.batch_size, seed=args.seed,
-                       topk=args.topk)
+    options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk)
+    heuristics = [s for s in scorers if s != "policy"]
+    results = evaluate(model, task, puzzles, solutions, heuristics, **options) if heuristics else {}
+    if "policy" in scorers:  # greedy over positions unless --position-temperature says otherwise
+        policy = load_policy(args.policy, task, model)
+        results.update(evaluate(model, task, puzzles, solutions, ["policy"], policy=policy,
+                                position_temperature=args.position_temperature, **options))
+        results = {s: results[s] for s in scorers}
     print(format_table(results, task.name, len(puzzles)))
     report = {"task": task.name, "n": int(len(puzzles)), "results": results}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def load_policy(path, task, mdm):
+    """A saved UnmaskingPolicy (``path``), or the one shipped for ``task``; checked against the MDM."""
+    from upo_fast.evaluation import shipped_policy_path
+    from upo_fast.policy import UnmaskingPolicy
+
+    path = Path(path) if path else shipped_policy_path(task.name)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--policy {path}: not a saved policy folder (no config.json)")
+    policy = UnmaskingPolicy.from_pretrained(path).to(next(mdm.parameters()).device).eval()
+    policy.check_compatible(mdm)
+    return policy
+
+
+def cmd_train(args) -> dict:
+    from upo_fast.training.config import TrainConfig
+    from upo_fast.training.trainer import train
+
+    overrides = {name: getattr(args, name) for name in _TRAIN_OPTIONS}
+    overrides["out_dir"] = args.out
+    if args.config:
+        cfg = TrainConfig.from_file(args.config, **overrides)
+    else:
+        cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    summary = train(cfg.validate())
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def cmd_pretrain_policy(args) -> dict:
+    from upo_fast.training.imitation import ImitationConfig, pretrain_policy
+
+    cfg = ImitationConfig(task=args.task, reference=args.reference, model=args.model, init=args.init,
+                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out,
+                          seed=args.seed, topk=args.topk)
+    summary = pretrain_policy(cfg)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+# TrainConfig fields that `upo-fast train` takes as --options (None = keep the config file's / default value)
+_TRAIN_OPTIONS = {
+    "task": str, "reference": str, "model": str, "init": str, "steps": int, "prompts_per_step": int,
+    "group_size": int, "inner_iters": int, "lr": float, "beta": float, "kl_mode": str, "clip_eps": float,
+    "position_temperature": float, "reward": str, "topk": int, "anchor_tau": float, "eval_every": int,
+    "eval_puzzles": int, "checkpoint_every": int, "seed": int, "device": str, "time_limit_s": float,
+    "stop_at_step": int, "certain_keep": float,
+}
 
 
 def cmd_demo(args) -> dict:
@@ -148,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate unmasking orders on Sudoku puzzles")
     ev.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
     ev.add_argument("--data", default=None, help="Puzzle,Solution CSV (0 = blank); default: generated held-out")
-    ev.add_argument("--scorer", action="append", help="repeatable; default max_confidence")
+    ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--num-puzzles", type=int, default=200)
     ev.add_argument("--blanks", type=int, default=None)
@@ -157,8 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--policy", default=None, help="a saved policy folder for --scorer policy (default: shipped)")
+    ev.add_argument("--position-temperature", type=float, default=0.0,
+                    help="--scorer policy: 0 = greedy (default), > 0 samples positions")
     ev.add_argument("--json", default=None)
     ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
+    tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields; options below override")
+    tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one")
+    for name, kind in _TRAIN_OPTIONS.items():
+        tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    tr.set_defaults(func=cmd_train)
+
+    pp = sub.add_parser("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
+    pp.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
+    pp.add_argument("--reference", default="max_confidence")
+    pp.add_argument("--model", default=None)
+    pp.add_argument("--init", default="fresh", choices=["fresh", "copy", "anchor"])
+    pp.add_argument("--steps", type=int, default=100)
+    pp.add_argument("--batch-size", type=int, default=32)
+    pp.add_argument("--lr", type=float, default=1e-3)
+    pp.add_argument("--topk", type=int, default=5)
+    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--out", required=True)
+    pp.set_defaults(func=cmd_pretrain_policy)
 
     sa = sub.add_parser("sample", help="fill one Sudoku grid, or generate from a prompt with a local LLaDA/Dream")
     sa.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])

@@ -25,6 +25,15 @@ def shipped_model_path(task_name: str) -> Path:
     return path
 
 
+def shipped_policy_path(task_name: str) -> Path:
+    """Folder of the UPO policy shipped for a task (``upo_fast/assets/<task>/policy``)."""
+    path = Path(str(resources.files("upo_fast.assets").joinpath(task_name, "policy")))
+    if not (path / "config.json").exists():
+        raise ValueError(f"no shipped policy for task {task_name!r} at {path}; train one with "
+                         f"`upo-fast train --task {task_name} --out DIR` and pass --policy DIR/best")
+    return path
+
+
 def load_model(path: str | Path | None, task: SudokuTask, device: str = "cpu"):
     from upo_fast.models import load_tiny_mdm
 

@@ -8,7 +8,8 @@ Checkpoint layout under ``out_dir``::
     train_log.jsonl                         one JSON object per log/checkpoint step
 
 A directory cannot be os.replace'd onto a non-empty directory, so ``checkpoint-last`` is a symlink to the
-newest complete checkpoint directory: replacing a symlink is atomic, so ``checkpoint-last`` always loads.
+newest complete checkpoint directory: replacing a symlink is atomic. Saving, pruning and finding the newest
+readable checkpoint are done by :mod:`upo_fast.checkpoints`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from upo_fast.models.tiny_mdm import quiet_transformers_progress
+from upo_fast.checkpoints import find_resumable, json_default, load_model_weights, save_checkpoint, truncate_log
 
 LOSS_WEIGHTINGS = ("inverse_t", "none")
-CHECKPOINT_LINK = "checkpoint-last"
-TRAINER_STATE = "trainer_state.pt"
 LOG_FILE = "train_log.jsonl"
+KEEP_CHECKPOINTS = 1  # complete checkpoints kept in out_dir; > 1 gives find_resumable older ones to fall back to
 
 
 @dataclass
@@ -141,26 +139,8 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpointing
+# Checkpointing (the shared helpers live in upo_fast.checkpoints)
 # --------------------------------------------------------------------------------------------------
-
-
-def _fsync_tree(directory: Path) -> None:
-    """Flush every file in ``directory`` and the directory entry itself, so a crash cannot leave a renamed but
-    half-written checkpoint behind."""
-    for path in directory.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rng_state(data_gen, noise_gen) -> dict:
@@ -176,78 +156,6 @@ def _set_rng_state(state: dict, data_gen, noise_gen) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_checkpoint(out_dir: Path, model, trainer_state: dict) -> Path:
-    """Write a complete checkpoint next to the old one, then atomically point ``checkpoint-last`` at it."""
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=out_dir))
-    try:
-        with quiet_transformers_progress():
-            model.save_pretrained(tmp)
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        _fsync_tree(tmp)
-        final = out_dir / f"ckpt-{trainer_state['step']:08d}-{tmp.name.rsplit('-', 1)[-1]}"
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    link = out_dir / CHECKPOINT_LINK
-    if link.exists() and not link.is_symlink():
-        # A plain directory (e.g. copied in by hand) cannot be replaced atomically: move it aside first.
-        os.replace(link, out_dir / f"ckpt-moved-{final.name}")
-    tmp_link = out_dir / f".{CHECKPOINT_LINK}.{final.name}.tmp"
-    os.symlink(final.name, tmp_link)  # relative target: out_dir stays relocatable
-    os.replace(tmp_link, link)
-    _fsync_dir(out_dir)
-    # Only now is the previous checkpoint unreferenced; also sweep leftovers of interrupted saves.
-    for entry in out_dir.iterdir():
-        stale = entry.name.startswith(("ckpt-", ".tmp-ckpt-")) or entry.name.startswith(
-            f".{CHECKPOINT_LINK}."
-        )
-        if stale and entry.name != final.name:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-    return link
-
-
-def _load_model_weights(model, checkpoint: Path, device) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(checkpoint / "model.safetensors"), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # save_pretrained drops tied copies (lm_head tied to embeddings); those are fine to be "missing".
-    params = dict(model.named_parameters(remove_duplicate=False))
-    loaded = [params[k] for k in state if k in params]
-    missing = [k for k in missing if not any(params.get(k) is p for p in loaded)]
-    if missing or unexpected:
-        raise ValueError(
-            f"{checkpoint}: checkpoint does not match the model (missing={missing}, unexpected={unexpected})"
-        )
-
-
-def _truncate_log(log_path: Path, last_step: int) -> None:
-    """Drop log records written after the checkpoint we resume from (they will be produced again)."""
-    if not log_path.exists():
-        return
-    kept = []
-    for line in log_path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
-        except ValueError:
-            continue  # a torn last line from a crash
-    tmp = log_path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, log_path)
-
-
-def _json_default(value):
-    # eval_fn may return tensors / numpy scalars.
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,8 +192,9 @@ def pretrain_mdm(
 
     AdamW with linear warmup and cosine decay to 0, gradient clipping, a tqdm bar showing the loss, and
     (when ``cfg.out_dir`` is set) a JSONL log plus atomic checkpoints every ``checkpoint_every`` steps, at the
-    end and when ``time_limit_s`` runs out. If ``out_dir/checkpoint-last`` exists, training resumes from it
-    and ends with the same parameters as an uninterrupted run. ``eval_fn(model) -> dict`` runs (eval mode, no
+    end and when ``time_limit_s`` runs out. If ``out_dir`` holds a checkpoint, training resumes from the newest
+    readable one (``checkpoint-last`` first; see :func:`upo_fast.checkpoints.find_resumable`) and ends with the
+    same parameters as an uninterrupted run. ``eval_fn(model) -> dict`` runs (eval mode, no
     grad) at every checkpoint step and its result goes to the log. Returns a summary dict; leaves the model
     in eval mode.
     """
@@ -307,18 +216,16 @@ def pretrain_mdm(
 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        link = out_dir / CHECKPOINT_LINK
-        if link.is_symlink() and not link.exists():
-            raise ValueError(f"{link}: dangling checkpoint link (its target directory is gone)")
-        if link.exists():
-            state = torch.load(link / TRAINER_STATE, map_location="cpu", weights_only=True)
-            _load_model_weights(model, link, device)
+        found = find_resumable(out_dir)  # the newest readable checkpoint; warns about each one it skips
+        if found is not None:
+            checkpoint_dir, state = found
+            load_model_weights(model, checkpoint_dir, device)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             _set_rng_state(state["rng"], data_gen, noise_gen)
             step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
         # A fresh start clears a stale log; a resume drops the records of steps that will be replayed.
-        _truncate_log(out_dir / LOG_FILE, step)
+        truncate_log(out_dir / LOG_FILE, step)
     start_step = step
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -375,7 +282,7 @@ def pretrain_mdm(
                 record["eval"] = last_eval
             if out_dir is not None and record is not None:
                 with open(out_dir / LOG_FILE, "a") as f:
-                    f.write(json.dumps(record, default=_json_default) + "\n")
+                    f.write(json.dumps(record, default=json_default) + "\n")
             if do_ckpt and out_dir is not None:
                 trainer_state = {
                     "step": step,
@@ -385,7 +292,7 @@ def pretrain_mdm(
                     "seconds": seconds_before + time.perf_counter() - t_start,
                     "config": asdict(cfg),
                 }
-                checkpoint = _save_checkpoint(out_dir, model, trainer_state)
+                checkpoint = save_checkpoint(out_dir, model, trainer_state, keep=KEEP_CHECKPOINTS)
             if out_of_time and step < cfg.steps:
                 stopped_early = True
                 break

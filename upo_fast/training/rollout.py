@@ -114,10 +114,11 @@ class TrajectoryRecorder:
 @torch.no_grad()
 def rollout(mdm, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *, policy=None, scorer: str = "policy",
             position_temperature: float = 1.0, temperature: float = 0.0, generator: torch.Generator | None = None,
-            hidden_dtype: torch.dtype | None = None,
-            feature_topk: int | None = None) -> tuple[torch.Tensor, Trajectories]:
+            hidden_dtype: torch.dtype | None = None, feature_topk: int | None = None,
+            topk: int = 5) -> tuple[torch.Tensor, Trajectories]:
     """Fill every mask of ``x`` [B, L] one position per step with ``scorer`` (the policy by default, sampling at
-    ``position_temperature``) and return (filled [B, L], Trajectories). ``attention_mask`` marks padding."""
+    ``position_temperature``) and return (filled [B, L], Trajectories). ``attention_mask`` marks padding; ``topk``
+    is the K of the ``topk`` scorer."""
     adapter = wrap_model(mdm)  # wrapped once: the sampler reuses it (and the hook it installs)
     masked = x == adapter.mask_id
     if attention_mask is not None:
@@ -129,5 +130,5 @@ def rollout(mdm, x: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
         feature_topk = policy.config.feature_topk
     recorder = TrajectoryRecorder(steps, feature_topk, hidden_dtype)
     filled = unmask(adapter, x, attention_mask, scorer=scorer, policy=policy, temperature=temperature,
-                    position_temperature=position_temperature, generator=generator, recorder=recorder)
+                    position_temperature=position_temperature, generator=generator, recorder=recorder, topk=topk)
     return filled, recorder.trajectories()

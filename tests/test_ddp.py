@@ -1,0 +1,69 @@
+"""Several processes (torchrun-style, gloo on the CPU) take exactly the update one process takes on all the rows:
+gradients are all-reduced and the token mean is normalized by the global step count."""
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
+from upo_fast.training.rollout import Trajectories
+from upo_fast.training.update import ProcessGroup, update_policy
+
+S, B, W, D, K = 5, 6, 7, 16, 4
+
+
+def synthetic_batch() -> tuple[Trajectories, torch.Tensor]:
+    """Recorded-looking rollouts: rows finish at different steps, candidates shrink, chosen is a candidate."""
+    g = torch.Generator().manual_seed(0)
+    cand = torch.rand(S, B, W, generator=g) < 0.7
+    cand[..., 0] = True
+    active = torch.ones(S, B, dtype=torch.bool)
+    active[3:, :2] = False
+    scores = torch.randn(S, B, W, generator=g).masked_fill(~cand, float("-inf"))
+    chosen = scores.argmax(-1)
+    probs = torch.rand(S, B, W, K, generator=g).sort(-1, descending=True).values
+    traj = Trajectories(hidden=torch.randn(S, B, W, D, generator=g), topk_probs=probs, confidence=probs[..., 0],
+                        ref_logsumexp=torch.randn(S, B, W, generator=g), candidates=cand, chosen=chosen,
+                        behavior_logp=torch.log_softmax(scores, -1).gather(-1, chosen[..., None]).squeeze(-1),
+                        active=active)
+    return traj, torch.randn(B, generator=g)
+
+
+def make_policy():
+    torch.manual_seed(3)
+    config = UnmaskingPolicyConfig(mdm_family="tiny_mdm", mdm_hidden_size=D, feature_topk=K, num_heads=2,
+                                   intermediate_size=32, mlp_hidden=8)
+    return UnmaskingPolicy(config)
+
+
+def run_update(policy, traj, adv, group):
+    # SGD: Adam's first steps are ~lr * sign(g), which turns float noise in a ~0 gradient into a full step
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    return update_policy(policy, opt, traj, adv, reference="softmax_confidence", beta=0.1, position_temperature=0.8,
+                         inner_iters=2, chunk_states=8, group=group)
+
+
+def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    traj, adv = synthetic_batch()
+    rows = slice(rank * B // world, (rank + 1) * B // world)  # this process's share of the rows
+    shard = Trajectories(*(t[:, rows] for t in traj))
+    policy = make_policy()
+    metrics = run_update(policy, shard, adv[rows], ProcessGroup(rank, world))
+    if rank == 0:
+        torch.save({"state": policy.state_dict(), "metrics": metrics}, out_file)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    traj, adv = synthetic_batch()
+    single = make_policy()
+    want = run_update(single, traj, adv, ProcessGroup())
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "rank0.pt")), nprocs=2, join=True)
+    got = torch.load(tmp_path / "rank0.pt")
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(got["state"][name], value, atol=1e-6, rtol=1e-5)
+    assert got["metrics"]["update_steps"] == want["update_steps"] == int(traj.active.sum())
+    assert abs(got["metrics"]["loss"] - want["loss"]) < 1e-5
+    assert any(not torch.equal(value, make_policy().state_dict()[name]) for name, value in single.state_dict().items())

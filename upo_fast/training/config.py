@@ -1,0 +1,124 @@
+"""Configuration of UPO training (``upo-fast train``): one dataclass, checked once, loadable from YAML / JSON and
+overridable from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from upo_fast.training.losses import REFERENCE_DIVERGENCE
+
+REFERENCES = tuple(REFERENCE_DIVERGENCE)
+INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `upo-fast pretrain-policy`)
+REWARDS = ("solved", "cells", "solved+cells")
+KL_MODES = ("exact", "sequence")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    task: str = "sudoku9"
+    reference: str = "max_confidence"  # the reference policy g_ref and its regularizer (CE or KL)
+    model: str | None = None  # the frozen MDM (a TinyMDM folder); None = the shipped model of the task
+    init: str = "anchor"  # anchor: score = confidence / anchor_tau + a zero-initialized correction; or a path
+    anchor_tau: float = 0.1
+    block_init: str = "copy"  # the policy's transformer block: a copy of the MDM's last block, or "fresh"
+    policy_dim: int | None = None
+    mlp_hidden: int = 128
+    topk: int = 5  # K of the Top-K reference (its policy chooses among the K most confident masked positions)
+    # GRPO
+    steps: int = 200
+    prompts_per_step: int = 16
+    group_size: int = 8
+    inner_iters: int = 2  # mu: updates per rollout batch, old log-probs recorded once at rollout
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    beta: float = 0.01  # weight of the reference regularizer; 0 = the ablation without it
+    kl_mode: str = "exact"  # exact per-step divergence, or the paper's sequence-level surrogate
+    scale_adv_by_std: bool = False
+    drop_zero_std: bool = True  # learn only from groups whose rewards differ (DAPO's dynamic sampling)
+    position_temperature: float = 1.0  # the temperature positions are sampled at AND scored at
+    token_temperature: float = 0.0
+    reward: str = "solved"
+    blanks: int | None = None  # blanks per training puzzle (default: the task's)
+    update_chunk: int = 2048  # recorded states per policy forward in the update (memory bound)
+    certain_threshold: float = 0.999  # a step is a forced move when some candidate's confidence reaches this
+    certain_keep: float = 0.1  # ... and forced moves are subsampled at this rate (reweighted: unbiased); 1 = all
+    # bookkeeping
+    out_dir: str = "runs/upo"
+    seed: int = 0
+    eval_every: int = 20  # validation (never the held-out test set) every N steps; 0 = off
+    eval_puzzles: int = 200
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    time_limit_s: float | None = None  # checkpoint and stop cleanly after this long
+    stop_at_step: int | None = None  # stop after this step as if interrupted (resume tests)
+    device: str = "cpu"
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+
+    def validate(self) -> TrainConfig:
+        from upo_fast.tasks import TASKS
+
+        def check(ok: bool, name: str, valid: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+
+        check(self.task in TASKS, "task", f"one of {', '.join(TASKS)}")
+        check(self.reference in REFERENCES, "reference", f"one of {', '.join(REFERENCES)}")
+        check(self.init in INITS or Path(self.init).is_dir(), "init", f"one of {', '.join(INITS)} or a policy folder")
+        check(self.block_init in ("copy", "fresh"), "block_init", "'copy' or 'fresh'")
+        check(self.reward in REWARDS, "reward", f"one of {', '.join(REWARDS)}")
+        check(self.kl_mode in KL_MODES, "kl_mode", f"one of {', '.join(KL_MODES)}")
+        check(not (self.kl_mode == "sequence" and self.reference == "max_confidence" and self.beta > 0), "kl_mode",
+              "'exact' with the max_confidence reference (its one-hot g_ref has no finite sequence log-ratio)")
+        for name in ("steps", "prompts_per_step", "inner_iters", "update_chunk", "eval_puzzles",
+                     "checkpoint_every", "keep_checkpoints", "topk", "mlp_hidden"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
+        check(isinstance(self.group_size, int) and self.group_size >= 2, "group_size",
+              "an int >= 2 (GRPO's advantage is r - group mean: one sample has no signal)")
+        check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "an int >= 0")
+        for name in ("lr", "anchor_tau", "position_temperature", "clip_eps"):
+            check(getattr(self, name) > 0, name, "> 0")
+        for name in ("beta", "weight_decay", "token_temperature", "grad_clip"):
+            check(getattr(self, name) >= 0, name, ">= 0")
+        check(self.clip_eps < 1, "clip_eps", "in (0, 1)")
+        check(0 < self.certain_keep <= 1, "certain_keep", "in (0, 1] (1 keeps every step)")
+        check(0 < self.certain_threshold <= 1, "certain_threshold", "in (0, 1]")
+        check(self.clip_eps_high is None or self.clip_eps_high > 0, "clip_eps_high", "None or > 0")
+        check(self.stop_at_step is None or self.stop_at_step >= 1, "stop_at_step", "None or >= 1")
+        check(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s", "None or > 0")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        """A config from a YAML (.yaml/.yml) or JSON file; ``overrides`` (not None) replace its values."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of option -> value")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)

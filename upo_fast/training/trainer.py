@@ -1,0 +1,212 @@
+"""The UPO trainer (``upo-fast train``): rollouts of the unmasking policy on a task, rewards, group advantages,
+KL-regularized clipped GRPO updates, validation, JSONL (+ TensorBoard) metrics, atomic checkpoints with exact
+resume, and several processes through torchrun.
+
+One step: P prompts (sharded over processes), each repeated G times -> one rollout batch with recording -> rewards
+[P, G] -> advantages r - group mean -> ``update_policy`` (mu inner iterations). Validation puzzles come from their
+own seed, never from the held-out test seed that ``upo-fast eval`` reports on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from upo_fast.checkpoints import find_resumable, json_default, load_model_weights, save_checkpoint, truncate_log
+from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
+from upo_fast.policy import UnmaskingPolicy
+from upo_fast.tasks import get_task
+from upo_fast.tasks.sudoku import sudoku_reward
+from upo_fast.training.config import TrainConfig
+from upo_fast.training.losses import group_advantages, zero_std_ratio
+from upo_fast.training.rollout import rollout
+from upo_fast.training.update import ProcessGroup, update_policy
+
+logger = logging.getLogger(__name__)
+VALIDATION_SEED = 97_531  # validation puzzles; != HELD_OUT_SEED, and training seeds are derived differently
+assert VALIDATION_SEED != HELD_OUT_SEED
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of step ``step``'s puzzles and noise: the same on every process and on resume."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % 2**31
+
+
+def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
+    """The policy the run starts from: ``init`` = anchor | fresh | copy | a saved policy folder."""
+    if cfg.init in ("anchor", "fresh", "copy"):
+        block_init = "copy" if cfg.init == "copy" else cfg.block_init
+        fields = dict(anchor="confidence" if cfg.init == "anchor" else "none", anchor_tau=cfg.anchor_tau,
+                      block_init=block_init, mlp_hidden=cfg.mlp_hidden, policy_dim=cfg.policy_dim)
+        policy = UnmaskingPolicy.for_mdm(mdm, **fields)
+    else:
+        policy = UnmaskingPolicy.from_pretrained(cfg.init).to(next(mdm.parameters()).device)
+    policy.check_compatible(mdm)
+    policy.config.candidate_topk = cfg.topk if cfg.reference == "topk" else None
+    return policy
+
+
+def rewards_for(task, filled: torch.Tensor, puzzles: np.ndarray, solutions: np.ndarray, kind: str) -> np.ndarray:
+    """[B] rewards of filled grids (rows = puzzles repeated G times, in order)."""
+    pred = task.decode(filled.cpu())
+    reps = len(pred) // len(puzzles)
+    puzzles, solutions = np.repeat(puzzles, reps, 0), np.repeat(solutions, reps, 0)
+    solved = (task.is_valid_solution(pred) & np.all((puzzles == 0) | (pred == puzzles), axis=(1, 2))).astype(float)
+    if kind == "solved":
+        return solved
+    cells = sudoku_reward(pred, puzzles, solutions)
+    return cells if kind == "cells" else (solved + cells) / 2
+
+
+def validate(mdm, policy, task, puzzles, solutions) -> dict:
+    """Greedy (position temperature 0) policy on the validation puzzles."""
+    result = evaluate(mdm, task, puzzles, solutions, ["policy"], progress=False, policy=policy,
+                      position_temperature=0.0)["policy"]
+    return {"val_solved": result["solved_rate"], "val_cell_accuracy": result["cell_accuracy"]}
+
+
+class _MetricsLog:
+    """JSONL on the main process (one line per step, flushed), plus TensorBoard scalars when it is installed."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool):
+        self.path, self.enabled, self.writer = out_dir / "metrics.jsonl", enabled, None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=json_default) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Run (or resume) UPO training as ``cfg`` says; returns a summary. See the module docstring."""
+    cfg.validate()
+    group = ProcessGroup.from_env(cfg.device)
+    device = f"cuda:{group.local_rank}" if cfg.device == "cuda" and group.world > 1 else cfg.device
+    if cfg.prompts_per_step % group.world:
+        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the number of processes "
+                         f"({group.world})")
+    task = get_task(cfg.task)
+    mdm = load_model(cfg.model, task, device).eval().requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # the policy's initialization: the same on every process and every fresh start
+    policy = make_policy(cfg, mdm)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out_dir = Path(cfg.out_dir)
+    if group.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    group.barrier()
+
+    start_step, best = 0, {"val_solved": -1.0, "step": 0}
+    found = find_resumable(out_dir)
+    if found is not None:
+        ckpt, state = found
+        load_model_weights(policy, ckpt, device)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, best = state["step"], state.get("best", best)
+        if group.main:
+            truncate_log(out_dir / "metrics.jsonl", start_step)
+            logger.info("resuming from %s (step %d)", ckpt, start_step)
+    elif group.main:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    log = _MetricsLog(out_dir, group.main, cfg.tensorboard)
+    val = None
+    if group.main and cfg.eval_every:
+        val = task.make_puzzles(cfg.eval_puzzles, cfg.blanks, seed=VALIDATION_SEED)
+        if start_step == 0:
+            log.write({"step": 0, **validate(mdm, policy, task, *val)})
+
+    local_prompts = cfg.prompts_per_step // group.world
+    started, stopped_early, step = time.perf_counter(), False, start_step
+    bar = tqdm(range(start_step + 1, cfg.steps + 1), desc="upo train", disable=not (progress and group.main))
+    for step in bar:
+        seed = step_seed(cfg.seed, step)
+        puzzles, solutions = task.make_puzzles(cfg.prompts_per_step, cfg.blanks, seed=seed)
+        shard = slice(group.rank * local_prompts, (group.rank + 1) * local_prompts)
+        puzzles, solutions = puzzles[shard], solutions[shard]
+        x = task.encode(puzzles).to(device).repeat_interleave(cfg.group_size, 0)
+        gen = torch.Generator(device=device).manual_seed(seed + group.rank)
+        t0 = time.perf_counter()
+        filled, traj = rollout(mdm, x, policy=policy, position_temperature=cfg.position_temperature,
+                               temperature=cfg.token_temperature, generator=gen)
+        t_rollout = time.perf_counter() - t0
+        rewards = torch.as_tensor(rewards_for(task, filled, puzzles, solutions, cfg.reward), dtype=torch.float32)
+        rewards = rewards.view(local_prompts, cfg.group_size)
+        stats = group.sum(torch.stack([rewards.sum(), (rewards**2).sum(), torch.tensor(float(rewards.numel())),
+                                       zero_std_ratio(rewards) * local_prompts]).double())
+        record = {"step": step, "reward_mean": float(stats[0] / stats[2]),
+                  "reward_std": float(max(stats[1] / stats[2] - (stats[0] / stats[2]) ** 2, 0.0) ** 0.5),
+                  "zero_std_ratio": float(stats[3] / cfg.prompts_per_step), "ms_rollout": 1e3 * t_rollout}
+        finite = bool(group.sum(torch.isfinite(rewards).all().double().view(1)) == group.world)
+        if not finite:  # NaN guard: a broken reward must not reach the parameters
+            record["skipped"] = "non-finite rewards"
+            logger.warning("step %d: non-finite rewards, update skipped", step)
+        else:
+            advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten().to(device)
+            learn = None
+            if cfg.drop_zero_std:
+                learn = (rewards.amax(1) > rewards.amin(1)).repeat_interleave(cfg.group_size).to(device)
+            t1 = time.perf_counter()
+            metrics = update_policy(policy, optimizer, traj, advantages, reference=cfg.reference, beta=cfg.beta,
+                                    position_temperature=cfg.position_temperature, clip_eps=cfg.clip_eps,
+                                    clip_eps_high=cfg.clip_eps_high, inner_iters=cfg.inner_iters,
+                                    grad_clip=cfg.grad_clip, kl_mode=cfg.kl_mode, topk=cfg.topk,
+                                    chunk_states=cfg.update_chunk, certain_threshold=cfg.certain_threshold,
+                                    certain_keep=cfg.certain_keep, seed=seed + group.rank, rows=learn,
+                                    group=group)
+            record.update(metrics, ms_update=1e3 * (time.perf_counter() - t1))
+            if metrics["skipped_nonfinite"]:
+                record["skipped"] = "non-finite loss or gradients"
+                logger.warning("step %d: non-finite loss or gradients, update skipped", step)
+        record["policy_entropy"] = _mean_surprisal(traj)
+        if val is not None and step % cfg.eval_every == 0:
+            record.update(validate(mdm, policy, task, *val))
+            if record["val_solved"] > best["val_solved"]:
+                best = {"val_solved": record["val_solved"], "step": step}
+                policy.save_pretrained(out_dir / "best")  # the policy to ship: chosen on validation only
+        log.write(record)
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get("val_solved", ""))
+        out_of_time = cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s
+        stop_here = cfg.stop_at_step is not None and step >= cfg.stop_at_step
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time or stop_here:
+            if group.main:
+                save_checkpoint(out_dir, policy, {"step": step, "optimizer": optimizer.state_dict(),
+                                                  "torch_rng": torch.get_rng_state(), "best": best,
+                                                  "config": cfg.to_dict()}, keep=cfg.keep_checkpoints)
+            group.barrier()
+        if out_of_time or stop_here:
+            stopped_early = step < cfg.steps
+            break
+    log.close()
+    return {"last_step": step, "resumed_from_step": start_step, "stopped_early": stopped_early, "best": best,
+            "seconds": time.perf_counter() - started, "out_dir": str(out_dir)}
+
+
+def _mean_surprisal(traj) -> float:
+    """Mean -log g(a_n | x_n) of the sampled positions: an unbiased estimate of the policy's mean entropy (nats)
+    over the visited states, from what the rollout recorded anyway."""
+    steps = traj.active.sum().clamp_min(1)
+    return float(-(traj.behavior_logp * traj.active).sum() / steps)
