@@ -62,3 +62,39 @@ def test_corrupt_checkpoint_is_a_clear_error(model_dir, tmp_path, capsys):
 def test_unknown_scorer_is_a_clear_error(model_dir, capsys):
     assert main(["eval", "--task", "sudoku4", "--model", str(model_dir), "--scorer", "best", "--limit", "2"]) == 2
     assert "unknown scorer" in capsys.readouterr().err
+
+
+def test_train_then_eval_the_policy(model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--task", "sudoku4", "--model", str(model_dir), "--out", str(run), "--steps", "2",
+                 "--prompts-per-step", "2", "--group-size", "2", "--eval-every", "1", "--eval-puzzles", "4",
+                 "--checkpoint-every", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["last_step"] == 2
+    out = tmp_path / "r.json"
+    assert main(["eval", "--task", "sudoku4", "--model", str(model_dir), "--scorer", "policy", "--scorer",
+                 "max_confidence", "--policy", str(run / "best"), "--limit", "6", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["policy", "max_confidence"]
+    # the anchored policy starts as max-confidence: at step 0 (best may be step 0) they agree; in any case valid
+    assert 0 <= results["policy"]["solved_rate"] <= 1
+
+
+def test_train_errors_are_named(model_dir, tmp_path, capsys):
+    assert main(["train", "--task", "sudoku4", "--model", str(model_dir), "--out", str(tmp_path),
+                 "--group-size", "1"]) == 2
+    assert "group_size" in capsys.readouterr().err
+    assert main(["eval", "--task", "sudoku4", "--model", str(model_dir), "--scorer", "policy", "--policy",
+                 str(tmp_path / "none"), "--limit", "2"]) == 2
+    assert "none" in capsys.readouterr().err
+
+
+def test_pretrain_policy_imitates_the_reference(model_dir, tmp_path, capsys):
+    out = tmp_path / "pre"
+    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--steps", "12",
+                 "--batch-size", "8", "--lr", "3e-3", "--out", str(out)]) == 0
+    summary = json.loads((out / "pretrain_summary.json").read_text())
+    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert len(log) == 12 and all(r["loss"] > 0 for r in log)
+    losses = [r["loss"] for r in log]
+    assert sum(losses[-3:]) < 0.9 * sum(losses[:3])  # it learns the reference's choices
+    assert 0 <= summary["val_solved"] <= 1 and (out / "config.json").exists()

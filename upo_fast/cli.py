@@ -117,6 +117,13 @@ def cmd_demo(args) -> dict:
     start = time.perf_counter()
     puzzles, solutions = task.make_puzzles(args.num_puzzles, seed=HELD_OUT_SEED)
     results = evaluate(model, task, puzzles, solutions, list(HEURISTICS), seed=0)
+    try:
+        policy = load_policy(None, task, model)
+    except ValueError as err:  # no shipped policy: the heuristics alone
+        print(f"(no learned policy row: {err})")
+    else:
+        results.update(evaluate(model, task, puzzles, solutions, ["policy"], seed=0, policy=policy,
+                                position_temperature=0.0))
     headroom = pass_at_n(model, task, puzzles, "topk", 8, seed=0, topk=5)
     print(format_table(results, task.name, len(puzzles)))
     print(f"headroom: random orders among the 5 most confident cells solve {headroom['pass@1']:.3f} at Pass@1 "

@@ -81,7 +81,7 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         policy.eval()
-        log.append({"step": step, "loss": float(loss)})
+        log.append({"step": step, "loss": float(loss.detach())})
     result = validate(mdm, policy, task, *val)
     out = Path(cfg.out_dir)
     policy.save_pretrained(out)
