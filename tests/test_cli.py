@@ -98,3 +98,15 @@ def test_pretrain_policy_imitates_the_reference(model_dir, tmp_path, capsys):
     losses = [r["loss"] for r in log]
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3])  # it learns the reference's choices
     assert 0 <= summary["val_solved"] <= 1 and (out / "config.json").exists()
+
+
+def test_plot_runs_writes_a_png(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": 0, "val_solved": 0.5}] + [{"step": i, "reward_mean": i / 10} for i in range(1, 6)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"torn')
+    png = tmp_path / "curves.png"
+    assert main(["plot-runs", "--run", f"a={run}", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot-runs", "--run", str(run), "--out", str(png)]) == 2
+    assert "LABEL=FOLDER" in capsys.readouterr().err

@@ -97,6 +97,18 @@ def cmd_pretrain_policy(args) -> dict:
     return summary
 
 
+def cmd_plot_runs(args) -> None:
+    from upo_fast.training.plots import plot_runs
+
+    runs = {}
+    for spec in args.run:
+        label, sep, folder = spec.partition("=")
+        if not sep:
+            raise ValueError(f"--run takes LABEL=FOLDER, got {spec!r}")
+        runs[label] = folder
+    print(plot_runs(runs, args.out, window=args.window))
+
+
 # TrainConfig fields that `upo-fast train` takes as --options (None = keep the config file's / default value)
 _TRAIN_OPTIONS = {
     "task": str, "reference": str, "model": str, "init": str, "steps": int, "prompts_per_step": int,
@@ -231,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in _TRAIN_OPTIONS.items():
         tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     tr.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("plot-runs", help="reward-vs-step and validation curves of training runs (PNG)")
+    pr.add_argument("--run", action="append", required=True, help="LABEL=RUN_FOLDER, repeatable")
+    pr.add_argument("--out", required=True, help="PNG path")
+    pr.add_argument("--window", type=int, default=10, help="moving-average window of the reward curve")
+    pr.set_defaults(func=cmd_plot_runs)
 
     pp = sub.add_parser("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
     pp.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])

@@ -1,0 +1,63 @@
+"""Reward-vs-step and validation curves of UPO runs (``upo-fast plot-runs``), read from their metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: no metrics.jsonl (not a `upo-fast train` run folder)")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line of a killed run
+    return records
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10) -> Path:
+    """Two panels: training reward (moving average over ``window`` steps) and greedy validation solved rate per
+    step, one line per run (label -> run folder). The validation at step 0 is the starting policy (max-confidence
+    for anchored policies), drawn as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(12, 4.5))
+    start = None
+    for label, folder in runs.items():
+        rec = read_metrics(folder)
+        train = [r for r in rec if "reward_mean" in r]
+        val = [r for r in rec if "val_solved" in r]
+        if train:
+            ax_r.plot([r["step"] for r in train], _smooth([r["reward_mean"] for r in train], window), label=label)
+        if val:
+            ax_v.plot([r["step"] for r in val], [r["val_solved"] for r in val], marker="o", ms=3, label=label)
+            if val[0]["step"] == 0:
+                start = val[0]["val_solved"]
+    if start is not None:
+        ax_v.axhline(start, ls="--", color="gray", label="step 0 (max-confidence)")
+    ax_r.set(xlabel="GRPO step", ylabel=f"training reward (solved, {window}-step mean)", title="rollout reward")
+    ax_v.set(xlabel="GRPO step", ylabel="solved rate (greedy)", title="validation puzzles")
+    for ax in (ax_r, ax_v):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
