@@ -67,3 +67,18 @@ def test_last_block_input_is_captured_without_copy(llada):
 def test_mask_id_outside_vocabulary_is_rejected(llada):
     with pytest.raises(ValueError, match="mask_id=300 is outside the vocabulary"):
         MDMAdapter(llada, mask_id=300)
+
+
+def test_position_hidden_is_aligned_like_the_logits(llada, dream):
+    """The policy reads, for position i, the hidden state that predicts i: Dream's output i-1."""
+    x = torch.randint(0, 298, (2, 6))
+    for model, shifted in ((dream, True), (llada, False)):
+        adapter = MDMAdapter(model)
+        adapter.capture_last_block_input()
+        adapter.logits(x, adapter.prepare_attention(None, 2, 6))
+        raw, aligned = adapter.last_hidden, adapter.position_hidden()
+        if shifted:
+            assert torch.equal(aligned[:, 1:], raw[:, :-1]) and torch.equal(aligned[:, 0], raw[:, 0])
+        else:
+            assert aligned is raw
+        adapter.capture_last_block_input(False)

@@ -141,6 +141,14 @@ class MDMAdapter:
 
         self._hook = blocks[-1].register_forward_pre_hook(hook, with_kwargs=True)
 
+    def position_hidden(self) -> torch.Tensor | None:
+        """The captured last-block input [B, L, d] aligned like ``logits``: row i is the hidden state that predicts
+        position i (for Dream the state at i - 1, a copy; otherwise the captured tensor itself)."""
+        hidden = self.last_hidden
+        if hidden is None or not self.shift_logits:
+            return hidden
+        return torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+
     # ---- calling the model --------------------------------------------------------------------------------
     def prepare_attention(self, attention_mask: torch.Tensor | None, batch: int, length: int) -> PreparedAttention:
         """Turn a [B, L] 0/1 padding mask into what this family's forward expects (once per call)."""

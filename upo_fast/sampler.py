@@ -93,7 +93,7 @@ class _Loop:
             select = candidates & (draw < transfer_prob)
         else:
             if self.scorer == "policy" or self.recorder is not None:
-                hidden = self.adapter.last_hidden
+                hidden = self.adapter.position_hidden()
                 self.ctx.hidden = hidden[:batch, start:end] if hidden is not None else None
             scored = SCORERS[self.scorer](stats, candidates, self.ctx)
             if scored.candidates is not None:
