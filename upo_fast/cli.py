@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,7 +83,8 @@ def cmd_train(args) -> dict:
     else:
         cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     summary = train(cfg.validate())
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns the same summary
+        print(json.dumps(summary, indent=2))
     return summary
 
 
