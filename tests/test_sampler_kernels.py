@@ -68,3 +68,11 @@ def test_auto_on_cuda_is_the_triton_path(model, temperature):
     loop = _Loop(MDMAdapter(model), masked_batch(), None, "max_confidence", temperature, 0.0, None, None, None, 5,
                  1.0, None)
     assert loop.kernels
+
+
+def test_fused_head_triton_path_gives_the_same_tokens(model):
+    """What CUDA runs by default: statistics straight from the final hidden states through the fused-head kernel."""
+    x = masked_batch(batch=2, length=8, seed=5)
+    want = upo_fast.unmask(model, x, scorer="max_confidence", backend="torch", fused_head=False)
+    got = upo_fast.unmask(model, x, scorer="max_confidence", backend="triton", fused_head=True)
+    assert torch.equal(got, want)

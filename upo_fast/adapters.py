@@ -15,6 +15,7 @@ copy): the unmasking policy reads it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,47 @@ class MDMAdapter:
         if out is None:
             out = getattr(self.model, "lm_head", None)
         return getattr(out, "weight", None)
+
+    def head_module(self) -> tuple[nn.Module, str] | None:
+        """(parent, attribute) of the LM head when it is a separate ``nn.Linear`` that the forward calls as a
+        module (untied LLaDA ``ff_out``, Dream / TinyMDM ``lm_head``); None otherwise (tied LLaDA calls
+        F.linear on the embedding, generic models are unknown)."""
+        if self.family == "llada":
+            parent, name = _get_path(self.model, "model.transformer"), "ff_out"
+        elif self.family in ("dream", "tiny_mdm"):
+            parent, name = self.model, "lm_head"
+        else:
+            return None
+        head = getattr(parent, name, None) if parent is not None else None
+        return (parent, name) if isinstance(head, nn.Linear) else None
+
+    def logit_scale(self) -> float:
+        """Factor the forward applies to the head's output (LLaDA's ``scale_logits`` option)."""
+        if self.family == "llada" and getattr(self.config, "scale_logits", False):
+            return 1.0 / float(self.config.d_model) ** 0.5
+        return 1.0
+
+    @contextlib.contextmanager
+    def headless(self):
+        """Within this context the model's forward returns the final hidden states [B, L, d] in place of the
+        logits: the head is swapped for an identity, so no [B, L, V] tensor is computed."""
+        found = self.head_module()
+        if found is None:
+            raise ValueError(f"this {self.family} model's LM head is not a separate nn.Linear module (a tied "
+                             "head?): the fused head path needs one; use fused_head=False")
+        parent, name = found
+        head = getattr(parent, name)
+        setattr(parent, name, nn.Identity())
+        try:
+            yield head
+        finally:
+            setattr(parent, name, head)
+
+    def final_hidden(self, x: torch.Tensor, prepared: PreparedAttention) -> torch.Tensor:
+        """[B, L] token ids -> [B, L, d] final hidden states (after the last norm), aligned like ``logits``: row i is
+        the state whose head output scores position i."""
+        with self.headless():
+            return self.logits(x, prepared)
 
     # ---- hidden-state capture -----------------------------------------------------------------------------
     def capture_last_block_input(self, enable: bool = True) -> None:

@@ -26,7 +26,8 @@ class _Loop:
     """State shared by the steps of one sampling call."""
 
     def __init__(self, adapter: MDMAdapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold,
-                 generator, topk, position_temperature, suppress_tokens, backend="auto", recorder=None):
+                 generator, topk, position_temperature, suppress_tokens, backend="auto", recorder=None,
+                 fused_head=None):
         self.adapter, self.x = adapter, x
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
@@ -60,28 +61,55 @@ class _Loop:
         self.backend = "triton" if self.kernels else "torch"
         if self.kernels:
             self.token_seed, self.position_seed = (seed_tensor(None, x.device, generator) for _ in range(2))
+        # Fused head: the forward stops at the final hidden states and the statistics come from hidden @ head.T
+        # for the region's rows only, never a [B, L, V] tensor (on CUDA by default when the head is a module).
+        head = adapter.head_module()
+        if fused_head is None:
+            fused_head = x.device.type == "cuda" and head is not None
+        if fused_head and head is None:
+            with adapter.headless():  # raises the ValueError that says why this model has no separable head
+                pass
+        self.fused = bool(fused_head)
+        if self.fused:
+            linear = getattr(*head)
+            self.head_weight, self.head_bias = linear.weight, linear.bias
+        self.need_ref = self.scorer == "softmax_confidence" or recorder is not None
 
-    def logits(self, start: int, end: int) -> torch.Tensor:
+    def region_outputs(self, start: int, end: int) -> torch.Tensor:
+        """[B, W, V] logits of the region (or [B, W, d] final hidden states on the fused path), with
+        classifier-free guidance applied: it is linear, so it combines hidden states exactly as it does logits."""
         x = self.x
+        forward = self.adapter.final_hidden if self.fused else self.adapter.logits
         if self.cfg_scale > 0:
             uncond = x.masked_fill(self.prompt_index, self.adapter.mask_id)
-            both = self.adapter.logits(torch.cat([x, uncond]), self.prepared_cfg)[:, start:end]
+            both = forward(torch.cat([x, uncond]), self.prepared_cfg)[:, start:end]
             cond, un = both.chunk(2)
             return un + (self.cfg_scale + 1) * (cond - un)
-        return self.adapter.logits(x, self.prepared)[:, start:end]
+        return forward(x, self.prepared)[:, start:end]
+
+    def statistics(self, out: torch.Tensor) -> VocabStats:
+        """Token statistics of every row of the region, shaped [B, W] (topk_probs [B, W, k])."""
+        batch, width = out.shape[:2]
+        noise = dict(seed=self.token_seed) if self.kernels else dict(generator=self.generator)
+        options = dict(temperature=self.temperature, suppress=self.suppress, exclude=self.exclude, check=False,
+                       backend=self.backend, **noise)
+        if self.fused:
+            topk = min(FEATURE_TOPK, self.head_weight.shape[0])
+            flat = ops.fused_head_stats(out.to(self.head_weight.dtype), self.head_weight, self.head_bias,
+                                        logit_scale=self.adapter.logit_scale(), topk=topk, need_ref=self.need_ref,
+                                        **options)
+        else:
+            flat = ops.vocab_stats(out, topk=min(FEATURE_TOPK, out.shape[-1]), **options)
+        return VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
 
     def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
         """One unmasking step on the region [start, end); k: [B] positions to commit per row."""
         x = self.x
-        logits = self.logits(start, end)
-        batch, width, vocab = logits.shape
         if self.kernels:
             self.token_seed.add_(1)
             self.position_seed.add_(1)
-        noise = dict(seed=self.token_seed) if self.kernels else dict(generator=self.generator)
-        flat = ops.vocab_stats(logits, topk=min(FEATURE_TOPK, vocab), temperature=self.temperature, **noise,
-                               suppress=self.suppress, exclude=self.exclude, check=False, backend=self.backend)
-        stats = VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
+        stats = self.statistics(self.region_outputs(start, end))
+        batch = stats.token.shape[0]
         region = x[:, start:end]
         candidates = region == self.adapter.mask_id
         if self.valid is not None:
@@ -136,7 +164,7 @@ def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
 @torch.no_grad()
 def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence", temperature=0.0,
            cfg_scale=0.0, mask_id=None, policy=None, threshold=None, generator=None, family=None, topk=5,
-           position_temperature=1.0, suppress_tokens=None, backend="auto", recorder=None):
+           position_temperature=1.0, suppress_tokens=None, backend="auto", recorder=None, fused_head=None):
     """Fill every mask of ``x`` ([B, L] token ids; masks anywhere, e.g. Sudoku blanks) and return [B, L] ids.
 
     steps: number of MDM forwards (default: one position per step, i.e. the largest mask count of a row). Each
@@ -149,6 +177,9 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     give the same tokens at temperature 0 and different random streams otherwise. recorder: an object whose
     ``write(hidden, stats, candidates, scores, select, position_temperature)`` is called once per step with the
     step's policy inputs and decision (``upo_fast.training.TrajectoryRecorder`` keeps them for GRPO).
+    fused_head: compute the statistics from the final hidden states and the LM head for the region's rows only
+    (``upo_fast.ops.fused_head_stats``), never materializing [B, L, V] logits; None = on CUDA when the model's
+    head is a separate Linear module (True on a tied head is a ValueError).
     """
     adapter = wrap_model(model, family, mask_id)
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
@@ -164,7 +195,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
         raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
                          f"got {steps!r}")
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder)
+                 position_temperature, suppress_tokens, backend, recorder, fused_head)
     _run(loop, 0, x.shape[1], row_counts(per_row, steps))
     return loop.finish()
 
@@ -173,7 +204,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
 def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
              scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
              generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto",
-             recorder=None):
+             recorder=None, fused_head=None):
     """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
 
     Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each; candidates are
@@ -199,7 +230,7 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder)
+                 position_temperature, suppress_tokens, backend, recorder, fused_head)
     counts = row_counts(torch.full((batch,), block_length, device=device), steps_per_block)
     for block in range(num_blocks):
         start = prompt_len + block * block_length
