@@ -110,3 +110,14 @@ def test_plot_runs_writes_a_png(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert main(["plot-runs", "--run", str(run), "--out", str(png)]) == 2
     assert "LABEL=FOLDER" in capsys.readouterr().err
+
+
+def test_parallel_curve(model_dir, tmp_path, capsys):
+    out, js = tmp_path / "c.png", tmp_path / "c.json"
+    assert main(["parallel-curve", "--task", "sudoku4", "--model", str(model_dir), "--thresholds", "0.5,0.2",
+                 "--limit", "8", "--out", str(out), "--json", str(js)]) == 0
+    points = json.loads(js.read_text())["curves"]["max_confidence"]
+    assert [p["label"] for p in points] == ["1/step", "0.5", "0.2"]
+    assert points[0]["mean_steps"] >= points[1]["mean_steps"] >= points[2]["mean_steps"]
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert main(["parallel-curve", "--task", "sudoku4", "--model", str(model_dir), "--thresholds", "2"]) == 2

@@ -257,3 +257,26 @@ def test_a_step_never_waits_on_the_host(scorer):
             loop.step(0, x.shape[1], k, transfer_prob=0.5)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_factor_rule_walks_the_scorer_order():
+    from upo_fast.sampler import factor_select
+
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.5, 0.4, 0.3, 0.2]])
+    cand = torch.tensor([[True, True, True, True], [True, False, True, True]])
+    conf = torch.tensor([[0.99, 0.9, 0.5, 0.99], [0.8, 0.99, 0.99, 0.99]])
+    # row 0: n=1: 2*0.01 < 0.5 ok; n=2: 3*0.1 < 0.5 ok; n=3: 4*0.5 fails -> stop (the 0.99 at rank 4 is not reached)
+    # row 1: n=1 (conf 0.8): 2*0.2 = 0.4 < 0.5 ok; n=2 (pos 2): 3*0.01 ok; n=3 (pos 3): 4*0.01 ok
+    assert factor_select(scores, cand, conf, 0.5).tolist() == [[True, True, False, False],
+                                                                 [True, False, True, True]]
+    assert not factor_select(scores, cand, conf, 0.01).any()
+
+
+@pytest.mark.parametrize("rule", [dict(threshold=0.05), dict(factor=10.0)])  # an untrained model: low confidences
+def test_parallel_rules_use_fewer_steps_and_fill_everything(tiny_mdm, rule):
+    x = masked_batch(batch=4, length=20, p=0.8)
+    one, steps_one = upo_fast.unmask(tiny_mdm, x, return_steps=True)
+    par, steps_par = upo_fast.unmask(tiny_mdm, x, return_steps=True, **rule)
+    assert torch.equal(steps_one, (x == MASK).sum(1))
+    assert not (par == MASK).any() and torch.equal(par[x != MASK], x[x != MASK])
+    assert (steps_par <= steps_one).all() and steps_par.sum() < steps_one.sum()

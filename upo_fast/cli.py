@@ -100,7 +100,7 @@ def cmd_pretrain_policy(args) -> dict:
 
 
 def cmd_plot_runs(args) -> None:
-    from upo_fast.training.plots import plot_runs
+    from upo_fast.plots import plot_runs
 
     runs = {}
     for spec in args.run:
@@ -109,6 +109,35 @@ def cmd_plot_runs(args) -> None:
             raise ValueError(f"--run takes LABEL=FOLDER, got {spec!r}")
         runs[label] = folder
     print(plot_runs(runs, args.out, window=args.window))
+
+
+def cmd_parallel_curve(args) -> dict:
+    from upo_fast.evaluation import evaluate, load_model
+    from upo_fast.plots import plot_parallel_curve
+
+    task = _task(args.task)
+    model = load_model(args.model, task, args.device)
+    puzzles, solutions = _puzzles(args, task)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    if any(not 0 < t <= 1 for t in thresholds):
+        raise ValueError(f"--thresholds must be in (0, 1], got {args.thresholds}")
+    curves = {}
+    for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
+        options = dict(policy=load_policy(args.policy, task, model), position_temperature=0.0) \
+            if scorer == "policy" else {}
+        curves[scorer] = []
+        for threshold in [None, *thresholds]:  # None: one position per step
+            r = evaluate(model, task, puzzles, solutions, [scorer], progress=False, threshold=threshold,
+                         **options)[scorer]
+            curves[scorer].append({"label": "1/step" if threshold is None else f"{threshold:g}", **r})
+            print(f"{scorer:16s} threshold={curves[scorer][-1]['label']:7s} steps={r['mean_steps']:6.1f} "
+                  f"solved={r['solved_rate']:.3f} cells={r['cell_accuracy']:.3f}")
+    report = {"task": task.name, "n": int(len(puzzles)), "curves": curves}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.out:
+        print(plot_parallel_curve(curves, args.out, f"{task.name}: {len(puzzles)} held-out puzzles"))
+    return report
 
 
 # TrainConfig fields that `upo-fast train` takes as --options (None = keep the config file's / default value)
@@ -251,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="PNG path")
     pr.add_argument("--window", type=int, default=10, help="moving-average window of the reward curve")
     pr.set_defaults(func=cmd_plot_runs)
+
+    pc = sub.add_parser("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
+    pc.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
+    pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
+    pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
+    pc.add_argument("--thresholds", default="0.999,0.99,0.95,0.9,0.8,0.7")
+    pc.add_argument("--data", default=None)
+    pc.add_argument("--num-puzzles", type=int, default=200)
+    pc.add_argument("--blanks", type=int, default=None)
+    pc.add_argument("--limit", type=int, default=None)
+    pc.add_argument("--model", default=None)
+    pc.add_argument("--device", default="cpu")
+    pc.add_argument("--json", default=None)
+    pc.add_argument("--out", default=None, help="PNG path")
+    pc.set_defaults(func=cmd_parallel_curve)
 
     pp = sub.add_parser("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
     pp.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])

@@ -45,29 +45,33 @@ def load_model(path: str | Path | None, task: SudokuTask, device: str = "cpu"):
 
 
 def solve_puzzles(model, task: SudokuTask, puzzles: np.ndarray, scorer: str, *, batch_size: int = 250,
-                  seed: int = 0, progress: bool = False, **sampler_options) -> np.ndarray:
-    """[N, n, n] puzzles (0 = blank) -> [N, n, n] grids filled by ``unmask`` with ``scorer``."""
+                  seed: int = 0, progress: bool = False, with_steps: bool = False, **sampler_options):
+    """[N, n, n] puzzles (0 = blank) -> [N, n, n] grids filled by ``unmask`` with ``scorer`` (and, with
+    ``with_steps``, [N] the MDM forwards each puzzle used)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    filled = []
+    filled, steps = [], []
     starts = range(0, len(puzzles), batch_size)
     for start in tqdm(starts, desc=scorer, disable=not progress, leave=False):
         x = task.encode(puzzles[start:start + batch_size]).to(device)
-        out = unmask(model, x, scorer=scorer, generator=generator, **sampler_options)
+        out, used = unmask(model, x, scorer=scorer, generator=generator, return_steps=True, **sampler_options)
         filled.append(task.decode(out.cpu()))
-    return np.concatenate(filled)
+        steps.append(used.cpu().numpy())
+    grids = np.concatenate(filled)
+    return (grids, np.concatenate(steps)) if with_steps else grids
 
 
 def evaluate(model, task: SudokuTask, puzzles: np.ndarray, solutions: np.ndarray, scorers: list[str], *,
              batch_size: int = 250, seed: int = 0, progress: bool = True, **sampler_options) -> dict:
-    """{scorer: {"cell_accuracy", "solved_rate", "seconds"}} on the given puzzles."""
+    """{scorer: {"cell_accuracy", "solved_rate", "mean_steps", "seconds"}} on the given puzzles (mean_steps: MDM
+    forwards per puzzle, below the blank count only with parallel unmasking)."""
     results = {}
     for scorer in tqdm(scorers, desc="scorers", disable=not progress):
         start = time.perf_counter()
-        pred = solve_puzzles(model, task, puzzles, scorer, batch_size=batch_size, seed=seed, progress=progress,
-                             **sampler_options)
+        pred, steps = solve_puzzles(model, task, puzzles, scorer, batch_size=batch_size, seed=seed,
+                                    progress=progress, with_steps=True, **sampler_options)
         results[scorer] = {"cell_accuracy": cell_accuracy(pred, puzzles, solutions),
-                           "solved_rate": solved_rate(pred, puzzles),
+                           "solved_rate": solved_rate(pred, puzzles), "mean_steps": float(steps.mean()),
                            "seconds": round(time.perf_counter() - start, 3)}
     return results
 

@@ -22,12 +22,27 @@ from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_
 FEATURE_TOPK = 8  # top-k probabilities per position, a policy feature
 
 
+def factor_select(scores: torch.Tensor, candidates: torch.Tensor, confidence: torch.Tensor,
+                  factor: float) -> torch.Tensor:
+    """[B, W] bool: the factor rule of parallel unmasking (Fast-dLLM's, along the scorer's order). Walking the
+    candidates by descending score, the n-th one (1-based) is committed while (n + 1) * (1 - its confidence) <
+    ``factor`` holds for it and every earlier one; the caller adds the scorer's own pick (at least one a step)."""
+    keys = scores.float().masked_fill(~candidates, float("-inf"))
+    order = keys.argsort(dim=-1, descending=True, stable=True)
+    conf = torch.where(candidates, confidence.float(), torch.zeros_like(confidence, dtype=torch.float32))
+    conf = conf.gather(1, order)
+    n = torch.arange(1, keys.shape[-1] + 1, device=keys.device, dtype=torch.float32)
+    ok = ((n + 1) * (1 - conf) < factor) & candidates.gather(1, order)
+    prefix = ok.to(torch.int8).cumprod(-1).bool()
+    return torch.zeros_like(candidates).scatter(1, order, prefix)
+
+
 class _Loop:
     """State shared by the steps of one sampling call."""
 
     def __init__(self, adapter: MDMAdapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold,
                  generator, topk, position_temperature, suppress_tokens, backend="auto", recorder=None,
-                 fused_head=None):
+                 fused_head=None, factor=None):
         self.adapter, self.x = adapter, x
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
@@ -38,7 +53,11 @@ class _Loop:
             raise ValueError(f"threshold must be in (0, 1] or None, got {threshold}")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        self.temperature, self.cfg_scale, self.threshold = temperature, cfg_scale, threshold
+        if factor is not None and not factor > 0:
+            raise ValueError(f"factor must be > 0 or None, got {factor}")
+        self.temperature, self.cfg_scale, self.threshold, self.factor = temperature, cfg_scale, threshold, factor
+        self.parallel = threshold is not None or factor is not None  # may finish before the schedule does
+        self.row_steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # forwards a row took part in
         self.generator = generator
         self.ctx = ScoringContext(topk=topk, policy=policy, position_temperature=position_temperature)
         # committing the mask token would leave the position masked and break the schedule, so it is never chosen
@@ -114,8 +133,10 @@ class _Loop:
         candidates = region == self.adapter.mask_id
         if self.valid is not None:
             candidates &= self.valid[:, start:end]
+        self.row_steps += candidates.any(-1)
         # NaN logits, or a row with nothing finite, at a position we may unmask: reported after the loop
         self.bad |= (candidates & ~torch.isfinite(stats.confidence)).any()
+        order = stats.confidence  # what the factor rule walks down when the scorer gives no ranking (origin)
         if self.scorer == "origin":
             draw = torch.rand(candidates.shape, device=x.device, generator=self.generator)
             select = candidates & (draw < transfer_prob)
@@ -132,8 +153,11 @@ class _Loop:
                                           temperature=position_temperature)
             if self.recorder is not None:
                 self.recorder.write(self.ctx.hidden, stats, candidates, scored.scores, select, position_temperature)
+            order = scored.scores
         if self.threshold is not None:
             select |= candidates & (stats.confidence >= self.threshold)
+        if self.factor is not None:
+            select |= factor_select(order, candidates, stats.confidence, self.factor)
         x[:, start:end] = torch.where(select, stats.token, region)
 
     def remaining(self, start: int, end: int) -> bool:
@@ -157,21 +181,25 @@ def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
     steps = counts.shape[1]
     for i in range(steps):
         loop.step(start, end, counts[:, i], transfer_prob=1.0 / (steps - i))
-        if loop.threshold is not None and not loop.remaining(start, end):
-            break  # the threshold rule may finish early; this check is its one sync per step
+        if loop.parallel and not loop.remaining(start, end):
+            break  # the threshold / factor rules may finish early; this check is their one sync per step
 
 
 @torch.no_grad()
 def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence", temperature=0.0,
            cfg_scale=0.0, mask_id=None, policy=None, threshold=None, generator=None, family=None, topk=5,
-           position_temperature=1.0, suppress_tokens=None, backend="auto", recorder=None, fused_head=None):
+           position_temperature=1.0, suppress_tokens=None, backend="auto", recorder=None, fused_head=None,
+           factor=None, return_steps=False):
     """Fill every mask of ``x`` ([B, L] token ids; masks anywhere, e.g. Sudoku blanks) and return [B, L] ids.
 
     steps: number of MDM forwards (default: one position per step, i.e. the largest mask count of a row). Each
     row's masks are spread over the steps with LLaDA's linear schedule (remainder on early steps).
     scorer: random, max_confidence (low_confidence), margin (topk_margin), entropy, topk (uniform over the
     ``topk`` most confident), softmax_confidence, origin, policy. temperature: token temperature (0 = argmax).
-    threshold: also commit every candidate whose token confidence is >= threshold (parallel unmasking).
+    Parallel unmasking (the loop then ends as soon as nothing is masked): threshold: also commit every candidate
+    whose token confidence is >= threshold; factor: also commit, along the scorer's order, every candidate n with
+    (n + 1)(1 - confidence_n) < factor (Fast-dLLM's factor rule). return_steps: also return [B] the number of
+    forwards in which each row still had a mask (the steps it used).
     Padding positions (attention_mask == 0) are never unmasked. backend: "auto" (Triton kernels for the statistics
     and the selection on CUDA, PyTorch references elsewhere), "triton" or "torch" (see ``upo_fast.ops``); the two
     give the same tokens at temperature 0 and different random streams otherwise. recorder: an object whose
@@ -189,22 +217,23 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     per_row = masked.sum(1)
     most = int(per_row.max())  # one host read, before the loop
     if most == 0:
-        return x
+        return (x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device)) if return_steps else x
     steps = most if steps is None else steps
     if not isinstance(steps, int) or not 1 <= steps <= most:
         raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
                          f"got {steps!r}")
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder, fused_head)
+                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor)
     _run(loop, 0, x.shape[1], row_counts(per_row, steps))
-    return loop.finish()
+    out = loop.finish()
+    return (out, loop.row_steps) if return_steps else out
 
 
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
              scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
              generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto",
-             recorder=None, fused_head=None):
+             recorder=None, fused_head=None, factor=None):
     """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
 
     Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each; candidates are
@@ -230,7 +259,7 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder, fused_head)
+                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor)
     counts = row_counts(torch.full((batch,), block_length, device=device), steps_per_block)
     for block in range(num_blocks):
         start = prompt_len + block * block_length

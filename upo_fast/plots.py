@@ -1,4 +1,5 @@
-"""Reward-vs-step and validation curves of UPO runs (``upo-fast plot-runs``), read from their metrics.jsonl."""
+"""Pictures: reward-vs-step and validation curves of UPO runs (``upo-fast plot-runs``), and steps-vs-solved curves
+of parallel unmasking (``upo-fast parallel-curve``)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,31 @@ def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10) ->
     for ax in (ax_r, ax_v):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_parallel_curve(curves: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
+    """Solved rate against MDM forwards per puzzle, one line per scorer; each point a threshold (``label``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for scorer, points in curves.items():
+        points = sorted(points, key=lambda p: p["mean_steps"])
+        ax.plot([p["mean_steps"] for p in points], [p["solved_rate"] for p in points], marker="o", label=scorer)
+        for p in points:
+            ax.annotate(p["label"], (p["mean_steps"], p["solved_rate"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set(xlabel="MDM forwards per puzzle", ylabel="solved rate", title=title or "parallel unmasking")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
