@@ -13,7 +13,8 @@ pytest.importorskip("triton")
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("script", ["bench_kernels.py", "bench_position_ops.py", "bench_sampler.py"])
+@pytest.mark.parametrize("script", ["bench_kernels.py", "bench_position_ops.py", "bench_sampler.py",
+                                    "bench_trainer.py"])
 def test_quick_benchmark_writes_results(tmp_path, script):
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(tmp_path)],
@@ -23,6 +24,7 @@ def test_quick_benchmark_writes_results(tmp_path, script):
     assert result["meta"]["device"] and result["meta"]["torch"]
     rows = result["results"]
     impls = {r["impl"] for r in rows}
-    expected = {"llada_ref_bf16", "paper_rollout", "floor"} if script == "bench_sampler.py" else {"torch", "triton"}
+    expected = {"bench_sampler.py": {"llada_ref_bf16", "paper_rollout", "floor"},
+                "bench_trainer.py": {"paper_loop", "upo_fast"}}.get(script, {"torch", "triton"})
     assert impls >= expected
     assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
