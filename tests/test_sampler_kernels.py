@@ -76,3 +76,16 @@ def test_fused_head_triton_path_gives_the_same_tokens(model):
     want = upo_fast.unmask(model, x, scorer="max_confidence", backend="torch", fused_head=False)
     got = upo_fast.unmask(model, x, scorer="max_confidence", backend="triton", fused_head=True)
     assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scorer", ["max_confidence", "topk", "softmax_confidence"])
+def test_cuda_default_path_gives_the_cpu_tokens(model, scorer):
+    """On CUDA the defaults are the fused head + Triton kernels; at temperature 0 the tokens are those of the CPU
+    reference path (the tiny model's fp32 logits have no near-ties at these seeds)."""
+    x = masked_batch(batch=4, length=12, seed=7)
+    got = upo_fast.unmask(model, x, scorer=scorer)
+    want = upo_fast.unmask(model.cpu(), x.cpu(), scorer=scorer, backend="torch", fused_head=False)
+    model.to(DEVICE)
+    assert torch.equal(got.cpu(), want)
