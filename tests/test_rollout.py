@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from upo_fast.models import TinyMDM, TinyMDMConfig
-from upo_fast.policy import UnmaskingPolicy
+from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
 from upo_fast.training.losses import step_log_probs
 from upo_fast.training.rollout import TrajectoryRecorder, rollout
 
@@ -110,3 +110,11 @@ def test_reference_rollouts_record_without_a_policy(mdm):
     s, b = traj.active.nonzero(as_tuple=True)
     conf = torch.where(traj.candidates[s, b], traj.confidence[s, b], torch.full_like(traj.confidence[s, b], -1))
     assert torch.equal(conf.argmax(-1), traj.chosen[s, b])  # max-confidence picked the most confident
+
+
+def test_sampler_refuses_a_policy_trained_beside_another_mdm(mdm):
+    from upo_fast.sampler import unmask
+
+    other = UnmaskingPolicy(UnmaskingPolicyConfig(mdm_family="tiny_mdm", mdm_hidden_size=48, num_heads=4))
+    with pytest.raises(ValueError, match="hidden size"):
+        unmask(mdm, puzzles(1), scorer="policy", policy=other)

@@ -66,6 +66,8 @@ class _Loop:
         self.recorder = recorder
         if self.scorer == "policy" and policy is None:
             raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
+        if self.scorer == "policy" and hasattr(policy, "check_compatible"):
+            policy.check_compatible(adapter.model)  # an UnmaskingPolicy trained beside another MDM: a clear error
         if self.scorer == "policy" or recorder is not None:  # the policy's input, and what training records
             adapter.capture_last_block_input()
         self.prompt_index = x != adapter.mask_id  # what classifier-free guidance hides
