@@ -93,11 +93,20 @@ def test_pretrain_policy_imitates_the_reference(model_dir, tmp_path, capsys):
     assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--steps", "12",
                  "--batch-size", "8", "--lr", "3e-3", "--out", str(out)]) == 0
     summary = json.loads((out / "pretrain_summary.json").read_text())
-    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()][1:]  # 0: start
     assert len(log) == 12 and all(r["loss"] > 0 for r in log)
     losses = [r["loss"] for r in log]
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3])  # it learns the reference's choices
     assert 0 <= summary["val_solved"] <= 1 and (out / "config.json").exists()
+    assert summary["best"]["val_solved"] >= summary["val_solved"]
+
+
+def test_pretrain_policy_toward_the_oracle(model_dir, tmp_path):
+    out = tmp_path / "oracle"
+    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--steps", "2",
+                 "--batch-size", "4", "--target", "oracle", "--eval-every", "1", "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2] and all("val_solved" in r for r in log)
 
 
 def test_plot_runs_writes_a_png(tmp_path, capsys):

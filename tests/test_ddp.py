@@ -25,7 +25,7 @@ def synthetic_batch() -> tuple[Trajectories, torch.Tensor]:
     traj = Trajectories(hidden=torch.randn(S, B, W, D, generator=g), topk_probs=probs, confidence=probs[..., 0],
                         ref_logsumexp=torch.randn(S, B, W, generator=g), candidates=cand, chosen=chosen,
                         behavior_logp=torch.log_softmax(scores, -1).gather(-1, chosen[..., None]).squeeze(-1),
-                        active=active)
+                        active=active, token=torch.zeros(S, B, W, dtype=torch.long))
     return traj, torch.randn(B, generator=g)
 
 

@@ -91,9 +91,9 @@ def cmd_train(args) -> dict:
 def cmd_pretrain_policy(args) -> dict:
     from upo_fast.training.imitation import ImitationConfig, pretrain_policy
 
-    cfg = ImitationConfig(task=args.task, reference=args.reference, model=args.model, init=args.init,
-                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out,
-                          seed=args.seed, topk=args.topk)
+    cfg = ImitationConfig(task=args.task, reference=args.reference, target=args.target, model=args.model,
+                          init=args.init, steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out,
+                          seed=args.seed, topk=args.topk, eval_every=args.eval_every)
     summary = pretrain_policy(cfg)
     print(json.dumps(summary, indent=2))
     return summary
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
     pp.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
     pp.add_argument("--reference", default="max_confidence")
+    pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
+                    help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
+    pp.add_argument("--eval-every", type=int, default=25)
     pp.add_argument("--model", default=None)
     pp.add_argument("--init", default="fresh", choices=["fresh", "copy", "anchor"])
     pp.add_argument("--steps", type=int, default=100)

@@ -3,6 +3,12 @@ roll out the *reference* (max_confidence, softmax_confidence or topk) with recor
 entropy of the policy on the reference's choices, -log g_phi(a_ref | x_n), along those trajectories. The result is
 a warm start for ``upo-fast train --init PATH``: the paper's runs start from such a policy, its code never
 released this step.
+
+``target="oracle"`` (an extension, not in the paper) uses the training puzzles' solutions instead: at each state
+of the reference trajectory the target is the most confident candidate whose token the MDM would fill in
+*correctly* (states with no such candidate are skipped). The policy thus learns to predict which confident cells
+are right, from the MDM's hidden states and statistics, with the task's privileged training labels; validation
+and test puzzles never supply labels.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ _REFERENCE_SCORER = {"max_confidence": "max_confidence", "softmax_confidence": "
 class ImitationConfig:
     task: str = "sudoku9"
     reference: str = "max_confidence"
+    target: str = "reference"  # or "oracle": the most confident correctly-filled candidate (see the docstring)
     model: str | None = None
     init: str = "fresh"  # fresh | copy | anchor (see TrainConfig.init)
     block_init: str = "copy"
@@ -42,10 +49,13 @@ class ImitationConfig:
     out_dir: str = "runs/policy-pretrain"
     seed: int = 0
     eval_puzzles: int = 200
+    eval_every: int = 25  # validation every N steps; the best policy on validation is the one saved
 
     def validate(self) -> ImitationConfig:
         if self.reference not in REFERENCES:
             raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        if self.target not in ("reference", "oracle"):
+            raise ValueError(f"target must be 'reference' or 'oracle', got {self.target!r}")
         for name in ("steps", "batch_size", "eval_puzzles"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
@@ -64,28 +74,40 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
     policy = make_policy(train_cfg, mdm)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     val = task.make_puzzles(cfg.eval_puzzles, seed=VALIDATION_SEED)
-    log, started = [], time.perf_counter()
+    out = Path(cfg.out_dir)
+    log, started = [validate(mdm, policy, task, *val) | {"step": 0}], time.perf_counter()
+    best = dict(log[0])
+    policy.save_pretrained(out)
     for step in tqdm(range(1, cfg.steps + 1), desc="pretrain policy", disable=not progress):
         seed = step_seed(cfg.seed + 10_000, step)  # not the GRPO run's puzzles
-        puzzles, _ = task.make_puzzles(cfg.batch_size, seed=seed)
+        puzzles, solutions = task.make_puzzles(cfg.batch_size, seed=seed)
         gen = torch.Generator().manual_seed(seed)
         _, traj = rollout(mdm, task.encode(puzzles), scorer=_REFERENCE_SCORER[cfg.reference], generator=gen,
                           feature_topk=policy.config.feature_topk, topk=cfg.topk)
         index = traj.active.nonzero(as_tuple=True)
+        candidates, target = traj.candidates[index], traj.chosen[index]
+        if cfg.target == "oracle":
+            right = candidates & (traj.token[index] == task.encode(solutions)[index[1]])
+            target = torch.where(right, traj.confidence[index], torch.full_like(traj.confidence[index], -1.0))
+            target, keep = target.argmax(-1), right.any(-1)
+            index = tuple(i[keep] for i in index)
+            candidates, target = candidates[keep], target[keep]
         policy.train()
-        scores = policy(traj.hidden[index], traj.stats(index), traj.candidates[index])
-        loss = -step_log_probs(scores, traj.candidates[index], traj.chosen[index], cfg.position_temperature,
-                               check=False).mean()
+        scores = policy(traj.hidden[index], traj.stats(index), candidates)
+        loss = -step_log_probs(scores, candidates, target, cfg.position_temperature, check=False).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         policy.eval()
-        log.append({"step": step, "loss": float(loss.detach())})
-    result = validate(mdm, policy, task, *val)
-    out = Path(cfg.out_dir)
-    policy.save_pretrained(out)
-    summary = {"config": asdict(cfg), "final_loss": log[-1]["loss"], **result,
+        record = {"step": step, "loss": float(loss.detach())}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            record.update(validate(mdm, policy, task, *val))
+            if record["val_solved"] > best["val_solved"]:
+                best = dict(record)
+                policy.save_pretrained(out)  # the policy kept is the best on validation (step 0 included)
+        log.append(record)
+    summary = {"config": asdict(cfg), "final_loss": log[-1]["loss"], "best": best, **log[-1],
                "seconds": round(time.perf_counter() - started, 1)}
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(out / "pretrain_log.jsonl", "w") as f:

@@ -12,6 +12,7 @@ Recorded per step s and row b (S steps, B rows, W positions of the region, d the
     behavior_logp  [S, B]        log-probability of ``chosen`` under exactly the distribution that sampled it:
                                  softmax(scores / position_temperature) over the candidates
     active         [S, B]        whether row b committed a position at step s (rows with fewer masks finish early)
+    token          [S, B, W]     the token the MDM would commit at each position (what an oracle target checks)
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ class Trajectories(NamedTuple):
     chosen: torch.Tensor
     behavior_logp: torch.Tensor
     active: torch.Tensor
+    token: torch.Tensor
 
     def stats(self, index: tuple) -> VocabStats:
         """The recorded statistics of the steps ``index`` selects (e.g. (steps, rows)), as the policy reads them."""
         conf = self.confidence[index]
-        return VocabStats(torch.zeros_like(conf, dtype=torch.long), conf, conf, conf, self.topk_probs[index],
-                          self.ref_logsumexp[index])
+        return VocabStats(self.token[index], conf, conf, conf, self.topk_probs[index], self.ref_logsumexp[index])
 
 
 class TrajectoryRecorder:
@@ -70,7 +71,8 @@ class TrajectoryRecorder:
             topk_probs=torch.zeros(S, B, W, self.feature_topk, **f32), confidence=torch.zeros(S, B, W, **f32),
             ref_logsumexp=torch.zeros(S, B, W, **f32), candidates=torch.zeros(S, B, W, dtype=torch.bool, device=dev),
             chosen=torch.zeros(S, B, dtype=torch.long, device=dev), behavior_logp=torch.zeros(S, B, **f32),
-            active=torch.zeros(S, B, dtype=torch.bool, device=dev))
+            active=torch.zeros(S, B, dtype=torch.bool, device=dev),
+            token=torch.zeros(S, B, W, dtype=torch.long, device=dev))
         self.several = torch.zeros((), dtype=torch.bool, device=dev)
 
     def write(self, hidden, stats: VocabStats, candidates, scores, select, position_temperature: float) -> None:
@@ -89,6 +91,7 @@ class TrajectoryRecorder:
         buf.confidence[s].copy_(stats.confidence)
         buf.ref_logsumexp[s].copy_(stats.ref_logsumexp)
         buf.candidates[s].copy_(candidates)
+        buf.token[s].copy_(stats.token)
         count = select.sum(-1)
         active = count > 0
         self.several |= (count > 1).any()
