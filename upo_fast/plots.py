@@ -32,11 +32,7 @@ def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10) ->
     """Two panels: training reward (moving average over ``window`` steps) and greedy validation solved rate per
     step, one line per run (label -> run folder). The validation at step 0 is the starting policy (max-confidence
     for anchored policies), drawn as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(12, 4.5))
     start = None
     for label, folder in runs.items():
@@ -53,24 +49,12 @@ def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10) ->
         ax_v.axhline(start, ls="--", color="gray", label="step 0 (max-confidence)")
     ax_r.set(xlabel="GRPO step", ylabel=f"training reward (solved, {window}-step mean)", title="rollout reward")
     ax_v.set(xlabel="GRPO step", ylabel="solved rate (greedy)", title="validation puzzles")
-    for ax in (ax_r, ax_v):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, (ax_r, ax_v), out)
 
 
 def plot_parallel_curve(curves: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
     """Solved rate against MDM forwards per puzzle, one line per scorer; each point a threshold (``label``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for scorer, points in curves.items():
         points = sorted(points, key=lambda p: p["mean_steps"])
@@ -79,8 +63,22 @@ def plot_parallel_curve(curves: dict[str, list[dict]], out: str | Path, title: s
             ax.annotate(p["label"], (p["mean_steps"], p["solved_rate"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.set(xlabel="MDM forwards per puzzle", ylabel="solved rate", title=title or "parallel unmasking")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    return _finish(plt, fig, (ax,), out)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finish(plt, fig, axes, out) -> Path:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
