@@ -280,3 +280,8 @@ def test_parallel_rules_use_fewer_steps_and_fill_everything(tiny_mdm, rule):
     assert torch.equal(steps_one, (x == MASK).sum(1))
     assert not (par == MASK).any() and torch.equal(par[x != MASK], x[x != MASK])
     assert (steps_par <= steps_one).all() and steps_par.sum() < steps_one.sum()
+
+
+def test_cuda_graph_needs_cuda(tiny_mdm):
+    with pytest.raises(ValueError, match="cuda_graph=True: CUDA graphs need CUDA tensors"):
+        upo_fast.unmask(tiny_mdm, masked_batch(), cuda_graph=True)

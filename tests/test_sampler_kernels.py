@@ -1,6 +1,8 @@
 """The sampler on its Triton path (what CUDA runs by default; on the CPU through triton's interpreter): the same tokens
 as the PyTorch path at temperature 0, reproducible draws at temperature > 0, and on a GPU no host sync in a step."""
 
+import warnings
+
 import pytest
 import torch
 from kernel_device import DEVICE
@@ -89,3 +91,20 @@ def test_cuda_default_path_gives_the_cpu_tokens(model, scorer):
     want = upo_fast.unmask(model.cpu(), x.cpu(), scorer=scorer, backend="torch", fused_head=False)
     model.to(DEVICE)
     assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scorer", ["max_confidence", "topk", "random"])
+def test_cuda_graph_replay_gives_the_eager_tokens(model, scorer):
+    x = masked_batch(batch=4, length=12, seed=8)
+
+    def run(graph):
+        g = torch.Generator(device=DEVICE).manual_seed(3)
+        return upo_fast.unmask(model, x, scorer=scorer, cuda_graph=graph, generator=g, temperature=0.5)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed capture (eager fallback) must not pass silently here
+        graphed = run(True)
+    assert torch.equal(graphed, run(False))  # same seeds, same kernels: the same draws step by step
+    assert not (graphed == MASK).any()

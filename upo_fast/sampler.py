@@ -42,7 +42,7 @@ class _Loop:
 
     def __init__(self, adapter: MDMAdapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold,
                  generator, topk, position_temperature, suppress_tokens, backend="auto", recorder=None,
-                 fused_head=None, factor=None):
+                 fused_head=None, factor=None, cuda_graph=False):
         self.adapter, self.x = adapter, x
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
@@ -95,6 +95,11 @@ class _Loop:
             linear = getattr(*head)
             self.head_weight, self.head_bias = linear.weight, linear.bias
         self.need_ref = self.scorer == "softmax_confidence" or recorder is not None
+        self.graphed = None
+        if cuda_graph:
+            from upo_fast.graphs import GraphedSteps
+
+            self.graphed = GraphedSteps(self)
 
     def region_outputs(self, start: int, end: int) -> torch.Tensor:
         """[B, W, V] logits of the region (or [B, W, d] final hidden states on the fused path), with
@@ -181,8 +186,9 @@ def _prepare_input(adapter: MDMAdapter, x, attention_mask, name: str):
 
 def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
     steps = counts.shape[1]
+    step = loop.graphed.step if loop.graphed is not None else loop.step
     for i in range(steps):
-        loop.step(start, end, counts[:, i], transfer_prob=1.0 / (steps - i))
+        step(start, end, counts[:, i], transfer_prob=1.0 / (steps - i))
         if loop.parallel and not loop.remaining(start, end):
             break  # the threshold / factor rules may finish early; this check is their one sync per step
 
@@ -191,7 +197,7 @@ def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
 def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence", temperature=0.0,
            cfg_scale=0.0, mask_id=None, policy=None, threshold=None, generator=None, family=None, topk=5,
            position_temperature=1.0, suppress_tokens=None, backend="auto", recorder=None, fused_head=None,
-           factor=None, return_steps=False):
+           factor=None, return_steps=False, cuda_graph=False):
     """Fill every mask of ``x`` ([B, L] token ids; masks anywhere, e.g. Sudoku blanks) and return [B, L] ids.
 
     steps: number of MDM forwards (default: one position per step, i.e. the largest mask count of a row). Each
@@ -209,7 +215,8 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     step's policy inputs and decision (``upo_fast.training.TrajectoryRecorder`` keeps them for GRPO).
     fused_head: compute the statistics from the final hidden states and the LM head for the region's rows only
     (``upo_fast.ops.fused_head_stats``), never materializing [B, L, V] logits; None = on CUDA when the model's
-    head is a separate Linear module (True on a tied head is a ValueError).
+    head is a separate Linear module (True on a tied head is a ValueError). cuda_graph: capture each step once
+    and replay it (``upo_fast.graphs``; CUDA and the Triton path only; off by default until verified on a GPU).
     """
     adapter = wrap_model(model, family, mask_id)
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
@@ -225,7 +232,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
         raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
                          f"got {steps!r}")
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor)
+                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor, cuda_graph)
     _run(loop, 0, x.shape[1], row_counts(per_row, steps))
     out = loop.finish()
     return (out, loop.row_steps) if return_steps else out
@@ -235,7 +242,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
 def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
              scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
              generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto",
-             recorder=None, fused_head=None, factor=None):
+             recorder=None, fused_head=None, factor=None, cuda_graph=False):
     """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
 
     Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each; candidates are
@@ -261,7 +268,7 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor)
+                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor, cuda_graph)
     counts = row_counts(torch.full((batch,), block_length, device=device), steps_per_block)
     for block in range(num_blocks):
         start = prompt_len + block * block_length

@@ -1,0 +1,75 @@
+"""CUDA-graph replay of the sampler's step (opt-in: ``unmask(..., cuda_graph=True)``).
+
+A step of ``sampler._Loop`` (MDM forward, statistics, scoring, selection, commit) has fixed shapes and reads no
+device value, so it can be captured once per region and replayed: on small models (TinyMDM, the policy network)
+a step is launch-bound and replay removes the launch overhead. What changes between steps lives in device memory
+that the graph reads: the tokens ``x`` (updated in place), the per-step counts (copied into a static buffer
+before each replay) and the Philox seeds (advanced in place by the step itself).
+
+Capture is not possible for the origin rule (it draws from a torch generator), for recording (a host-side step
+counter) or off the Triton path; those raise a ValueError up front. When capture fails for any other reason (a
+model whose forward syncs), the loop warns once and runs eagerly.
+
+Status: written against the CUDA-graph API but, like every GPU path of this project so far, not yet run on a
+GPU (tests/test_sampler_kernels.py holds the GPU test); it is therefore off by default.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+
+def unsupported(loop) -> str | None:
+    """Why ``loop``'s step cannot be captured, or None."""
+    if loop.x.device.type != "cuda":
+        return "CUDA graphs need CUDA tensors"
+    if not loop.kernels:
+        return "CUDA graphs need the Triton path (backend 'auto' or 'triton'): the references draw from generators"
+    if loop.scorer == "origin":
+        return "the origin rule draws from a torch generator"
+    if loop.recorder is not None:
+        return "recording keeps a host-side step counter"
+    return None
+
+
+class GraphedSteps:
+    """Captured steps of one sampling call, one graph per region [start, end)."""
+
+    def __init__(self, loop):
+        reason = unsupported(loop)
+        if reason is not None:
+            raise ValueError(f"cuda_graph=True: {reason}")
+        self.loop, self.graphs, self.failed = loop, {}, None
+        self.k = torch.zeros(loop.x.shape[0], dtype=torch.long, device=loop.x.device)
+
+    def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
+        if self.failed is None and (start, end) not in self.graphs:
+            try:
+                self.graphs[(start, end)] = self._capture(start, end)
+            except Exception as err:  # noqa: BLE001 - model code may refuse capture in many ways
+                self.failed = f"{type(err).__name__}: {err}"
+                warnings.warn(f"CUDA-graph capture failed, sampling eagerly: {self.failed}", stacklevel=3)
+        if self.failed is not None:
+            self.loop.step(start, end, k, transfer_prob)
+            return
+        self.k.copy_(k)
+        self.graphs[(start, end)].replay()
+
+    def _capture(self, start: int, end: int) -> torch.cuda.CUDAGraph:
+        loop = self.loop
+        state = [loop.x, loop.bad, loop.row_steps, loop.token_seed, loop.position_seed]
+        saved = [t.clone() for t in state]  # the warm-up and capture runs must leave no trace
+        self.k.zero_()
+        side = torch.cuda.Stream(device=loop.x.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: Triton compiles, cuBLAS picks kernels, allocations settle
+            loop.step(start, end, self.k)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loop.step(start, end, self.k)
+        for tensor, value in zip(state, saved):
+            tensor.copy_(value)
+        return graph
