@@ -26,3 +26,19 @@ def test_sudoku9_order_matters():
     assert r["max_confidence"]["solved_rate"] >= r["random"]["solved_rate"] + 0.2
     assert 0.4 <= r["max_confidence"]["solved_rate"] <= 0.97
     assert r["max_confidence"]["cell_accuracy"] > r["random"]["cell_accuracy"]
+
+
+def test_shipped_policy_loads_fits_the_mdm_and_solves():
+    from upo_fast.cli import load_policy
+    from upo_fast.evaluation import shipped_policy_path
+
+    path = shipped_policy_path("sudoku9")
+    assert (path / "model.safetensors").stat().st_size <= 10 * 2**20 and (path / "README.md").exists()
+    task = get_task("sudoku9")
+    model = load_model(None, task)
+    policy = load_policy(None, task, model)  # checks the pairing with the shipped MDM
+    puzzles, solutions = task.make_puzzles(12, seed=HELD_OUT_SEED + 7)
+    r = evaluate(model, task, puzzles, solutions, ["policy"], progress=False, policy=policy, position_temperature=0)
+    assert r["policy"]["cell_accuracy"] > 0.8  # random orders reach ~0.5
+    with pytest.raises(ValueError, match="no shipped policy"):
+        shipped_policy_path("sudoku4")
