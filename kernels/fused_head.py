@@ -33,7 +33,7 @@ from upo_fast.kernels.triton_support import (
     triton_interpreting,
     triton_next_pow2,
 )
-from upo_fast.kernels.vocab_stats import MAX_TOPK, VocabStats, vocab_stats_ref
+from upo_fast.kernels.vocab_stats import VocabStats, check_stat_options, empty_stats, vocab_stats_ref
 
 _DOT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -265,12 +265,7 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
             raise ValueError(f"bias must be a [V={vocab}] tensor, got {getattr(bias, 'shape', type(bias).__name__)}")
         if bias.dtype not in _FLOAT_BIAS or bias.device != device:
             raise ValueError(f"bias must be a floating-point tensor on {device}, got {bias.dtype} on {bias.device}")
-    if not isinstance(topk, int) or not 1 <= topk <= min(vocab, MAX_TOPK):
-        raise ValueError(f"topk must be an int in [1, min(V={vocab}, {MAX_TOPK})], got {topk!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not ref_tau > 0:
-        raise ValueError(f"ref_tau must be > 0, got {ref_tau}")
+    check_stat_options(topk, vocab, temperature, ref_tau)
     for name, block in (("block_r", block_r), ("block_v", block_v), ("block_d", block_d)):
         if block is not None and (block < 16 or block & (block - 1)):
             raise ValueError(f"{name} must be a power of two >= 16, got {block}")
@@ -347,10 +342,7 @@ def _fused_head_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 @_fused_head_op.register_fake
 def _(hidden, weight, bias, rows, suppress, exclude, seed, n_sup, n_exc, logit_scale, topk, temperature, ref_tau,
       need_ref, br, bv, bd, chunk):
-    n = hidden.shape[:-1].numel() if rows is None else rows.shape[0]
-    f32 = dict(dtype=torch.float32, device=hidden.device)
-    return (torch.empty(n, dtype=torch.int64, device=hidden.device), torch.empty(n, **f32), torch.empty(n, **f32),
-            torch.empty(n, **f32), torch.empty(n, topk, **f32), torch.empty(n, **f32))
+    return empty_stats(hidden, rows, topk)
 
 
 _FLOAT_BIAS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

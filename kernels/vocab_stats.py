@@ -261,12 +261,7 @@ def vocab_stats_triton(logits: torch.Tensor, rows: torch.Tensor | None = None, *
     vocab, n_flat = logits.shape[-1], logits.shape[:-1].numel()
     if vocab < 1 or n_flat < 1:
         raise ValueError(f"logits must hold at least one row and one vocabulary entry, got {tuple(logits.shape)}")
-    if not isinstance(topk, int) or not 1 <= topk <= min(vocab, MAX_TOPK):
-        raise ValueError(f"topk must be an int in [1, min(V={vocab}, {MAX_TOPK})], got {topk!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not ref_tau > 0:
-        raise ValueError(f"ref_tau must be > 0, got {ref_tau}")
+    check_stat_options(topk, vocab, temperature, ref_tau)
     if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
         raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
     device = logits.device
@@ -288,7 +283,7 @@ def _vocab_stats_op(logits: torch.Tensor, rows: torch.Tensor | None, suppress: t
                     seed: torch.Tensor, n_suppress: int, n_exclude: int, topk: int, temperature: float,
                     ref_tau: float, need_ref: bool, block_v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                        torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = _empty_stats(logits, rows, topk)
+    out = empty_stats(logits, rows, topk)
     if logits.stride(-1) != 1:  # rows may be strided, entries inside a row must not be
         logits = logits.contiguous()
     n_flat = logits.shape[:-1].numel()
@@ -308,7 +303,19 @@ def _vocab_stats_op(logits: torch.Tensor, rows: torch.Tensor | None, suppress: t
     return tuple(out)
 
 
-def _empty_stats(logits, rows, topk):
+def check_stat_options(topk, vocab: int, temperature, ref_tau) -> None:
+    """The option checks both Triton launchers (vocab_stats, fused_head_stats) share."""
+    if not isinstance(topk, int) or not 1 <= topk <= min(vocab, MAX_TOPK):
+        raise ValueError(f"topk must be an int in [1, min(V={vocab}, {MAX_TOPK})], got {topk!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not ref_tau > 0:
+        raise ValueError(f"ref_tau must be > 0, got {ref_tau}")
+
+
+def empty_stats(logits, rows, topk):
+    """Output tensors of the statistics ops for the flat rows of ``logits`` (or of hidden states: same leading
+    shape); also their fake implementation under torch.compile."""
     n = logits.shape[:-1].numel() if rows is None else rows.shape[0]
     f32 = dict(dtype=torch.float32, device=logits.device)
     return (torch.empty(n, dtype=torch.int64, device=logits.device), torch.empty(n, **f32), torch.empty(n, **f32),
@@ -317,4 +324,4 @@ def _empty_stats(logits, rows, topk):
 
 @_vocab_stats_op.register_fake
 def _(logits, rows, suppress, exclude, seed, n_suppress, n_exclude, topk, temperature, ref_tau, need_ref, block_v):
-    return _empty_stats(logits, rows, topk)
+    return empty_stats(logits, rows, topk)
