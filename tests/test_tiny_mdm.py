@@ -239,6 +239,28 @@ def test_mdm_loss_real_model_random_masks():
         mdm_loss(model, x0, MASK_ID, t=torch.ones(4), weighting="sqrt")
 
 
+def test_mdm_loss_masks_only_maskable_positions():
+    """A Zebra-style batch: the first 4 tokens (clues) are always given; only the rest are ever masked."""
+    seen = []
+
+    class Spy(FixedLogits):
+        def forward(self, input_ids):
+            seen.append(input_ids.clone())
+            return (self.logits,)
+
+    x0 = tokens(3, 8)
+    maskable = torch.zeros(3, 8, dtype=torch.bool)
+    maskable[:, 4:] = True
+    gen = torch.Generator().manual_seed(1)
+    for t in (1e-3, 0.5, 1.0):  # tiny t: the forced masked token must land in the maskable part too
+        loss = mdm_loss(Spy(3, 8), x0, MASK_ID, t=torch.full((3,), t), generator=gen, maskable=maskable)
+        masked = seen[-1] == MASK_ID
+        assert not masked[:, :4].any() and masked.any(1).all() and torch.isfinite(loss)
+    assert (seen[-1][:, 4:] == MASK_ID).all()  # t = 1 masks every maskable token
+    with pytest.raises(ValueError, match="maskable"):
+        mdm_loss(Spy(3, 8), x0, MASK_ID, t=torch.ones(3), maskable=torch.zeros(3, 8, dtype=torch.bool))
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 

@@ -1,4 +1,4 @@
-"""``upo-fast`` command line: demo, eval, sample, train, pretrain-policy, pretrain-mdm."""
+"""``upo-fast`` command line: demo, eval, viz, sample, train, pretrain-policy, pretrain-mdm, plots."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upo_fast.scorers import HEURISTICS, resolve_scorer
+from upo_fast.scorers import resolve_scorer
+from upo_fast.tasks import GRID_TASKS, TEXT_TASKS
 
 DEMO_PUZZLES = 200
 
@@ -23,9 +24,17 @@ def _task(name: str):
     return get_task(name)
 
 
+def _grid_task(name: str):
+    from upo_fast.tasks import TEXT_TASKS
+
+    if name in TEXT_TASKS:
+        raise ValueError(f"--task {name} is a text task: this command works on grid tasks (Sudoku, Zebra)")
+    return _task(name)
+
+
 def _puzzles(args, task):
     if args.data:
-        puzzles, solutions = task.load_csv(args.data)
+        puzzles, solutions = task.load(args.data)
     else:
         from upo_fast.evaluation import HELD_OUT_SEED
 
@@ -36,40 +45,91 @@ def _puzzles(args, task):
 
 
 def cmd_eval(args) -> dict:
-    from upo_fast.evaluation import evaluate, format_table, load_model
+    from upo_fast.evaluation import evaluate, format_table, load_model, load_policy, pass_at
+    from upo_fast.tasks import TEXT_TASKS
 
+    if args.pass_at < 1:
+        raise ValueError(f"--pass-at must be >= 1, got {args.pass_at}")
+    if args.task in TEXT_TASKS:
+        return _eval_text(args)
     task = _task(args.task)
     scorers = [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]
     model = load_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
     torch.manual_seed(args.seed)
-    options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk)
-    heuristics = [s for s in scorers if s != "policy"]
-    results = evaluate(model, task, puzzles, solutions, heuristics, **options) if heuristics else {}
-    if "policy" in scorers:  # greedy over positions unless --position-temperature says otherwise
-        policy = load_policy(args.policy, task, model)
-        results.update(evaluate(model, task, puzzles, solutions, ["policy"], policy=policy,
-                                position_temperature=args.position_temperature, **options))
-        results = {s: results[s] for s in scorers}
+    results = {}
+    for scorer in scorers:
+        options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk, temperature=args.temperature)
+        if scorer == "policy":  # greedy positions unless asked, or sampled ones when Pass@N needs samples
+            default = 1.0 if args.pass_at > 1 else 0.0
+            options.update(policy=load_policy(args.policy, task, model),
+                           position_temperature=default if args.position_temperature is None
+                           else args.position_temperature)
+        elif args.position_temperature is not None:
+            options["position_temperature"] = args.position_temperature
+        results.update(evaluate(model, task, puzzles, solutions, [scorer], **options))
+        if args.pass_at > 1:
+            sampled = pass_at(model, task, puzzles, solutions, scorer, args.pass_at, **options)
+            results[scorer]["pass_at"] = sampled["pass_at"]
     print(format_table(results, task.name, len(puzzles)))
     report = {"task": task.name, "n": int(len(puzzles)), "results": results}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.pass_at > 1:
+        for scorer, r in results.items():
+            print(f"{scorer:<20} " + " ".join(f"pass@{k}={v:.3f}" for k, v in r["pass_at"].items()))
+        report["pass_at_plot"] = str(_plot_pass_at(args, task.name, len(puzzles), results))
+        print(f"Pass@k curves: {report['pass_at_plot']}")
+    _write_json(args.json, report)
     return report
 
 
-def load_policy(path, task, mdm):
-    """A saved UnmaskingPolicy (``path``), or the one shipped for ``task``; checked against the MDM."""
-    from upo_fast.evaluation import shipped_policy_path
-    from upo_fast.policy import UnmaskingPolicy
+def _plot_pass_at(args, task_name: str, n: int, results: dict) -> Path:
+    from upo_fast.plots import plot_pass_at
 
-    path = Path(path) if path else shipped_policy_path(task.name)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"--policy {path}: not a saved policy folder (no config.json)")
-    policy = UnmaskingPolicy.from_pretrained(path).to(next(mdm.parameters()).device).eval()
-    policy.check_compatible(mdm)
-    return policy
+    path = args.plot or (Path(args.json).with_suffix("").as_posix() + "_pass_at.png" if args.json
+                         else f"{task_name}_pass_at.png")
+    curves = {scorer: r["pass_at"] for scorer, r in results.items()}
+    return plot_pass_at(curves, path, f"{task_name}: Pass@k over {n} puzzles")
+
+
+def _eval_text(args) -> dict:
+    """GSM8K / MATH500 with a local LLaDA or Dream checkpoint and a local copy of the data."""
+    from upo_fast.tasks.math_tasks import evaluate_math, load_problems
+
+    if not args.model or not args.data:
+        raise ValueError(f"--task {args.task} needs --model (a local LLaDA/Dream folder) and --data (a local "
+                         "JSON/JSONL/parquet copy of the test set); nothing is downloaded at run time")
+    from transformers import AutoModel, AutoTokenizer
+
+    problems = load_problems(args.data, args.task, limit=args.limit)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, torch_dtype="auto").to(args.device).eval()
+    report = {"task": args.task, "n": len(problems), "results": {}}
+    for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
+        policy = None
+        if scorer == "policy":
+            from upo_fast.evaluation import load_policy
+
+            if not args.policy:
+                raise ValueError("--scorer policy on a text task needs --policy PATH: no policy ships for LLaDA/Dream")
+            policy = load_policy(args.policy, None, model)
+        position_temperature = 1.0 if args.position_temperature is None else args.position_temperature
+        report["results"][scorer] = evaluate_math(
+            model, tokenizer, problems, task=args.task, scorer=scorer, gen_length=args.gen_length,
+            block_length=args.block_length, steps=args.steps, batch_size=args.batch_size,
+            temperature=args.temperature, position_temperature=position_temperature, pass_at=args.pass_at,
+            seed=args.seed, policy=policy, device=args.device)
+        r = report["results"][scorer]
+        print(f"{scorer:<20} accuracy={r['accuracy']:.3f} format={r['format_rate']:.3f} ({r['seconds']:.0f} s)")
+    if args.pass_at > 1:
+        report["pass_at_plot"] = str(_plot_pass_at(args, args.task, len(problems), report["results"]))
+    _write_json(args.json, report)
+    return report
+
+
+def _write_json(path, report: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def cmd_train(args) -> dict:
@@ -151,35 +211,32 @@ _TRAIN_OPTIONS = {
 
 
 def cmd_demo(args) -> dict:
-    from upo_fast.evaluation import HELD_OUT_SEED, evaluate, format_table, load_model, pass_at_n
+    from upo_fast.demo import run_demo
 
-    task = _task("sudoku9")
-    model = load_model(args.model, task)
-    print(f"TinyMDM ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) on {args.num_puzzles} "
-          f"held-out 9x9 Sudoku puzzles with {task.default_blanks} blanks, one cell per step, CPU")
-    start = time.perf_counter()
-    puzzles, solutions = task.make_puzzles(args.num_puzzles, seed=HELD_OUT_SEED)
-    results = evaluate(model, task, puzzles, solutions, list(HEURISTICS), seed=0)
-    try:
-        policy = load_policy(None, task, model)
-    except ValueError as err:  # no shipped policy: the heuristics alone
-        print(f"(no learned policy row: {err})")
-    else:
-        results.update(evaluate(model, task, puzzles, solutions, ["policy"], seed=0, policy=policy,
-                                position_temperature=0.0))
-    headroom = pass_at_n(model, task, puzzles, "topk", 8, seed=0, topk=5)
-    print(format_table(results, task.name, len(puzzles)))
-    print(f"headroom: random orders among the 5 most confident cells solve {headroom['pass@1']:.3f} at Pass@1 "
-          f"and {headroom['pass@8']:.3f} at Pass@8")
-    best = max(results, key=lambda s: results[s]["solved_rate"])
-    gap = results["max_confidence"]["solved_rate"] - results["random"]["solved_rate"]
-    print(f"\nThe order matters: max-confidence solves {gap * 100:.1f} points more puzzles than a random order "
-          f"(best heuristic: {best}), and Pass@8 of {headroom['pass@8']:.3f} shows room for a learned order. "
-          f"({time.perf_counter() - start:.0f} s)")
-    report = {"task": task.name, "n": int(len(puzzles)), "results": results, "headroom_topk5": headroom}
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return run_demo(args.num_puzzles, args.model, args.out, args.json)
+
+
+def cmd_viz(args) -> dict:
+    from upo_fast.evaluation import load_model, load_policy
+    from upo_fast.viz import write_order_pictures
+
+    task = _grid_task(args.task)
+    model = load_model(args.model, task, args.device)
+    puzzles, solutions = _puzzles(args, task)
+    scorers = {}
+    for name in [resolve_scorer(s) for s in (args.scorer or ["max_confidence", "margin", "policy"])]:
+        if name == "policy":
+            try:
+                scorers[name] = {"policy": load_policy(args.policy, task, model), "position_temperature": 0.0}
+            except ValueError as err:
+                if args.policy or args.scorer:  # asked for explicitly: an error
+                    raise
+                print(f"(no policy map: {err})")
+        else:
+            scorers[name] = {"topk": args.topk}
+    paths = write_order_pictures(model, task, puzzles, solutions, scorers, args.out, seed=args.seed)
+    print("\n".join(str(p) for p in paths))
+    return {"pictures": [str(p) for p in paths]}
 
 
 def cmd_sample(args) -> None:
@@ -214,11 +271,15 @@ def cmd_pretrain_mdm(args) -> None:
     from upo_fast.evaluation import HELD_OUT_SEED, evaluate
     from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, pretrain_mdm
 
-    task = _task(args.task)
+    task = _grid_task(args.task)
+    if args.position_embedding == "grid" and not hasattr(task, "n"):
+        raise ValueError(f"--position-embedding grid is for Sudoku (rows, columns, boxes); use learned or rope for "
+                         f"{task.name}")
     config = TinyMDMConfig(vocab_size=task.vocab_size, hidden_size=args.hidden_size,
                            num_hidden_layers=args.layers, num_attention_heads=args.heads,
                            intermediate_size=3 * args.hidden_size, max_position_embeddings=task.seq_len,
-                           position_embedding=args.position_embedding, grid_size=task.n,
+                           position_embedding=args.position_embedding,
+                           grid_size=task.n if args.position_embedding == "grid" else None,
                            mask_token_id=task.mask_id, pad_token_id=task.pad_id)
     torch.manual_seed(args.seed)
     model = TinyMDM(config)
@@ -244,29 +305,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upo-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="every heuristic on held-out 9x9 Sudoku with the shipped TinyMDM (CPU)")
+    demo = sub.add_parser("demo", help="every order on held-out Sudoku and Zebra with the shipped TinyMDMs (CPU)")
     demo.add_argument("--num-puzzles", type=int, default=DEMO_PUZZLES)
     demo.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped sudoku9 model)")
+    demo.add_argument("--out", default="demo_out", help="folder for the pictures")
     demo.add_argument("--json", default=None)
     demo.set_defaults(func=cmd_demo)
 
-    ev = sub.add_parser("eval", help="evaluate unmasking orders on Sudoku puzzles")
-    ev.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
-    ev.add_argument("--data", default=None, help="Puzzle,Solution CSV (0 = blank); default: generated held-out")
+    ev = sub.add_parser("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
+    ev.add_argument("--task", default="sudoku9", choices=[*GRID_TASKS, *TEXT_TASKS])
+    ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
+                    "gsm8k/math500, a local JSON/JSONL/parquet test set; default for puzzles: generated held-out")
     ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     ev.add_argument("--limit", type=int, default=None)
     ev.add_argument("--num-puzzles", type=int, default=200)
     ev.add_argument("--blanks", type=int, default=None)
-    ev.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task)")
+    ev.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task); "
+                    "for gsm8k/math500 a local LLaDA/Dream folder")
     ev.add_argument("--topk", type=int, default=5, help="K of the topk scorer")
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--policy", default=None, help="a saved policy folder for --scorer policy (default: shipped)")
-    ev.add_argument("--position-temperature", type=float, default=0.0,
-                    help="--scorer policy: 0 = greedy (default), > 0 samples positions")
+    ev.add_argument("--position-temperature", type=float, default=None,
+                    help="order temperature of sampled orders (policy default: 0 = greedy, 1 with --pass-at > 1)")
+    ev.add_argument("--temperature", type=float, default=0.0, help="token temperature (0 = argmax)")
+    ev.add_argument("--pass-at", type=int, default=1, help="N sampled trajectories per problem: Pass@k for k <= N")
+    ev.add_argument("--plot", default=None, help="PNG path of the Pass@k curves (default: next to --json)")
+    ev.add_argument("--gen-length", type=int, default=256, help="gsm8k/math500: tokens to generate")
+    ev.add_argument("--block-length", type=int, default=32, help="gsm8k/math500: semi-autoregressive block")
+    ev.add_argument("--steps", type=int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
     ev.add_argument("--json", default=None)
     ev.set_defaults(func=cmd_eval)
+
+    vz = sub.add_parser("viz", help="heat maps of when each cell is unmasked, and one trajectory as text")
+    vz.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
+    vz.add_argument("--scorer", action="append", help="repeatable; default max_confidence, margin, policy")
+    vz.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
+    vz.add_argument("--data", default=None)
+    vz.add_argument("--num-puzzles", type=int, default=100)
+    vz.add_argument("--blanks", type=int, default=None)
+    vz.add_argument("--limit", type=int, default=None)
+    vz.add_argument("--model", default=None)
+    vz.add_argument("--topk", type=int, default=5)
+    vz.add_argument("--seed", type=int, default=0)
+    vz.add_argument("--device", default="cpu")
+    vz.add_argument("--out", default="viz_out", help="folder for <task>_order.png and <task>_trajectory.txt")
+    vz.set_defaults(func=cmd_viz)
 
     tr = sub.add_parser("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
     tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields; options below override")
@@ -282,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_plot_runs)
 
     pc = sub.add_parser("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
-    pc.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
+    pc.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
     pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
     pc.add_argument("--thresholds", default="0.999,0.99,0.95,0.9,0.8,0.7")
@@ -297,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.set_defaults(func=cmd_parallel_curve)
 
     pp = sub.add_parser("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
-    pp.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
+    pp.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
     pp.add_argument("--reference", default="max_confidence")
     pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
                     help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
@@ -326,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.set_defaults(func=cmd_sample)
 
     pt = sub.add_parser("pretrain-mdm", help="train a TinyMDM on a task (MDM objective)")
-    pt.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
+    pt.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
     pt.add_argument("--out", required=True)
     pt.add_argument("--steps", type=int, default=1200)
     pt.add_argument("--batch-size", type=int, default=128)

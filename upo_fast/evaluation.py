@@ -1,4 +1,9 @@
-"""Evaluate unmasking orders on Sudoku: cell accuracy (the paper's metric), solved rate, and Pass@N headroom."""
+"""Evaluate unmasking orders on grid tasks (Sudoku, Zebra): cell accuracy (the paper's metric), solved rate, and
+Pass@k over N sampled trajectories.
+
+A grid task provides ``encode``, ``decode``, ``cell_accuracy`` and ``is_solved`` (per-puzzle arrays), so nothing
+here depends on the puzzle type; ``puzzles`` is whatever the task's ``make_puzzles`` / ``load`` returns (it must
+support ``len`` and slicing)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from upo_fast.sampler import unmask
-from upo_fast.tasks.sudoku import SudokuTask, cell_accuracy, solved_rate
+from upo_fast.tasks.metrics import pass_at_k
 
 HELD_OUT_SEED = 20261128  # held-out puzzles are generated from this seed; training grids never use it
 
@@ -34,7 +39,7 @@ def shipped_policy_path(task_name: str) -> Path:
     return path
 
 
-def load_model(path: str | Path | None, task: SudokuTask, device: str = "cpu"):
+def load_model(path: str | Path | None, task, device: str = "cpu"):
     from upo_fast.models import load_tiny_mdm
 
     model = load_tiny_mdm(path or shipped_model_path(task.name), device=device)
@@ -44,10 +49,22 @@ def load_model(path: str | Path | None, task: SudokuTask, device: str = "cpu"):
     return model
 
 
-def solve_puzzles(model, task: SudokuTask, puzzles: np.ndarray, scorer: str, *, batch_size: int = 250,
+def load_policy(path, task, mdm):
+    """A saved UnmaskingPolicy (``path``), or the one shipped for ``task``; checked against the MDM."""
+    from upo_fast.policy import UnmaskingPolicy
+
+    path = Path(path) if path else shipped_policy_path(task.name)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--policy {path}: not a saved policy folder (no config.json)")
+    policy = UnmaskingPolicy.from_pretrained(path).to(next(mdm.parameters()).device).eval()
+    policy.check_compatible(mdm)
+    return policy
+
+
+def solve_puzzles(model, task, puzzles, scorer: str, *, batch_size: int = 250,
                   seed: int = 0, progress: bool = False, with_steps: bool = False, **sampler_options):
-    """[N, n, n] puzzles (0 = blank) -> [N, n, n] grids filled by ``unmask`` with ``scorer`` (and, with
-    ``with_steps``, [N] the MDM forwards each puzzle used)."""
+    """N puzzles -> [N, *task.grid_shape] grids filled by ``unmask`` with ``scorer`` (and, with ``with_steps``, [N]
+    the MDM forwards each puzzle used)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     filled, steps = [], []
@@ -61,31 +78,42 @@ def solve_puzzles(model, task: SudokuTask, puzzles: np.ndarray, scorer: str, *, 
     return (grids, np.concatenate(steps)) if with_steps else grids
 
 
-def evaluate(model, task: SudokuTask, puzzles: np.ndarray, solutions: np.ndarray, scorers: list[str], *,
-             batch_size: int = 250, seed: int = 0, progress: bool = True, **sampler_options) -> dict:
-    """{scorer: {"cell_accuracy", "solved_rate", "mean_steps", "seconds"}} on the given puzzles (mean_steps: MDM
-    forwards per puzzle, below the blank count only with parallel unmasking)."""
+def evaluate(model, task, puzzles, solutions, scorers: list[str], *, batch_size: int = 250, seed: int = 0,
+             progress: bool = True, **sampler_options) -> dict:
+    """{scorer: {"cell_accuracy", "solved_rate", "mean_steps", "seconds"}} on the given puzzles. cell_accuracy: mean
+    over puzzles of the fraction of blanks filled right; mean_steps: MDM forwards per puzzle (below the blank count
+    only with parallel unmasking)."""
     results = {}
     for scorer in tqdm(scorers, desc="scorers", disable=not progress):
         start = time.perf_counter()
         pred, steps = solve_puzzles(model, task, puzzles, scorer, batch_size=batch_size, seed=seed,
                                     progress=progress, with_steps=True, **sampler_options)
-        results[scorer] = {"cell_accuracy": cell_accuracy(pred, puzzles, solutions),
-                           "solved_rate": solved_rate(pred, puzzles), "mean_steps": float(steps.mean()),
-                           "seconds": round(time.perf_counter() - start, 3)}
+        results[scorer] = {"cell_accuracy": float(task.cell_accuracy(pred, puzzles, solutions).mean()),
+                           "solved_rate": float(task.is_solved(pred, puzzles, solutions).mean()),
+                           "mean_steps": float(steps.mean()), "seconds": round(time.perf_counter() - start, 3)}
     return results
 
 
-def pass_at_n(model, task: SudokuTask, puzzles: np.ndarray, scorer: str, n: int, *, batch_size: int = 250,
-              seed: int = 0, progress: bool = True, **sampler_options) -> dict:
-    """Pass@1 and Pass@n of a stochastic order: the fraction of puzzles solved by the first sample / any of n."""
+def pass_at(model, task, puzzles, solutions, scorer: str, n: int, *, batch_size: int = 250, seed: int = 0,
+            progress: bool = True, **sampler_options) -> dict:
+    """Pass@k for k = 1..n of ``scorer`` from n sampled trajectories per puzzle: the unbiased estimate of the chance
+    that at least one of k samples solves a puzzle, averaged over puzzles (Chen et al., 2021). Samples differ only
+    where something is random: a stochastic order (random, topk, softmax_confidence, a policy at position
+    temperature > 0) or token temperature > 0; a deterministic setup gives Pass@k = Pass@1.
+
+    Returns {"pass_at": {"1": ..., ..., str(n): ...}, "samples": n, "cell_accuracy": mean over all samples}."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n (--pass-at) must be an int >= 1, got {n!r}")
     solved = np.zeros((n, len(puzzles)), dtype=bool)
+    cells = np.zeros((n, len(puzzles)))
     for i in tqdm(range(n), desc=f"{scorer} pass@{n}", disable=not progress):
         pred = solve_puzzles(model, task, puzzles, scorer, batch_size=batch_size, seed=seed + 1000 * i,
                              **sampler_options)
-        solved[i] = task.is_valid_solution(pred) & np.all((puzzles == 0) | (pred == puzzles), axis=(1, 2))
-    return {"pass@1": float(solved[0].mean()), f"pass@{n}": float(solved.any(0).mean()),
-            "mean_over_samples": float(solved.mean())}
+        solved[i] = task.is_solved(pred, puzzles, solutions)
+        cells[i] = task.cell_accuracy(pred, puzzles, solutions)
+    correct = solved.sum(0)
+    return {"pass_at": {str(k): pass_at_k(n, correct, k) for k in range(1, n + 1)}, "samples": n,
+            "cell_accuracy": float(cells.mean())}
 
 
 def format_table(results: dict, task_name: str, n: int) -> str:

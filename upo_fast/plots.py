@@ -1,10 +1,13 @@
-"""Pictures: reward-vs-step and validation curves of UPO runs (``upo-fast plot-runs``), and steps-vs-solved curves
-of parallel unmasking (``upo-fast parallel-curve``)."""
+"""Pictures: reward-vs-step and validation curves of UPO runs (``upo-fast plot-runs``), steps-vs-solved curves of
+parallel unmasking (``upo-fast parallel-curve``), Pass@k curves (``upo-fast eval --pass-at``) and heat maps of
+unmasking orders (``upo-fast viz``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -64,6 +67,46 @@ def plot_parallel_curve(curves: dict[str, list[dict]], out: str | Path, title: s
                         textcoords="offset points")
     ax.set(xlabel="MDM forwards per puzzle", ylabel="solved rate", title=title or "parallel unmasking")
     return _finish(plt, fig, (ax,), out)
+
+
+def plot_pass_at(curves: dict[str, dict[str, float]], out: str | Path, title: str = "") -> Path:
+    """Pass@k against k (log scale), one line per scorer; ``curves[scorer]`` is ``{"1": p1, "2": p2, ...}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for scorer, points in curves.items():
+        ks = sorted(int(k) for k in points)
+        ax.plot(ks, [points[str(k)] for k in ks], marker="o", ms=3, label=scorer)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="k (samples per puzzle)", ylabel="Pass@k (solved)", title=title or "Pass@k")
+    return _finish(plt, fig, (ax,), out)
+
+
+def plot_order_maps(maps: dict[str, np.ndarray], out: str | Path, title: str = "", row_labels=None,
+                    col_labels=None) -> Path:
+    """Side-by-side heat maps (one per scorer) of when each cell is unmasked (``upo_fast.viz.mean_step_map``: 0 =
+    first, 1 = last), each cell annotated; shared colour scale, early = dark."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.6 * len(maps) + 0.8, 3.8), squeeze=False)
+    image = None
+    for ax, (name, grid) in zip(axes[0], maps.items()):
+        image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0)
+        rows, cols = grid.shape
+        if rows * cols <= 100:  # numbers stay readable up to 10x10
+            for (r, c), value in np.ndenumerate(grid):
+                if not np.isnan(value):
+                    ax.text(c, r, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=7,
+                            color="white" if value < 0.5 else "black")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks(range(cols), col_labels if col_labels is not None else range(1, cols + 1), fontsize=7)
+        ax.set_yticks(range(rows), row_labels if row_labels is not None else range(1, rows + 1), fontsize=7)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="unmasking step (0 = first, 1 = last)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
 
 
 def _pyplot():

@@ -90,7 +90,8 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.out_dir must be a path or None, got {self.out_dir!r}")
 
 
-def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=None, generator=None):
+def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=None, generator=None,
+             maskable=None):
     """x0 [B, L] clean tokens, t [B] masking ratios in (0, 1] -> scalar loss.
 
     Each token is masked independently with probability t (rows that end up with no masked token get one at a
@@ -103,7 +104,9 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
     * ``"none"``: plain mean CE over the masked tokens (easier to read as a per-token prediction loss).
 
     ``mask`` (bool [B, L], True = masked) replaces the random draw; ``generator`` drives the draw otherwise
-    (it may live on the CPU while the model is on an accelerator).
+    (it may live on the CPU while the model is on an accelerator). ``maskable`` (bool [B, L]) limits the draw to
+    some positions, e.g. a Zebra grid after its clues (the clues are always given, as at inference); "per token"
+    then means per maskable token.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
@@ -116,11 +119,19 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
     if bool(((t <= 0) | (t > 1)).any()):
         raise ValueError("t must lie in (0, 1]")
     t = t.to(x0.device)
+    if maskable is not None:
+        if maskable.shape != x0.shape or maskable.dtype != torch.bool or not bool(maskable.any(1).all()):
+            raise ValueError(f"maskable must be a bool tensor of shape {tuple(x0.shape)} with a True in every row")
+        maskable = maskable.to(x0.device)
     if mask is None:
         rand_device = generator.device if generator is not None else x0.device
         mask = torch.rand(bsz, seq_len, generator=generator, device=rand_device).to(x0.device) < t[:, None]
         # Guarantee a masked token per row so every row contributes a training signal.
         forced = torch.randint(seq_len, (bsz, 1), generator=generator, device=rand_device).to(x0.device)
+        if maskable is not None:  # the same draw, moved to a maskable position: the highest-noise one
+            mask &= maskable
+            noise = torch.rand(bsz, seq_len, generator=generator, device=rand_device).to(x0.device)
+            forced = (noise + maskable.float()).argmax(1, keepdim=True)
         empty_row = ~mask.any(dim=1, keepdim=True)
         mask = mask.scatter(1, forced, mask.gather(1, forced) | empty_row)
     else:
@@ -134,7 +145,7 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
     token_ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x0.reshape(-1), reduction="none")
     masked_ce = token_ce.view(bsz, seq_len) * mask
     if weighting == "inverse_t":
-        return (masked_ce / t[:, None]).sum() / (bsz * seq_len)
+        return (masked_ce / t[:, None]).sum() / (bsz * seq_len if maskable is None else maskable.sum())
     return masked_ce.sum() / mask.sum().clamp_min(1)
 
 
@@ -185,10 +196,16 @@ def _make_scheduler(optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
 
+def _split_batch(batch):
+    """``sample_batch`` returns [B, L] tokens, or (tokens, maskable [B, L] bool) when only part may be masked."""
+    return batch if isinstance(batch, tuple) else (batch, None)
+
+
 def pretrain_mdm(
     model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval_fn=None, progress=True
 ) -> dict:
-    """Pretrain ``model`` with the MDM objective on batches from ``sample_batch(B, generator) -> [B, L]``.
+    """Pretrain ``model`` with the MDM objective on batches from ``sample_batch(B, generator) -> [B, L]`` (or ->
+    ([B, L], maskable [B, L] bool): only maskable positions are ever masked).
 
     AdamW with linear warmup and cosine decay to 0, gradient clipping, a tqdm bar showing the loss, and
     (when ``cfg.out_dir`` is set) a JSONL log plus atomic checkpoints every ``checkpoint_every`` steps, at the
@@ -236,7 +253,7 @@ def pretrain_mdm(
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="mdm pretrain", dynamic_ncols=True)
     try:
         while step < cfg.steps:
-            x0 = sample_batch(cfg.batch_size, data_gen)
+            x0, maskable = _split_batch(sample_batch(cfg.batch_size, data_gen))
             if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] != cfg.batch_size:
                 raise ValueError(
                     f"sample_batch must return a [{cfg.batch_size}, L] tensor, got {getattr(x0, 'shape', x0)}"
@@ -247,7 +264,8 @@ def pretrain_mdm(
             t_min = cfg.min_mask_ratio
             t = t_min + (1.0 - t_min) * torch.rand(cfg.batch_size, generator=noise_gen)  # t ~ U(t_min, 1)
             lr = scheduler.get_last_lr()[0]  # the rate this step trains with
-            loss = mdm_loss(model, x0, mask_id, t=t, weighting=cfg.loss_weighting, generator=noise_gen)
+            loss = mdm_loss(model, x0, mask_id, t=t, weighting=cfg.loss_weighting, generator=noise_gen,
+                            maskable=maskable)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:

@@ -169,6 +169,8 @@ class SudokuTask:
         self.vocab_size = n + 2
         self.default_blanks = _DEFAULT_BLANKS[n]
         self.max_blanks = n * n - _MIN_GIVENS[n]
+        self.grid_shape = (n, n)
+        self.grid_offset = 0  # token index of cell (0, 0): the whole sequence is the grid
 
     def __repr__(self) -> str:
         return f"SudokuTask(n={self.n})"
@@ -356,6 +358,25 @@ class SudokuTask:
         if grids.shape[1] != self.n:
             raise ValueError(f"expected {self.n}x{self.n} grids, got {grids.shape}")
         return _valid_grids(grids)
+
+    def encode_solution(self, puzzles, solutions) -> torch.LongTensor:
+        """[N, seq_len] the token sequence of each puzzle with its solution filled in."""
+        return self.encode(solutions)
+
+    # ------------------------------------------------------------------------------------- task interface
+    # What evaluation, training and plots call on any grid task (Sudoku, Zebra): per-puzzle arrays.
+    def cell_accuracy(self, pred, puzzles, solutions) -> np.ndarray:
+        """[N] float: fraction of each puzzle's blanks filled with the solution digit."""
+        return sudoku_reward(pred, puzzles, solutions)
+
+    def is_solved(self, pred, puzzles, solutions=None) -> np.ndarray:
+        """[N] bool: a valid complete grid that keeps every given (any valid completion counts)."""
+        pred, puzzles = _check_same_shape(pred, puzzles)
+        return _valid_grids(pred) & ((puzzles == 0) | (pred == puzzles)).all(axis=(1, 2))
+
+    def load(self, path) -> tuple[np.ndarray, np.ndarray]:
+        """(puzzles, solutions) from a user's file: a ``Puzzle,Solution`` CSV (see ``load_csv``)."""
+        return self.load_csv(path)
 
     # -------------------------------------------------------------------------------------------- text I/O
     def format_grid(self, grid) -> str:

@@ -62,13 +62,13 @@ class TrainConfig:
     tensorboard: bool = True  # also log to TensorBoard when it is installed
 
     def validate(self) -> TrainConfig:
-        from upo_fast.tasks import TASKS
+        from upo_fast.tasks import TASKS, is_grid_task
 
         def check(ok: bool, name: str, valid: str) -> None:
             if not ok:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
 
-        check(self.task in TASKS, "task", f"one of {', '.join(TASKS)}")
+        check(is_grid_task(self.task), "task", f"a grid task ({', '.join(TASKS)}, zebraHxA)")
         check(self.reference in REFERENCES, "reference", f"one of {', '.join(REFERENCES)}")
         check(self.init in INITS or Path(self.init).is_dir(), "init", f"one of {', '.join(INITS)} or a policy folder")
         check(self.block_init in ("copy", "fresh"), "block_init", "'copy' or 'fresh'")

@@ -87,7 +87,7 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
         index = traj.active.nonzero(as_tuple=True)
         candidates, target = traj.candidates[index], traj.chosen[index]
         if cfg.target == "oracle":
-            right = candidates & (traj.token[index] == task.encode(solutions)[index[1]])
+            right = candidates & (traj.token[index] == task.encode_solution(puzzles, solutions)[index[1]])
             target = torch.where(right, traj.confidence[index], torch.full_like(traj.confidence[index], -1.0))
             target, keep = target.argmax(-1), right.any(-1)
             index = tuple(i[keep] for i in index)

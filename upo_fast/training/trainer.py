@@ -23,7 +23,6 @@ from upo_fast.checkpoints import find_resumable, json_default, load_model_weight
 from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
-from upo_fast.tasks.sudoku import sudoku_reward
 from upo_fast.training.config import TrainConfig
 from upo_fast.training.losses import group_advantages, zero_std_ratio
 from upo_fast.training.rollout import rollout
@@ -53,15 +52,15 @@ def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
     return policy
 
 
-def rewards_for(task, filled: torch.Tensor, puzzles: np.ndarray, solutions: np.ndarray, kind: str) -> np.ndarray:
+def rewards_for(task, filled: torch.Tensor, puzzles, solutions: np.ndarray, kind: str) -> np.ndarray:
     """[B] rewards of filled grids (rows = puzzles repeated G times, in order)."""
     pred = task.decode(filled.cpu())
-    reps = len(pred) // len(puzzles)
-    puzzles, solutions = np.repeat(puzzles, reps, 0), np.repeat(solutions, reps, 0)
-    solved = (task.is_valid_solution(pred) & np.all((puzzles == 0) | (pred == puzzles), axis=(1, 2))).astype(float)
+    rows = np.repeat(np.arange(len(puzzles)), len(pred) // len(puzzles))
+    puzzles, solutions = puzzles[rows], solutions[rows]
+    solved = task.is_solved(pred, puzzles, solutions).astype(float)
     if kind == "solved":
         return solved
-    cells = sudoku_reward(pred, puzzles, solutions)
+    cells = task.cell_accuracy(pred, puzzles, solutions)
     return cells if kind == "cells" else (solved + cells) / 2
 
 
