@@ -29,8 +29,7 @@ def test_sudoku9_order_matters():
 
 
 def test_shipped_policy_loads_fits_the_mdm_and_solves():
-    from upo_fast.evaluation import load_policy
-    from upo_fast.evaluation import shipped_policy_path
+    from upo_fast.evaluation import load_policy, shipped_policy_path
 
     path = shipped_policy_path("sudoku9")
     assert (path / "model.safetensors").stat().st_size <= 10 * 2**20 and (path / "README.md").exists()

@@ -91,3 +91,10 @@ def test_cli_eval_pass_at_and_viz(tmp_path, capsys):
     assert "--pass-at" in capsys.readouterr().err
     assert main(["viz", "--task", "sudoku4", "--num-puzzles", "5", "--out", str(tmp_path / "v")]) == 0
     assert (tmp_path / "v" / "sudoku4_order.png").is_file() and (tmp_path / "v" / "sudoku4_trajectory.txt").is_file()
+
+
+def test_cli_text_tasks_need_local_model_and_data(tmp_path, capsys):
+    assert main(["eval", "--task", "gsm8k"]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["viz", "--task", "sudoku9", "--scorer", "origin", "--num-puzzles", "2", "--out", str(tmp_path)]) == 2
+    assert "origin" in capsys.readouterr().err

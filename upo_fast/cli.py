@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +171,7 @@ def cmd_plot_runs(args) -> None:
 
 
 def cmd_parallel_curve(args) -> dict:
-    from upo_fast.evaluation import evaluate, load_model
+    from upo_fast.evaluation import evaluate, load_model, load_policy
     from upo_fast.plots import plot_parallel_curve
 
     task = _task(args.task)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from functools import partial
 
+from upo_fast.tasks.math_tasks import TASK_NAMES as TEXT_TASKS
 from upo_fast.tasks.sudoku import SudokuTask
 from upo_fast.tasks.zebra import ZebraTask
 
 TASKS = {"sudoku4": partial(SudokuTask, 4), "sudoku9": partial(SudokuTask, 9), "zebra": ZebraTask}
 GRID_TASKS = tuple(TASKS)
-TEXT_TASKS = ("gsm8k", "math500")
 _ZEBRA_SIZE = re.compile(r"zebra(\d+)x(\d+)")
 
 

@@ -1,0 +1,563 @@
+"""Zebra (Einstein) logic puzzles as an in-place infilling task for a small masked diffusion model.
+
+H houses stand in a row (house 0 leftmost); each of A attributes (colour, nationality, ...) gives each of its H
+values to exactly one house. The solution is a grid [A, H] with ``grid[a, h]`` = value (1..H) of attribute a in
+house h. A puzzle is a list of clues true of the solution, which they (with the puzzle's givens, 0 = blank)
+determine uniquely. A clue is ``(relation, x, y)``: x is an item (attribute a, value v) coded ``a*H + v - 1``; y is
+another item, or a house index for AT / NOT_AT (see ``Relation``).
+
+Tokens: ``max_clues`` clue slots of 3 tokens (relation, item, item-or-house; unused slots are ``pad_id``), then
+the grid row-major over [A, H], starting at ``grid_offset = 3 * max_clues``. Ids: 0 pad, 1..H values (a cell of
+value v is token v: its position says the attribute), then relations, items (A*H), houses (H), and ``mask_id``
+last. The model unmasks the grid in place; the clue prefix is always given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class Relation(IntEnum):
+    SAME = 0  # x and y in the same house (different attributes)
+    NOT_SAME = 1
+    LEFT_OF = 2  # house(x) + 1 == house(y)
+    NEXT_TO = 3  # |house(x) - house(y)| == 1
+    BEFORE = 4  # house(x) < house(y)
+    AT = 5  # house(x) == y (a house index)
+    NOT_AT = 6
+
+
+R = Relation
+_HOUSE_RELATIONS = (R.AT, R.NOT_AT)
+# Draw weights: SAME and adjacency clues link attributes and make chains of inference; AT pins an item outright,
+# so it stays rare (a puzzle of AT clues is a lookup, not a deduction).
+_WEIGHTS = {R.SAME: 0.3, R.NOT_SAME: 0.1, R.LEFT_OF: 0.15, R.NEXT_TO: 0.2, R.BEFORE: 0.1, R.AT: 0.05, R.NOT_AT: 0.1}
+_SYMMETRIC = (R.SAME, R.NOT_SAME, R.NEXT_TO)
+_MAX_ATTEMPTS = 1000  # solutions tried per puzzle before giving up (only a too-small max_clues gets there)
+_POOL_SIZE = 256
+_POOL_SEED = 31337
+_ATTRIBUTES = (  # (name, noun-phrase template, values); the first A attributes and H values are used
+    ("colour", "the {} house", ("red", "green", "blue", "yellow", "white", "ivory")),
+    ("nationality", "the {}", ("Brit", "Swede", "Dane", "Norwegian", "German", "Japanese")),
+    ("pet", "the {} owner", ("dog", "cat", "bird", "horse", "fish", "zebra")),
+    ("drink", "the {} drinker", ("tea", "coffee", "milk", "water", "juice", "beer")),
+    ("sport", "the {} player", ("tennis", "golf", "soccer", "hockey", "rugby", "cricket")),
+    ("job", "the {}", ("doctor", "teacher", "baker", "pilot", "nurse", "farmer")),
+)
+
+
+def relation_holds(rel, hx, hy) -> np.ndarray:
+    """Elementwise bool: relation ``rel`` holds for x in house ``hx`` and y in house ``hy`` (for AT / NOT_AT,
+    ``hy`` is the clue's house). The one definition of the relations; the solver's tables are built from it."""
+    rel, hx, hy = np.broadcast_arrays(np.asarray(rel), np.asarray(hx), np.asarray(hy))
+    same = hx == hy
+    return np.select([rel == R.SAME, rel == R.NOT_SAME, rel == R.LEFT_OF, rel == R.NEXT_TO, rel == R.BEFORE,
+                      rel == R.AT, rel == R.NOT_AT],
+                     [same, ~same, hx + 1 == hy, np.abs(hx - hy) == 1, hx < hy, same, ~same], default=False)
+
+
+class _Tables:
+    """Per house count H: the H! permutations as bitsets. ``perms[p][v]`` is the house of value v under
+    permutation p; ``in_house[v][m]`` is the bitset of permutations putting v in a house of the mask m;
+    ``towards[r][hx]`` is the mask of houses y may take when x is in hx, ``backwards[r][hy]`` the reverse."""
+
+    _cache: dict[int, _Tables] = {}
+
+    def __init__(self, h: int):
+        self.perms = list(itertools.permutations(range(h)))
+        base = [[sum(1 << p for p, perm in enumerate(self.perms) if perm[v] == k) for k in range(h)]
+                for v in range(h)]
+        self.in_house = [[sum(base[v][k] for k in range(h) if m >> k & 1) for m in range(1 << h)]
+                         for v in range(h)]
+        self.full = (1 << len(self.perms)) - 1
+        houses = np.arange(h)
+        ok = relation_holds(np.arange(len(R))[:, None, None], houses[None, :, None], houses[None, None, :])
+        weights = 1 << houses
+        self.towards = (ok * weights[None, None, :]).sum(2).tolist()  # [r][hx] -> mask over hy
+        self.backwards = (ok * weights[None, :, None]).sum(1).tolist()  # [r][hy] -> mask over hx
+        self.within: dict[tuple[int, int, int], int] = {}  # (r, v, w) -> perms where r holds for v, w (lazy)
+
+    @classmethod
+    def get(cls, h: int) -> _Tables:
+        if h not in cls._cache:
+            cls._cache[h] = cls(h)
+        return cls._cache[h]
+
+    def pair(self, r: int, v: int, w: int) -> int:
+        if (r, v, w) not in self.within:
+            self.within[r, v, w] = sum(1 << p for p, perm in enumerate(self.perms)
+                                       if relation_holds(r, perm[v], perm[w]))
+        return self.within[r, v, w]
+
+
+def _search(clues, givens, h: int, a_count: int, limit: int):
+    """Count solutions up to ``limit`` by backtracking attribute by attribute with forward checking.
+
+    Each attribute keeps a bitset of the permutations still possible; placing one attribute narrows the bitsets
+    of the attributes it shares clues with, and the attribute with fewest candidates goes next. ``clues`` is a
+    list of (r, x, y) with x, y valid; ``givens`` [A, H] (0 = blank) or None. Returns ``(count, first [A, H])``.
+    """
+    t = _Tables.get(h)
+    cand = [t.full] * a_count
+    links: list[list[tuple]] = [[] for _ in range(a_count)]
+    if givens is not None:
+        for a, k in zip(*np.nonzero(givens)):
+            cand[a] &= t.in_house[givens[a, k] - 1][1 << k]
+    for r, x, y in clues:
+        a, v = divmod(x, h)
+        if r in _HOUSE_RELATIONS:
+            cand[a] &= t.in_house[v][t.backwards[r][y]]
+            continue
+        b, w = divmod(y, h)
+        if a == b:
+            cand[a] &= t.pair(r, v, w)
+        else:  # x placed -> narrow y's attribute, and the other way round
+            links[a].append((v, t.towards[r], b, w))
+            links[b].append((w, t.backwards[r], a, v))
+    if not all(cand):
+        return 0, None
+    chosen = [-1] * a_count
+    count, first = 0, None
+
+    def recurse(cand: list[int], left: int) -> bool:  # True once `limit` solutions are found
+        nonlocal count, first
+        a = min((i for i in range(a_count) if chosen[i] < 0), key=lambda i: cand[i].bit_count())
+        bits = cand[a]
+        while bits:
+            low = bits & -bits
+            bits ^= low
+            p = low.bit_length() - 1
+            houses = t.perms[p]
+            new = list(cand)
+            for v, table, b, w in links[a]:
+                if chosen[b] < 0:  # links to placed attributes were checked when those were placed
+                    new[b] &= t.in_house[w][table[houses[v]]]
+                    if not new[b]:
+                        break
+            else:
+                chosen[a] = p
+                if left == 1:
+                    count += 1
+                    if first is None:
+                        first = [t.perms[q] for q in chosen]
+                    stop = count >= limit
+                else:
+                    stop = recurse(new, left - 1)
+                chosen[a] = -1
+                if stop:
+                    return True
+        return False
+
+    recurse(cand, a_count)
+    if first is not None:  # house of each value -> value of each house
+        first = np.argsort(np.array(first), axis=1).astype(np.int64) + 1
+    return count, first
+
+
+@dataclass
+class ZebraPuzzles:
+    """A batch of puzzles: ``clues`` [N, max_clues, 3] int64 (unused slots -1), ``givens`` [N, A, H] int64
+    (0 = blank). Indexing with a slice or index array gives a ZebraPuzzles; an int gives a batch of one."""
+
+    clues: np.ndarray
+    givens: np.ndarray
+
+    def __post_init__(self):
+        self.clues, self.givens = np.asarray(self.clues, np.int64), np.asarray(self.givens, np.int64)
+        if self.clues.ndim != 3 or self.clues.shape[2] != 3 or self.givens.ndim != 3 \
+                or len(self.clues) != len(self.givens):
+            raise ValueError(f"clues must be [N, C, 3] and givens [N, A, H], got {self.clues.shape} and "
+                             f"{self.givens.shape}")
+
+    def __len__(self) -> int:
+        return len(self.givens)
+
+    def __getitem__(self, index) -> ZebraPuzzles:
+        if isinstance(index, (int, np.integer)):
+            index = [index]
+        return ZebraPuzzles(self.clues[index], self.givens[index])
+
+
+class ZebraTask:
+    """Zebra puzzles with ``houses`` H in [2, 6] and ``attributes`` A in [2, 6] (see the module docstring)."""
+
+    pad_id: int = 0
+    pool_size: int = _POOL_SIZE  # base puzzles that training_batch augments
+    _pools: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # shared by instances of one size
+
+    def __init__(self, houses: int = 4, attributes: int = 4, max_clues: int | None = None):
+        for name, value in (("houses", houses), ("attributes", attributes)):
+            if not isinstance(value, (int, np.integer)) or not 2 <= value <= 6:
+                raise ValueError(f"{name} must be an integer in [2, 6], got {value!r}")
+        h, a = int(houses), int(attributes)
+        # A*H slots: minimal clue sets from make_puzzles stay below it (4x4: mean 10, max 14 in 2000 puzzles;
+        # 6x6: mean 24, max 27), and every slot costs 3 tokens of the model's sequence.
+        max_clues = a * h if max_clues is None else max_clues
+        if not isinstance(max_clues, (int, np.integer)) or max_clues < 1:
+            raise ValueError(f"max_clues must be a positive integer, got {max_clues!r}")
+        self.houses, self.attributes, self.max_clues = h, a, int(max_clues)
+        self.name = "zebra" if (h, a) == (4, 4) else f"zebra{h}x{a}"
+        self.grid_shape = (a, h)
+        self.num_cells = a * h
+        self.grid_offset = 3 * self.max_clues
+        self.seq_len = self.grid_offset + self.num_cells
+        self.relation_offset = h + 1
+        self.item_offset = self.relation_offset + len(Relation)
+        self.house_offset = self.item_offset + a * h
+        self.mask_id = self.house_offset + h
+        self.vocab_size = self.mask_id + 1
+        self.default_blanks = self.max_blanks = self.num_cells
+        self.attribute_names = [name for name, _, _ in _ATTRIBUTES[:a]]
+        self.value_names = [list(values[:h]) for _, _, values in _ATTRIBUTES[:a]]
+
+    def __repr__(self) -> str:
+        return f"ZebraTask(houses={self.houses}, attributes={self.attributes}, max_clues={self.max_clues})"
+
+    # -------------------------------------------------------------------------------------------- checks
+    def _grids(self, array, name: str) -> np.ndarray:
+        """[N, A, H] int64 from an array / tensor / list of grids (a single [A, H] grid becomes N = 1)."""
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        grids = np.asarray(array, dtype=np.int64)
+        grids = grids[None] if grids.ndim == 2 else grids
+        if grids.ndim != 3 or grids.shape[1:] != self.grid_shape:
+            raise ValueError(f"{name} must have shape [N, {self.attributes}, {self.houses}], got {grids.shape}")
+        if grids.size and (grids.min() < 0 or grids.max() > self.houses):
+            raise ValueError(f"{name} must hold values 0..{self.houses}")
+        return grids
+
+    def _clue_list(self, clues, name: str = "clues") -> list[tuple[int, int, int]]:
+        """[C, 3] clues -> list of (r, x, y), rows with relation -1 dropped; bad ids raise ValueError."""
+        array = np.asarray(clues, dtype=np.int64).reshape(-1, 3) if len(clues) else np.zeros((0, 3), np.int64)
+        out = []
+        for r, x, y in array[array[:, 0] != -1].tolist():
+            y_limit = self.houses if r in _HOUSE_RELATIONS else self.num_cells
+            if not (0 <= r < len(R) and 0 <= x < self.num_cells and 0 <= y < y_limit):
+                raise ValueError(f"{name}: bad clue {[r, x, y]}: need relation 0..{len(R) - 1}, x an item "
+                                 f"0..{self.num_cells - 1}, y an item (or a house 0..{self.houses - 1} for AT/NOT_AT)")
+            out.append((r, x, y))
+        return out
+
+    # ------------------------------------------------------------------------------------------- solving
+    def count_solutions(self, clues, givens=None, limit: int = 2) -> int:
+        """Number of solutions of one puzzle (clues [C, 3], -1 rows ignored; givens [A, H]), stopping at
+        ``limit``."""
+        if not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+        givens = None if givens is None else self._grids(givens, "givens")[0]
+        return _search(self._clue_list(clues), givens, self.houses, self.attributes, limit)[0]
+
+    def solve(self, clues, givens=None) -> np.ndarray | None:
+        """One solution [A, H] int64 of a puzzle, or None if it has none."""
+        givens = None if givens is None else self._grids(givens, "givens")[0]
+        return _search(self._clue_list(clues), givens, self.houses, self.attributes, 1)[1]
+
+    def satisfies(self, pred, puzzles: ZebraPuzzles) -> np.ndarray:
+        """[N] bool: each attribute row of ``pred`` is a permutation of 1..H, and every clue and given holds."""
+        pred = self._grids(pred, "pred")
+        num, h = len(pred), self.houses
+        if len(puzzles) != num:
+            raise ValueError(f"pred has {num} grids but puzzles has {len(puzzles)}")
+        ok = (np.sort(pred, axis=2) == np.arange(1, h + 1)).all(axis=(1, 2))
+        ok &= ((puzzles.givens == 0) | (pred == puzzles.givens)).all(axis=(1, 2))
+        # house of each item (meaningful only where the rows are permutations; other rows are already False)
+        where = np.zeros((num, self.attributes, h), np.int64)
+        np.put_along_axis(where, np.clip(pred - 1, 0, h - 1), np.arange(h)[None, None, :], axis=2)
+        where = where.reshape(num, -1)
+        rel, x, y = np.moveaxis(puzzles.clues, 2, 0)
+        hx = np.take_along_axis(where, np.clip(x, 0, None), 1)
+        y_house = np.isin(rel, _HOUSE_RELATIONS)
+        hy = np.where(y_house, y, np.take_along_axis(where, np.clip(y, 0, None), 1))
+        return ok & ((rel < 0) | relation_holds(rel, hx, hy)).all(axis=1)
+
+    # ------------------------------------------------------------------------------------------- puzzles
+    def _random_clue(self, solution: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A clue true of ``solution`` [A, H]: the relation by ``_WEIGHTS``, then houses and attributes."""
+        h, a_count = self.houses, self.attributes
+        rel = R(rng.choice(len(R), p=[_WEIGHTS[r] for r in R]))
+
+        def item(a, k):
+            return int(a * h + solution[a, k] - 1)
+
+        if rel in _HOUSE_RELATIONS:
+            a, k = rng.integers(a_count), int(rng.integers(h))
+            other = (k + 1 + int(rng.integers(h - 1))) % h  # any house but k
+            return int(rel), item(a, k), k if rel == R.AT else other
+        if rel in (R.SAME, R.NOT_SAME):  # different attributes: same-attribute values never share a house
+            a, b = rng.choice(a_count, 2, replace=False)
+            k1, k2 = rng.choice(h, 2, replace=False)
+            if rel == R.SAME:
+                k2 = k1
+        else:
+            a, b = rng.integers(a_count, size=2)
+            if rel == R.BEFORE:
+                k1, k2 = sorted(rng.choice(h, 2, replace=False))
+            else:
+                k1 = int(rng.integers(h - 1))
+                k2 = k1 + 1
+                if rel == R.NEXT_TO and rng.random() < 0.5:
+                    k1, k2 = k2, k1
+        return int(rel), item(a, k1), item(b, k2)
+
+    def _one_puzzle(self, blanks: int, rng: np.random.Generator):
+        """(clues list, givens, solution) or None when the minimal clue set exceeds ``max_clues``."""
+        a_count, h = self.attributes, self.houses
+        solution = np.stack([rng.permutation(h) + 1 for _ in range(a_count)]).astype(np.int64)
+        givens = np.zeros_like(solution)
+        shown = rng.choice(self.num_cells, self.num_cells - blanks, replace=False)
+        givens.flat[shown] = solution.flat[shown]
+        clues, seen = [], set()
+        # The solution satisfies every clue, so "unique" is "at most one solution": count to 2.
+        while _search(clues, givens, h, a_count, 2)[0] > 1:
+            clue = self._random_clue(solution, rng)
+            key = (clue[0], *sorted(clue[1:])) if clue[0] in _SYMMETRIC else clue
+            if key not in seen:
+                seen.add(key)
+                clues.append(clue)
+        keep = np.ones(len(clues), dtype=bool)
+        for i in rng.permutation(len(clues)):  # drop redundant clues, in random order
+            keep[i] = False
+            rest = [c for c, k in zip(clues, keep) if k]
+            keep[i] = _search(rest, givens, h, a_count, 2)[0] > 1
+        clues = [c for c, k in zip(clues, keep) if k]
+        if len(clues) > self.max_clues:
+            return None
+        return [clues[i] for i in rng.permutation(len(clues))], givens, solution
+
+    def make_puzzles(self, num: int, blanks: int | None = None, seed: int = 0) -> tuple[ZebraPuzzles, np.ndarray]:
+        """(puzzles, solutions [num, A, H]): random solutions, ``blanks`` blank cells (the others given) and a
+        minimal clue set that makes the solution unique. Deterministic for a seed."""
+        blanks = self.default_blanks if blanks is None else blanks
+        if not isinstance(blanks, (int, np.integer)) or not 1 <= blanks <= self.max_blanks:
+            raise ValueError(f"blanks={blanks!r} is out of range for {self.name}: must be in [1, {self.max_blanks}]")
+        if not isinstance(num, (int, np.integer)) or num < 0:
+            raise ValueError(f"num must be an integer >= 0, got {num!r}")
+        rng = np.random.default_rng(seed)
+        clues = np.full((num, self.max_clues, 3), -1, dtype=np.int64)
+        givens = np.zeros((num, *self.grid_shape), dtype=np.int64)
+        solutions = np.zeros_like(givens)
+        for k in range(num):
+            for _ in range(_MAX_ATTEMPTS):
+                made = self._one_puzzle(int(blanks), rng)
+                if made is not None:
+                    break
+            else:
+                raise RuntimeError(f"no {self.name} puzzle with at most max_clues={self.max_clues} clues in "
+                                   f"{_MAX_ATTEMPTS} tries; raise max_clues")
+            clue_list, givens[k], solutions[k] = made
+            if clue_list:
+                clues[k, :len(clue_list)] = clue_list
+        return ZebraPuzzles(clues, givens), solutions
+
+    # ------------------------------------------------------------------------------------------ training
+    def apply_symmetries(self, clues: np.ndarray, solutions: np.ndarray, rng: np.random.Generator):
+        """Independent random validity-preserving symmetries of N puzzles, vectorized: clues [N, C, 3] (-1 unused)
+        and solutions [N, A, H] -> the same shapes. Relabels the values of each attribute, permutes the
+        attributes, mirrors the houses (half the puzzles) and shuffles the clue order (unused slots stay last)."""
+        clues, solutions = np.asarray(clues, np.int64), self._grids(solutions, "solutions")
+        num, a_count, h = len(solutions), self.attributes, self.houses
+        rows = np.arange(num)[:, None]
+        relabel = rng.random((num, a_count, h)).argsort(2)  # [n, a, old value - 1] -> new value - 1
+        order = rng.random((num, a_count)).argsort(1)  # [n, old attribute] -> new attribute
+        mirror = rng.random(num) < 0.5
+        out = np.empty_like(solutions)
+        out[rows, order] = np.take_along_axis(relabel, solutions - 1, axis=2) + 1
+        out = np.where(mirror[:, None, None], out[:, :, ::-1], out)
+        item_map = (order[:, :, None] * h + relabel).reshape(num, -1)  # old item -> new item
+        rel, x, y = np.moveaxis(clues, 2, 0)
+        used = rel >= 0
+        new_x = np.take_along_axis(item_map, np.clip(x, 0, None), 1)
+        new_y = np.where(np.isin(rel, _HOUSE_RELATIONS), np.where(mirror[:, None], h - 1 - y, y),
+                         np.take_along_axis(item_map, np.clip(y, 0, None), 1))
+        # Mirrored, "x left of y" reads "y left of x"; SAME/NOT_SAME/NEXT_TO are symmetric in the houses.
+        swap = mirror[:, None] & np.isin(rel, (R.LEFT_OF, R.BEFORE))
+        new_x, new_y = np.where(swap, new_y, new_x), np.where(swap, new_x, new_y)
+        new = np.where(used[:, :, None], np.stack([rel, new_x, new_y], axis=2), -1)
+        shuffle = np.where(used, rng.random(used.shape), 2.0).argsort(1)
+        return new[rows, shuffle], out
+
+    def _pool(self) -> tuple[np.ndarray, np.ndarray]:
+        key = (self.houses, self.attributes, self.max_clues, self.pool_size)
+        if key not in self._pools:  # a fixed seed of its own: training data never depends on the caller's seeds
+            puzzles, solutions = self.make_puzzles(self.pool_size, seed=_POOL_SEED + 10 * self.houses + self.attributes)
+            self._pools[key] = puzzles.clues, solutions
+        return self._pools[key]
+
+    def training_batch(self, batch_size: int, generator: torch.Generator):
+        """(tokens [B, seq_len] long, maskable [B, seq_len] bool): pool puzzles under random symmetries with their
+        solutions filled in; maskable is True exactly on the grid. Reproducible from the generator's state."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        rng = np.random.default_rng(seed)
+        pool_clues, pool_solutions = self._pool()
+        pick = rng.integers(0, len(pool_solutions), size=batch_size)
+        clues, solutions = self.apply_symmetries(pool_clues[pick], pool_solutions[pick], rng)
+        maskable = torch.zeros(batch_size, self.seq_len, dtype=torch.bool)
+        maskable[:, self.grid_offset:] = True
+        return self._tokens(clues, solutions), maskable
+
+    # -------------------------------------------------------------------------------------------- tokens
+    def _tokens(self, clues: np.ndarray, grids: np.ndarray) -> torch.LongTensor:
+        rel, x, y = np.moveaxis(clues, 2, 0)
+        y_tokens = np.where(np.isin(rel, _HOUSE_RELATIONS), self.house_offset + y, self.item_offset + y)
+        prefix = np.stack([self.relation_offset + rel, self.item_offset + x, y_tokens], axis=2)
+        prefix = np.where((rel >= 0)[:, :, None], prefix, self.pad_id).reshape(len(grids), -1)
+        cells = np.where(grids == 0, self.mask_id, grids).reshape(len(grids), -1)
+        return torch.from_numpy(np.concatenate([prefix, cells], axis=1)).long()
+
+    def _check_clue_array(self, puzzles: ZebraPuzzles) -> None:
+        if puzzles.clues.shape[1] != self.max_clues:
+            raise ValueError(f"puzzles.clues must have {self.max_clues} slots, got {puzzles.clues.shape[1]}")
+        self._clue_list(puzzles.clues, "puzzles.clues")
+
+    def encode(self, puzzles: ZebraPuzzles) -> torch.LongTensor:
+        """[N, seq_len]: clue tokens, then the grid with givens as value tokens and blanks as ``mask_id``."""
+        self._check_clue_array(puzzles)
+        return self._tokens(puzzles.clues, self._grids(puzzles.givens, "puzzles.givens"))
+
+    def encode_solution(self, puzzles: ZebraPuzzles, solutions) -> torch.LongTensor:
+        """[N, seq_len]: the token sequence of each puzzle with its solution filled in."""
+        self._check_clue_array(puzzles)
+        return self._tokens(puzzles.clues, self._grids(solutions, "solutions"))
+
+    def decode(self, tokens) -> np.ndarray:
+        """[N, seq_len] token ids -> [N, A, H] int64 grids; non-value tokens (mask, pad, ...) become 0."""
+        array = np.asarray(tokens.detach().cpu() if isinstance(tokens, torch.Tensor) else tokens, np.int64)
+        if array.shape[-1] != self.seq_len:
+            raise ValueError(f"tokens must have last dimension {self.seq_len}, got shape {array.shape}")
+        grid = array.reshape(-1, self.seq_len)[:, self.grid_offset:].reshape(-1, *self.grid_shape)
+        return np.where((grid >= 1) & (grid <= self.houses), grid, 0)
+
+    # ------------------------------------------------------------------------------------------ metrics
+    def cell_accuracy(self, pred, puzzles: ZebraPuzzles, solutions) -> np.ndarray:
+        """[N] float: fraction of each puzzle's blank cells filled with the solution value (1.0 if none)."""
+        pred, solutions = self._grids(pred, "pred"), self._grids(solutions, "solutions")
+        blank = puzzles.givens == 0
+        if not pred.shape == solutions.shape == blank.shape:
+            raise ValueError(f"shape mismatch: {pred.shape}, {blank.shape}, {solutions.shape}")
+        total = blank.sum(axis=(1, 2))
+        right = ((pred == solutions) & blank).sum(axis=(1, 2))
+        return np.where(total > 0, right / np.maximum(total, 1), 1.0).astype(np.float64)
+
+    def is_solved(self, pred, puzzles: ZebraPuzzles, solutions=None) -> np.ndarray:
+        """[N] bool: every cell equals the (unique) solution; without solutions, ``satisfies`` decides."""
+        if solutions is None:
+            return self.satisfies(pred, puzzles)
+        pred, solutions = self._grids(pred, "pred"), self._grids(solutions, "solutions")
+        if pred.shape != solutions.shape or len(puzzles) != len(pred):
+            raise ValueError(f"shape mismatch: pred {pred.shape}, solutions {solutions.shape}, {len(puzzles)} puzzles")
+        return (pred == solutions).all(axis=(1, 2))
+
+    # ------------------------------------------------------------------------------------------ text
+    def cell_name(self, row: int, col: int) -> str:
+        return f"{self.attribute_names[row]} of house {col + 1}"
+
+    def axis_labels(self) -> tuple[list[str], list[str]]:
+        return list(self.attribute_names), [f"house {k + 1}" for k in range(self.houses)]
+
+    def _phrase(self, item: int) -> str:
+        a, v = divmod(int(item), self.houses)
+        return _ATTRIBUTES[a][1].format(self.value_names[a][v])
+
+    def clue_sentence(self, rel: int, x: int, y: int) -> str:
+        """One clue in English (houses numbered from 1)."""
+        rel = R(rel)
+        if rel in (R.SAME, R.NOT_SAME) and x // self.houses == 0:  # the colour is always the object
+            x, y = y, x
+        subject = self._phrase(x)
+        is_colour = x // self.houses == 0
+        verb = "is" if is_colour else "lives"
+        if rel in _HOUSE_RELATIONS:
+            if is_colour:
+                text = f"{subject} is {'not ' if rel == R.NOT_AT else ''}house {y + 1}"
+            else:
+                text = f"{subject} {'does not live' if rel == R.NOT_AT else 'lives'} in house {y + 1}"
+        elif rel in (R.SAME, R.NOT_SAME):
+            live = "lives" if rel == R.SAME else "does not live"
+            where = self._phrase(y) if y // self.houses == 0 else f"the same house as {self._phrase(y)}"
+            text = f"{subject} {live} in {where}"
+        else:
+            how = {R.LEFT_OF: "immediately left of", R.NEXT_TO: "next to", R.BEFORE: "somewhere left of"}[rel]
+            text = f"{subject} {verb} {how} {self._phrase(y)}"
+        return text[0].upper() + text[1:] + "."
+
+    def format_puzzle(self, puzzles: ZebraPuzzles, index: int = 0) -> str:
+        """Puzzle ``index`` as text: the setting, the clues as numbered sentences, and the givens."""
+        lines = [f"{self.houses} houses in a row, numbered 1 to {self.houses} from the left; each value below "
+                 "belongs to exactly one house:"]
+        lines += [f"  {name}: {', '.join(values)}" for name, values in zip(self.attribute_names, self.value_names)]
+        lines.append("Clues:")
+        clues = self._clue_list(puzzles.clues[index], "puzzles.clues")
+        lines += [f"{i}. {self.clue_sentence(*clue)}" for i, clue in enumerate(clues, start=1)]
+        givens = puzzles.givens[index]
+        if givens.any():
+            lines.append("Given:")
+            lines += [f"  The {self.attribute_names[a]} of house {k + 1} is {self.value_names[a][givens[a, k] - 1]}."
+                      for a, k in zip(*np.nonzero(givens))]
+        return "\n".join(lines)
+
+    def format_grid(self, grid) -> str:
+        """A table with one row per attribute and one column per house; value names, '.' for blanks."""
+        grid = self._grids(grid, "grid")[0]
+        rows = [[""] + [f"house {k + 1}" for k in range(self.houses)]]
+        rows += [[name] + ["." if v == 0 else names[v - 1] for v in row]
+                 for name, names, row in zip(self.attribute_names, self.value_names, grid)]
+        widths = [max(len(r[c]) for r in rows) for c in range(self.houses + 1)]
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+    # ------------------------------------------------------------------------------------------ files
+    def save_json(self, path, puzzles: ZebraPuzzles, solutions) -> None:
+        """Write puzzles and solutions as {"houses", "attributes", "puzzles": [{"clues", "givens", "solution"}]}."""
+        solutions = self._grids(solutions, "solutions")
+        items = [{"clues": [list(c) for c in self._clue_list(puzzles.clues[i])],
+                  "givens": puzzles.givens[i].tolist(), "solution": solutions[i].tolist()} for i in range(len(puzzles))]
+        data = {"houses": self.houses, "attributes": self.attributes, "puzzles": items}
+        Path(path).write_text(json.dumps(data, indent=1))
+
+    def load_json(self, path) -> tuple[ZebraPuzzles, np.ndarray]:
+        """(puzzles, solutions) from a ``save_json`` file. Any problem (missing file, bad JSON, wrong sizes, bad
+        ids, a solution that breaks a clue or given, a puzzle without a unique solution) raises ValueError naming
+        the file and puzzle."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("puzzles"), list) or not data["puzzles"]:
+            raise ValueError(f"{path}: expected an object with a non-empty 'puzzles' list")
+        if (data.get("houses"), data.get("attributes")) != (self.houses, self.attributes):
+            raise ValueError(f"{path}: houses/attributes are {data.get('houses')}/{data.get('attributes')}, "
+                             f"this task is {self.houses}/{self.attributes}")
+        clues = np.full((len(data["puzzles"]), self.max_clues, 3), -1, np.int64)
+        givens, solutions = [], []
+        for i, item in enumerate(data["puzzles"]):
+            where = f"{path}, puzzle {i}"
+            try:
+                clue_list = self._clue_list(np.asarray(item["clues"], np.int64).reshape(-1, 3), where)
+                given, solution = (self._grids(item[key], f"{where}: {key}")[0] for key in ("givens", "solution"))
+            except (KeyError, TypeError, ValueError) as err:
+                message = str(err) if str(err).startswith(str(path)) else f"{where}: malformed ({err!r})"
+                raise ValueError(message) from None
+            if len(clue_list) > self.max_clues:
+                raise ValueError(f"{where}: {len(clue_list)} clues, more than max_clues={self.max_clues}")
+            clues[i, :len(clue_list)] = clue_list
+            one = ZebraPuzzles(clues[i:i + 1], given[None])
+            if not self.satisfies(solution[None], one)[0]:
+                raise ValueError(f"{where}: the solution is not a valid grid satisfying the clues and givens")
+            if self.count_solutions(clue_list, given, limit=2) != 1:
+                raise ValueError(f"{where}: the puzzle does not have a unique solution")
+            givens.append(given)
+            solutions.append(solution)
+        return ZebraPuzzles(clues, np.stack(givens)), np.stack(solutions)
+
+    def load(self, path) -> tuple[ZebraPuzzles, np.ndarray]:
+        """(puzzles, solutions) from a user's file: Zebra JSON (see ``load_json``)."""
+        return self.load_json(path)
