@@ -14,28 +14,16 @@ last. The model unmasks the grid in place; the clue prefix is always given.
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-class Relation(IntEnum):
-    SAME = 0  # x and y in the same house (different attributes)
-    NOT_SAME = 1
-    LEFT_OF = 2  # house(x) + 1 == house(y)
-    NEXT_TO = 3  # |house(x) - house(y)| == 1
-    BEFORE = 4  # house(x) < house(y)
-    AT = 5  # house(x) == y (a house index)
-    NOT_AT = 6
-
+from upo_fast.tasks.zebra_solver import HOUSE_RELATIONS, Relation, relation_holds, search
 
 R = Relation
-_HOUSE_RELATIONS = (R.AT, R.NOT_AT)
 # Draw weights: SAME and adjacency clues link attributes and make chains of inference; AT pins an item outright,
 # so it stays rare (a puzzle of AT clues is a lookup, not a deduction).
 _WEIGHTS = {R.SAME: 0.3, R.NOT_SAME: 0.1, R.LEFT_OF: 0.15, R.NEXT_TO: 0.2, R.BEFORE: 0.1, R.AT: 0.05, R.NOT_AT: 0.1}
@@ -51,114 +39,6 @@ _ATTRIBUTES = (  # (name, noun-phrase template, values); the first A attributes 
     ("sport", "the {} player", ("tennis", "golf", "soccer", "hockey", "rugby", "cricket")),
     ("job", "the {}", ("doctor", "teacher", "baker", "pilot", "nurse", "farmer")),
 )
-
-
-def relation_holds(rel, hx, hy) -> np.ndarray:
-    """Elementwise bool: relation ``rel`` holds for x in house ``hx`` and y in house ``hy`` (for AT / NOT_AT,
-    ``hy`` is the clue's house). The one definition of the relations; the solver's tables are built from it."""
-    rel, hx, hy = np.broadcast_arrays(np.asarray(rel), np.asarray(hx), np.asarray(hy))
-    same = hx == hy
-    return np.select([rel == R.SAME, rel == R.NOT_SAME, rel == R.LEFT_OF, rel == R.NEXT_TO, rel == R.BEFORE,
-                      rel == R.AT, rel == R.NOT_AT],
-                     [same, ~same, hx + 1 == hy, np.abs(hx - hy) == 1, hx < hy, same, ~same], default=False)
-
-
-class _Tables:
-    """Per house count H: the H! permutations as bitsets. ``perms[p][v]`` is the house of value v under
-    permutation p; ``in_house[v][m]`` is the bitset of permutations putting v in a house of the mask m;
-    ``towards[r][hx]`` is the mask of houses y may take when x is in hx, ``backwards[r][hy]`` the reverse."""
-
-    _cache: dict[int, _Tables] = {}
-
-    def __init__(self, h: int):
-        self.perms = list(itertools.permutations(range(h)))
-        base = [[sum(1 << p for p, perm in enumerate(self.perms) if perm[v] == k) for k in range(h)]
-                for v in range(h)]
-        self.in_house = [[sum(base[v][k] for k in range(h) if m >> k & 1) for m in range(1 << h)]
-                         for v in range(h)]
-        self.full = (1 << len(self.perms)) - 1
-        houses = np.arange(h)
-        ok = relation_holds(np.arange(len(R))[:, None, None], houses[None, :, None], houses[None, None, :])
-        weights = 1 << houses
-        self.towards = (ok * weights[None, None, :]).sum(2).tolist()  # [r][hx] -> mask over hy
-        self.backwards = (ok * weights[None, :, None]).sum(1).tolist()  # [r][hy] -> mask over hx
-        self.within: dict[tuple[int, int, int], int] = {}  # (r, v, w) -> perms where r holds for v, w (lazy)
-
-    @classmethod
-    def get(cls, h: int) -> _Tables:
-        if h not in cls._cache:
-            cls._cache[h] = cls(h)
-        return cls._cache[h]
-
-    def pair(self, r: int, v: int, w: int) -> int:
-        if (r, v, w) not in self.within:
-            self.within[r, v, w] = sum(1 << p for p, perm in enumerate(self.perms)
-                                       if relation_holds(r, perm[v], perm[w]))
-        return self.within[r, v, w]
-
-
-def _search(clues, givens, h: int, a_count: int, limit: int):
-    """Count solutions up to ``limit`` by backtracking attribute by attribute with forward checking.
-
-    Each attribute keeps a bitset of the permutations still possible; placing one attribute narrows the bitsets
-    of the attributes it shares clues with, and the attribute with fewest candidates goes next. ``clues`` is a
-    list of (r, x, y) with x, y valid; ``givens`` [A, H] (0 = blank) or None. Returns ``(count, first [A, H])``.
-    """
-    t = _Tables.get(h)
-    cand = [t.full] * a_count
-    links: list[list[tuple]] = [[] for _ in range(a_count)]
-    if givens is not None:
-        for a, k in zip(*np.nonzero(givens)):
-            cand[a] &= t.in_house[givens[a, k] - 1][1 << k]
-    for r, x, y in clues:
-        a, v = divmod(x, h)
-        if r in _HOUSE_RELATIONS:
-            cand[a] &= t.in_house[v][t.backwards[r][y]]
-            continue
-        b, w = divmod(y, h)
-        if a == b:
-            cand[a] &= t.pair(r, v, w)
-        else:  # x placed -> narrow y's attribute, and the other way round
-            links[a].append((v, t.towards[r], b, w))
-            links[b].append((w, t.backwards[r], a, v))
-    if not all(cand):
-        return 0, None
-    chosen = [-1] * a_count
-    count, first = 0, None
-
-    def recurse(cand: list[int], left: int) -> bool:  # True once `limit` solutions are found
-        nonlocal count, first
-        a = min((i for i in range(a_count) if chosen[i] < 0), key=lambda i: cand[i].bit_count())
-        bits = cand[a]
-        while bits:
-            low = bits & -bits
-            bits ^= low
-            p = low.bit_length() - 1
-            houses = t.perms[p]
-            new = list(cand)
-            for v, table, b, w in links[a]:
-                if chosen[b] < 0:  # links to placed attributes were checked when those were placed
-                    new[b] &= t.in_house[w][table[houses[v]]]
-                    if not new[b]:
-                        break
-            else:
-                chosen[a] = p
-                if left == 1:
-                    count += 1
-                    if first is None:
-                        first = [t.perms[q] for q in chosen]
-                    stop = count >= limit
-                else:
-                    stop = recurse(new, left - 1)
-                chosen[a] = -1
-                if stop:
-                    return True
-        return False
-
-    recurse(cand, a_count)
-    if first is not None:  # house of each value -> value of each house
-        first = np.argsort(np.array(first), axis=1).astype(np.int64) + 1
-    return count, first
 
 
 @dataclass
@@ -238,7 +118,7 @@ class ZebraTask:
         array = np.asarray(clues, dtype=np.int64).reshape(-1, 3) if len(clues) else np.zeros((0, 3), np.int64)
         out = []
         for r, x, y in array[array[:, 0] != -1].tolist():
-            y_limit = self.houses if r in _HOUSE_RELATIONS else self.num_cells
+            y_limit = self.houses if r in HOUSE_RELATIONS else self.num_cells
             if not (0 <= r < len(R) and 0 <= x < self.num_cells and 0 <= y < y_limit):
                 raise ValueError(f"{name}: bad clue {[r, x, y]}: need relation 0..{len(R) - 1}, x an item "
                                  f"0..{self.num_cells - 1}, y an item (or a house 0..{self.houses - 1} for AT/NOT_AT)")
@@ -252,12 +132,12 @@ class ZebraTask:
         if not isinstance(limit, (int, np.integer)) or limit < 1:
             raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
         givens = None if givens is None else self._grids(givens, "givens")[0]
-        return _search(self._clue_list(clues), givens, self.houses, self.attributes, limit)[0]
+        return search(self._clue_list(clues), givens, self.houses, self.attributes, limit)[0]
 
     def solve(self, clues, givens=None) -> np.ndarray | None:
         """One solution [A, H] int64 of a puzzle, or None if it has none."""
         givens = None if givens is None else self._grids(givens, "givens")[0]
-        return _search(self._clue_list(clues), givens, self.houses, self.attributes, 1)[1]
+        return search(self._clue_list(clues), givens, self.houses, self.attributes, 1)[1]
 
     def satisfies(self, pred, puzzles: ZebraPuzzles) -> np.ndarray:
         """[N] bool: each attribute row of ``pred`` is a permutation of 1..H, and every clue and given holds."""
@@ -273,7 +153,7 @@ class ZebraTask:
         where = where.reshape(num, -1)
         rel, x, y = np.moveaxis(puzzles.clues, 2, 0)
         hx = np.take_along_axis(where, np.clip(x, 0, None), 1)
-        y_house = np.isin(rel, _HOUSE_RELATIONS)
+        y_house = np.isin(rel, HOUSE_RELATIONS)
         hy = np.where(y_house, y, np.take_along_axis(where, np.clip(y, 0, None), 1))
         return ok & ((rel < 0) | relation_holds(rel, hx, hy)).all(axis=1)
 
@@ -286,7 +166,7 @@ class ZebraTask:
         def item(a, k):
             return int(a * h + solution[a, k] - 1)
 
-        if rel in _HOUSE_RELATIONS:
+        if rel in HOUSE_RELATIONS:
             a, k = rng.integers(a_count), int(rng.integers(h))
             other = (k + 1 + int(rng.integers(h - 1))) % h  # any house but k
             return int(rel), item(a, k), k if rel == R.AT else other
@@ -315,7 +195,7 @@ class ZebraTask:
         givens.flat[shown] = solution.flat[shown]
         clues, seen = [], set()
         # The solution satisfies every clue, so "unique" is "at most one solution": count to 2.
-        while _search(clues, givens, h, a_count, 2)[0] > 1:
+        while search(clues, givens, h, a_count, 2)[0] > 1:
             clue = self._random_clue(solution, rng)
             key = (clue[0], *sorted(clue[1:])) if clue[0] in _SYMMETRIC else clue
             if key not in seen:
@@ -325,7 +205,7 @@ class ZebraTask:
         for i in rng.permutation(len(clues)):  # drop redundant clues, in random order
             keep[i] = False
             rest = [c for c, k in zip(clues, keep) if k]
-            keep[i] = _search(rest, givens, h, a_count, 2)[0] > 1
+            keep[i] = search(rest, givens, h, a_count, 2)[0] > 1
         clues = [c for c, k in zip(clues, keep) if k]
         if len(clues) > self.max_clues:
             return None
@@ -374,7 +254,7 @@ class ZebraTask:
         rel, x, y = np.moveaxis(clues, 2, 0)
         used = rel >= 0
         new_x = np.take_along_axis(item_map, np.clip(x, 0, None), 1)
-        new_y = np.where(np.isin(rel, _HOUSE_RELATIONS), np.where(mirror[:, None], h - 1 - y, y),
+        new_y = np.where(np.isin(rel, HOUSE_RELATIONS), np.where(mirror[:, None], h - 1 - y, y),
                          np.take_along_axis(item_map, np.clip(y, 0, None), 1))
         # Mirrored, "x left of y" reads "y left of x"; SAME/NOT_SAME/NEXT_TO are symmetric in the houses.
         swap = mirror[:, None] & np.isin(rel, (R.LEFT_OF, R.BEFORE))
@@ -405,7 +285,7 @@ class ZebraTask:
     # -------------------------------------------------------------------------------------------- tokens
     def _tokens(self, clues: np.ndarray, grids: np.ndarray) -> torch.LongTensor:
         rel, x, y = np.moveaxis(clues, 2, 0)
-        y_tokens = np.where(np.isin(rel, _HOUSE_RELATIONS), self.house_offset + y, self.item_offset + y)
+        y_tokens = np.where(np.isin(rel, HOUSE_RELATIONS), self.house_offset + y, self.item_offset + y)
         prefix = np.stack([self.relation_offset + rel, self.item_offset + x, y_tokens], axis=2)
         prefix = np.where((rel >= 0)[:, :, None], prefix, self.pad_id).reshape(len(grids), -1)
         cells = np.where(grids == 0, self.mask_id, grids).reshape(len(grids), -1)
@@ -473,7 +353,7 @@ class ZebraTask:
         subject = self._phrase(x)
         is_colour = x // self.houses == 0
         verb = "is" if is_colour else "lives"
-        if rel in _HOUSE_RELATIONS:
+        if rel in HOUSE_RELATIONS:
             if is_colour:
                 text = f"{subject} is {'not ' if rel == R.NOT_AT else ''}house {y + 1}"
             else:
