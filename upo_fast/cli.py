@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from upo_fast.scorers import resolve_scorer
-from upo_fast.tasks import GRID_TASKS, TEXT_TASKS
+from upo_fast.tasks import TEXT_TASKS
 
 DEMO_PUZZLES = 200
 
@@ -21,6 +21,18 @@ def _task(name: str):
     from upo_fast.tasks import get_task
 
     return get_task(name)
+
+
+def _grid_task_name(name: str) -> str:
+    from upo_fast.tasks import is_grid_task
+
+    if not is_grid_task(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a grid task: sudoku4, sudoku9, zebra or zebraHxA")
+    return name
+
+
+def _task_name(name: str) -> str:
+    return name if name in TEXT_TASKS else _grid_task_name(name)
 
 
 def _grid_task(name: str):
@@ -312,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
-    ev.add_argument("--task", default="sudoku9", choices=[*GRID_TASKS, *TEXT_TASKS])
+    ev.add_argument("--task", default="sudoku9", type=_task_name,
+                    help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500 (LLaDA/Dream)")
     ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
                     "gsm8k/math500, a local JSON/JSONL/parquet test set; default for puzzles: generated held-out")
     ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
@@ -338,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     vz = sub.add_parser("viz", help="heat maps of when each cell is unmasked, and one trajectory as text")
-    vz.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
+    vz.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     vz.add_argument("--scorer", action="append", help="repeatable; default max_confidence, margin, policy")
     vz.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
     vz.add_argument("--data", default=None)
@@ -366,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_plot_runs)
 
     pc = sub.add_parser("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
-    pc.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
+    pc.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
     pc.add_argument("--thresholds", default="0.999,0.99,0.95,0.9,0.8,0.7")
@@ -381,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.set_defaults(func=cmd_parallel_curve)
 
     pp = sub.add_parser("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
-    pp.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
+    pp.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pp.add_argument("--reference", default="max_confidence")
     pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
                     help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
@@ -410,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.set_defaults(func=cmd_sample)
 
     pt = sub.add_parser("pretrain-mdm", help="train a TinyMDM on a task (MDM objective)")
-    pt.add_argument("--task", default="sudoku9", choices=list(GRID_TASKS))
+    pt.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pt.add_argument("--out", required=True)
     pt.add_argument("--steps", type=int, default=1200)
     pt.add_argument("--batch-size", type=int, default=128)
