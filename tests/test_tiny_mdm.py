@@ -40,7 +40,7 @@ def tokens(bsz, seq_len, seed=0):
 # ---------------------------------------------------------------------------------------------- model
 
 
-@pytest.mark.parametrize("pos", ["rope", "learned", "grid"])
+@pytest.mark.parametrize("pos", ["rope", "learned", "grid", "rope+learned"])
 def test_forward_shapes_and_hidden_states(pos):
     model = small_model(pos)
     out = model(tokens(3, 16), output_hidden_states=True)
@@ -62,7 +62,7 @@ def test_init_is_sane_and_attribute_paths():
     assert 0.015 < std < 0.025  # normal(0, initializer_range=0.02)
 
 
-@pytest.mark.parametrize("pos", ["rope", "learned", "grid"])
+@pytest.mark.parametrize("pos", ["rope", "learned", "grid", "rope+learned"])
 def test_bidirectional(pos):
     model = small_model(pos)
     x = tokens(1, 16)
@@ -84,7 +84,7 @@ def test_grid_positions_follow_rows_cols_boxes():
         model(tokens(1, 17))
 
 
-@pytest.mark.parametrize("pos", ["rope", "learned"])
+@pytest.mark.parametrize("pos", ["rope", "learned", "rope+learned"])
 def test_left_padding_matches_unpadded(pos):
     model = small_model(pos)
     pad, seq_len = 3, 10
@@ -155,7 +155,7 @@ def test_bad_model_config(kwargs, name):
         small_config(**kwargs)
 
 
-@pytest.mark.parametrize("pos", ["rope", "grid"])
+@pytest.mark.parametrize("pos", ["rope", "grid", "rope+learned"])
 def test_save_load_round_trip(tmp_path, pos):
     from transformers import AutoModelForMaskedLM
 

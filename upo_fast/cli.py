@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--hidden-size", type=int, default=128)
     pt.add_argument("--layers", type=int, default=4)
     pt.add_argument("--heads", type=int, default=4)
-    pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned"])
+    pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"])
     pt.add_argument("--min-mask-ratio", type=float, default=0.05)
     pt.add_argument("--loss-weighting", default="inverse_t", choices=["inverse_t", "none"])
     pt.add_argument("--checkpoint-every", type=int, default=200)

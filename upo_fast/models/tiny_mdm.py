@@ -24,7 +24,7 @@ except ImportError:  # transformers 4.x: plain torch init is fine there
     from torch.nn import init as _init
 
 _TRANSFORMERS_V5 = int(transformers.__version__.split(".")[0]) >= 5
-POSITION_EMBEDDINGS = ("rope", "learned", "grid")
+POSITION_EMBEDDINGS = ("rope", "learned", "grid", "rope+learned")
 
 
 def _require_positive_int(name: str, value) -> None:
@@ -63,10 +63,11 @@ class TinyMDMConfig(PretrainedConfig):
         for name, value in sizes.items():
             _require_positive_int(name, value)
         if position_embedding not in POSITION_EMBEDDINGS:
-            raise ValueError(f"position_embedding must be rope, learned or grid, got {position_embedding!r}")
+            raise ValueError(f"position_embedding must be one of {', '.join(POSITION_EMBEDDINGS)}, got "
+                             f"{position_embedding!r}")
         if hidden_size % num_attention_heads != 0:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_attention_heads")
-        if position_embedding == "rope" and (hidden_size // num_attention_heads) % 2 != 0:
+        if position_embedding.startswith("rope") and (hidden_size // num_attention_heads) % 2 != 0:
             raise ValueError("rope needs an even head dim: hidden_size / num_attention_heads must be even")
         if position_embedding == "grid":
             if grid_size is None:
@@ -206,7 +207,12 @@ class TinyMDMBackbone(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         head_dim = config.hidden_size // config.num_attention_heads
-        if config.position_embedding == "rope":
+        # "rope+learned" (Zebra): rotary makes "attend to the token k places away" one rule for every position,
+        # which binds each clue's three tokens; the learned table says which grid cell a position is.
+        self.embed_absolute = None
+        if config.position_embedding == "rope+learned":
+            self.embed_absolute = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        if config.position_embedding.startswith("rope"):
             self.embed_positions = TinyMDMRotary(head_dim, config.rope_theta)
         elif config.position_embedding == "learned":
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -222,6 +228,8 @@ class TinyMDMBackbone(nn.Module):
         rotary = None
         if isinstance(self.embed_positions, TinyMDMRotary):
             rotary = self.embed_positions(position_ids, hidden.dtype)
+            if self.embed_absolute is not None:
+                hidden = hidden + self.embed_absolute(position_ids)
         else:
             hidden = hidden + self.embed_positions(position_ids)
         all_hidden = [hidden] if output_hidden_states else None
@@ -311,7 +319,7 @@ class TinyMDM(PreTrainedModel):
         if cfg.position_embedding == "grid" and seq_len > cfg.grid_size**2:
             raise ValueError(f"input_ids length {seq_len} exceeds the {cfg.grid_size}x{cfg.grid_size} grid")
         too_long = seq_len > cfg.max_position_embeddings
-        if cfg.position_embedding == "learned" and position_ids is None and too_long:
+        if cfg.position_embedding.endswith("learned") and position_ids is None and too_long:
             raise ValueError(
                 f"input_ids length {seq_len} > max_position_embeddings={cfg.max_position_embeddings}"
             )
