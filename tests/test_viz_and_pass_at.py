@@ -1,6 +1,7 @@
 """Per-cell unmasking steps and their pictures (``upo-fast viz``), Pass@k of sampled orders (``eval --pass-at``)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,16 @@ def test_cli_text_tasks_need_local_model_and_data(tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
     assert main(["viz", "--task", "sudoku9", "--scorer", "origin", "--num-puzzles", "2", "--out", str(tmp_path)]) == 2
     assert "origin" in capsys.readouterr().err
+
+
+def test_demo_writes_its_pictures(tmp_path, capsys):
+    report_path = tmp_path / "demo.json"
+    assert main(["demo", "--num-puzzles", "3", "--out", str(tmp_path / "pics"), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert {"max_confidence", "policy"} <= set(report["sudoku9"]["results"])
+    for path in report["pictures"]:
+        assert (tmp_path / "pics") in Path(path).parents
+        assert Path(path).stat().st_size > 0
+    names = {Path(p).name for p in report["pictures"]}
+    assert {"sudoku9_order.png", "sudoku9_trajectory.txt", "sudoku9_pass_at.png"} <= names
+    assert "pictures written" in capsys.readouterr().out
