@@ -1,0 +1,191 @@
+"""The commands that evaluate and draw unmasking orders: ``eval`` (grid puzzles with TinyMDM, GSM8K/MATH500 with
+LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``. Argument parsing lives in ``upo_fast.cli``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from upo_fast.scorers import resolve_scorer
+from upo_fast.tasks import TEXT_TASKS
+
+
+def _task(name: str):
+    from upo_fast.tasks import get_task
+
+    return get_task(name)
+
+
+def _grid_task_name(name: str) -> str:
+    from upo_fast.tasks import is_grid_task
+
+    if not is_grid_task(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a grid task: sudoku4, sudoku9, zebra or zebraHxA")
+    return name
+
+
+def _task_name(name: str) -> str:
+    return name if name in TEXT_TASKS else _grid_task_name(name)
+
+
+def _grid_task(name: str):
+    from upo_fast.tasks import TEXT_TASKS
+
+    if name in TEXT_TASKS:
+        raise ValueError(f"--task {name} is a text task: this command works on grid tasks (Sudoku, Zebra)")
+    return _task(name)
+
+
+def _puzzles(args, task):
+    if args.data:
+        puzzles, solutions = task.load(args.data)
+    else:
+        from upo_fast.evaluation import HELD_OUT_SEED
+
+        puzzles, solutions = task.make_puzzles(args.num_puzzles, blanks=args.blanks, seed=HELD_OUT_SEED)
+    if args.limit is not None:
+        puzzles, solutions = puzzles[: args.limit], solutions[: args.limit]
+    return puzzles, solutions
+
+
+def cmd_eval(args) -> dict:
+    from upo_fast.evaluation import evaluate, format_table, load_model, load_policy, pass_at
+    from upo_fast.tasks import TEXT_TASKS
+
+    if args.pass_at < 1:
+        raise ValueError(f"--pass-at must be >= 1, got {args.pass_at}")
+    if args.task in TEXT_TASKS:
+        return _eval_text(args)
+    task = _task(args.task)
+    scorers = [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]
+    model = load_model(args.model, task, args.device)
+    puzzles, solutions = _puzzles(args, task)
+    torch.manual_seed(args.seed)
+    results = {}
+    for scorer in scorers:
+        options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk, temperature=args.temperature)
+        if scorer == "policy":  # greedy positions unless asked, or sampled ones when Pass@N needs samples
+            default = 1.0 if args.pass_at > 1 else 0.0
+            options.update(policy=load_policy(args.policy, task, model),
+                           position_temperature=default if args.position_temperature is None
+                           else args.position_temperature)
+        elif args.position_temperature is not None:
+            options["position_temperature"] = args.position_temperature
+        results.update(evaluate(model, task, puzzles, solutions, [scorer], **options))
+        if args.pass_at > 1:
+            sampled = pass_at(model, task, puzzles, solutions, scorer, args.pass_at, **options)
+            results[scorer]["pass_at"] = sampled["pass_at"]
+    print(format_table(results, task.name, len(puzzles)))
+    report = {"task": task.name, "n": int(len(puzzles)), "results": results}
+    if args.pass_at > 1:
+        for scorer, r in results.items():
+            print(f"{scorer:<20} " + " ".join(f"pass@{k}={v:.3f}" for k, v in r["pass_at"].items()))
+        report["pass_at_plot"] = str(_plot_pass_at(args, task.name, len(puzzles), results))
+        print(f"Pass@k curves: {report['pass_at_plot']}")
+    _write_json(args.json, report)
+    return report
+
+
+def _plot_pass_at(args, task_name: str, n: int, results: dict) -> Path:
+    from upo_fast.plots import plot_pass_at
+
+    path = args.plot or (Path(args.json).with_suffix("").as_posix() + "_pass_at.png" if args.json
+                         else f"{task_name}_pass_at.png")
+    curves = {scorer: r["pass_at"] for scorer, r in results.items()}
+    return plot_pass_at(curves, path, f"{task_name}: Pass@k over {n} puzzles")
+
+
+def _eval_text(args) -> dict:
+    """GSM8K / MATH500 with a local LLaDA or Dream checkpoint and a local copy of the data."""
+    from upo_fast.tasks.math_tasks import evaluate_math, load_problems
+
+    if not args.model or not args.data:
+        raise ValueError(f"--task {args.task} needs --model (a local LLaDA/Dream folder) and --data (a local "
+                         "JSON/JSONL/parquet copy of the test set); nothing is downloaded at run time")
+    from transformers import AutoModel, AutoTokenizer
+
+    problems = load_problems(args.data, args.task, limit=args.limit)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, torch_dtype="auto").to(args.device).eval()
+    report = {"task": args.task, "n": len(problems), "results": {}}
+    for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
+        policy = None
+        if scorer == "policy":
+            from upo_fast.evaluation import load_policy
+
+            if not args.policy:
+                raise ValueError("--scorer policy on a text task needs --policy PATH: no policy ships for LLaDA/Dream")
+            policy = load_policy(args.policy, None, model)
+        position_temperature = 1.0 if args.position_temperature is None else args.position_temperature
+        report["results"][scorer] = evaluate_math(
+            model, tokenizer, problems, task=args.task, scorer=scorer, gen_length=args.gen_length,
+            block_length=args.block_length, steps=args.steps, batch_size=args.batch_size,
+            temperature=args.temperature, position_temperature=position_temperature, pass_at=args.pass_at,
+            seed=args.seed, policy=policy, device=args.device)
+        r = report["results"][scorer]
+        print(f"{scorer:<20} accuracy={r['accuracy']:.3f} format={r['format_rate']:.3f} ({r['seconds']:.0f} s)")
+    if args.pass_at > 1:
+        report["pass_at_plot"] = str(_plot_pass_at(args, args.task, len(problems), report["results"]))
+    _write_json(args.json, report)
+    return report
+
+
+def _write_json(path, report: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def cmd_viz(args) -> dict:
+    from upo_fast.evaluation import load_model, load_policy
+    from upo_fast.viz import write_order_pictures
+
+    task = _grid_task(args.task)
+    model = load_model(args.model, task, args.device)
+    puzzles, solutions = _puzzles(args, task)
+    scorers = {}
+    for name in [resolve_scorer(s) for s in (args.scorer or ["max_confidence", "margin", "policy"])]:
+        if name == "policy":
+            try:
+                scorers[name] = {"policy": load_policy(args.policy, task, model), "position_temperature": 0.0}
+            except ValueError as err:
+                if args.policy or args.scorer:  # asked for explicitly: an error
+                    raise
+                print(f"(no policy map: {err})")
+        else:
+            scorers[name] = {"topk": args.topk}
+    paths = write_order_pictures(model, task, puzzles, solutions, scorers, args.out, seed=args.seed)
+    print("\n".join(str(p) for p in paths))
+    return {"pictures": [str(p) for p in paths]}
+
+
+def cmd_parallel_curve(args) -> dict:
+    from upo_fast.evaluation import evaluate, load_model, load_policy
+    from upo_fast.plots import plot_parallel_curve
+
+    task = _task(args.task)
+    model = load_model(args.model, task, args.device)
+    puzzles, solutions = _puzzles(args, task)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    if any(not 0 < t <= 1 for t in thresholds):
+        raise ValueError(f"--thresholds must be in (0, 1], got {args.thresholds}")
+    curves = {}
+    for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
+        options = dict(policy=load_policy(args.policy, task, model), position_temperature=0.0) \
+            if scorer == "policy" else {}
+        curves[scorer] = []
+        for threshold in [None, *thresholds]:  # None: one position per step
+            r = evaluate(model, task, puzzles, solutions, [scorer], progress=False, threshold=threshold,
+                         **options)[scorer]
+            curves[scorer].append({"label": "1/step" if threshold is None else f"{threshold:g}", **r})
+            print(f"{scorer:16s} threshold={curves[scorer][-1]['label']:7s} steps={r['mean_steps']:6.1f} "
+                  f"solved={r['solved_rate']:.3f} cells={r['cell_accuracy']:.3f}")
+    report = {"task": task.name, "n": int(len(puzzles)), "curves": curves}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.out:
+        print(plot_parallel_curve(curves, args.out, f"{task.name}: {len(puzzles)} held-out puzzles"))
+    return report
