@@ -91,15 +91,21 @@ def test_solver_handles_the_largest_size():
 
 # ---------------------------------------------------------------------------------------- puzzles
 def test_attributes_layout_and_registry():
-    task = ZebraTask()
+    task = ZebraTask(clue_format="triplet")
     fields = ("name", "houses", "attributes", "grid_shape", "num_cells", "max_clues", "grid_offset", "seq_len")
     assert [getattr(task, f) for f in fields] == ["zebra", 4, 4, (4, 4), 16, 16, 48, 64]
     fields = ("pad_id", "relation_offset", "item_offset", "house_offset", "mask_id", "vocab_size")
     assert [getattr(task, f) for f in fields] == [0, 5, 12, 28, 32, 33]
     assert (task.default_blanks, task.max_blanks) == (16, 16)
+    token = ZebraTask()  # default: one token per clue
+    assert (token.clue_format, token.grid_offset, token.seq_len, token.clue_offset) == ("token", 16, 32, 5)
+    assert (token.mask_id, token.vocab_size) == (5 + 7 * 16 * 16, 5 + 7 * 16 * 16 + 1)
     other = get_task("zebra5x3")
-    assert (other.name, other.grid_shape, other.mask_id) == ("zebra5x3", (3, 5), 6 + 7 + 15 + 5)
-    assert get_task("zebra").name == "zebra" and ZebraTask(3, 3, max_clues=5).seq_len == 15 + 9
+    assert (other.name, other.grid_shape, other.mask_id) == ("zebra5x3", (3, 5), 6 + 7 * 15 * 15)
+    assert get_task("zebra").name == "zebra" and ZebraTask(3, 3, max_clues=5).seq_len == 5 + 9
+    assert ZebraTask(3, 3, max_clues=5, clue_format="triplet").seq_len == 15 + 9
+    with pytest.raises(ValueError, match="clue_format"):
+        ZebraTask(clue_format="words")
 
 
 @pytest.mark.parametrize("kwargs", [{"houses": 1}, {"houses": 7}, {"attributes": 1}, {"attributes": 7},
@@ -183,19 +189,32 @@ def test_encode_decode(task, made):
     assert ((tokens[:, : task.grid_offset] == task.mask_id).sum() == 0)
     full = task.encode_solution(puzzles, solutions)
     np.testing.assert_array_equal(task.decode(full), solutions)
-    np.testing.assert_array_equal(decode_clues(task, tokens), puzzles.clues)
+    np.testing.assert_array_equal(decode_clues(task, tokens), canonical(puzzles.clues))
     with pytest.raises(ValueError, match="last dimension"):
         task.decode(tokens[:, :-1])
 
 
+def canonical(clues: np.ndarray) -> np.ndarray:
+    """Symmetric relations with x <= y (the token format stores one id for SAME(x, y) and SAME(y, x))."""
+    rel, x, y = np.moveaxis(clues, -1, 0)
+    swap = np.isin(rel, [R.SAME, R.NOT_SAME, R.NEXT_TO]) & (x > y)
+    return np.stack([rel, np.where(swap, y, x), np.where(swap, x, y)], axis=-1)
+
+
 def decode_clues(task, tokens) -> np.ndarray:
-    """[N, seq_len] tokens -> [N, max_clues, 3] clues (-1 for pad slots), written from the documented layout."""
+    """[N, seq_len] tokens -> [N, max_clues, 3] canonical clues (-1 for pad slots), from the documented layout."""
+    if task.clue_format == "token":
+        ids = tokens[:, : task.grid_offset].numpy()
+        rest, y = np.divmod(ids - task.clue_offset, task.num_cells)
+        rel, x = np.divmod(rest, task.num_cells)
+        clues = np.stack([rel, x, y], axis=2)
+        return np.where((ids == task.pad_id)[:, :, None], -1, clues)
     prefix = tokens[:, : task.grid_offset].numpy().reshape(len(tokens), task.max_clues, 3)
     rel = prefix[:, :, 0] - task.relation_offset
     house = (rel == R.AT) | (rel == R.NOT_AT)
     clues = np.stack([rel, prefix[:, :, 1] - task.item_offset,
                       prefix[:, :, 2] - np.where(house, task.house_offset, task.item_offset)], axis=2)
-    return np.where((prefix == task.pad_id).all(2, keepdims=True), -1, clues)
+    return canonical(np.where((prefix == task.pad_id).all(2, keepdims=True), -1, clues))
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -339,3 +358,15 @@ def test_json_errors(task, tmp_path):
         with pytest.raises(ValueError, match=message) as err:
             task.load_json(path)
         assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("clue_format", ["token", "triplet"])
+def test_both_clue_formats_round_trip(clue_format):
+    task = ZebraTask(clue_format=clue_format)
+    puzzles, solutions = task.make_puzzles(6, seed=11)
+    tokens = task.encode(puzzles)
+    assert tokens.shape == (6, task.seq_len) and int(tokens.max()) <= task.mask_id
+    np.testing.assert_array_equal(decode_clues(task, tokens), canonical(puzzles.clues))
+    batch, _ = task.training_batch(16, torch.Generator().manual_seed(2))
+    clues = decode_clues(task, batch)
+    assert task.satisfies(task.decode(batch), ZebraPuzzles(clues, np.zeros((16, 4, 4), np.int64))).all()
