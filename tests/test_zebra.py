@@ -91,14 +91,15 @@ def test_solver_handles_the_largest_size():
 
 # ---------------------------------------------------------------------------------------- puzzles
 def test_attributes_layout_and_registry():
-    task = ZebraTask(clue_format="triplet")
+    task = ZebraTask(clue_format="triplet", minimal_clues=True)
     fields = ("name", "houses", "attributes", "grid_shape", "num_cells", "max_clues", "grid_offset", "seq_len")
     assert [getattr(task, f) for f in fields] == ["zebra", 4, 4, (4, 4), 16, 16, 48, 64]
     fields = ("pad_id", "relation_offset", "item_offset", "house_offset", "mask_id", "vocab_size")
     assert [getattr(task, f) for f in fields] == [0, 5, 12, 28, 32, 33]
     assert (task.default_blanks, task.max_blanks) == (16, 16)
-    token = ZebraTask()  # default: one token per clue
-    assert (token.clue_format, token.grid_offset, token.seq_len, token.clue_offset) == ("token", 16, 32, 5)
+    token = ZebraTask()  # default: one token per clue, 2*A*H slots (clue sets are not minimized)
+    assert (token.clue_format, token.grid_offset, token.seq_len, token.clue_offset) == ("token", 32, 48, 5)
+    assert (token.minimal_clues, ZebraTask(minimal_clues=True).max_clues) == (False, 16)
     assert (token.mask_id, token.vocab_size) == (5 + 7 * 16 * 16, 5 + 7 * 16 * 16 + 1)
     other = get_task("zebra5x3")
     assert (other.name, other.grid_shape, other.mask_id) == ("zebra5x3", (3, 5), 6 + 7 * 15 * 15)
@@ -129,7 +130,7 @@ def test_make_puzzles_deterministic_unique_minimal_true(task, made):
     np.testing.assert_array_equal(solutions, solutions_again)
     other, other_solutions = task.make_puzzles(40, seed=12)
     assert not np.array_equal(other.clues, puzzles.clues) and not np.array_equal(other_solutions, solutions)
-    assert puzzles.clues.shape == (40, 16, 3) and solutions.shape == (40, 4, 4) and solutions.dtype == np.int64
+    assert puzzles.clues.shape == (40, task.max_clues, 3) and solutions.shape == (40, 4, 4) and solutions.dtype == np.int64
     assert (puzzles.givens == 0).all()
     assert task.satisfies(solutions, puzzles).all()
     counts = (puzzles.clues[:, :, 0] >= 0).sum(1)
@@ -140,14 +141,12 @@ def test_make_puzzles_deterministic_unique_minimal_true(task, made):
         assert (used[:, 0] >= 0).all()  # used slots first
         assert task.count_solutions(used) == 1
         np.testing.assert_array_equal(task.solve(used), solutions[i])
-        if i < 10:  # minimal: every clue is needed
-            assert all(task.count_solutions(np.delete(used, j, axis=0)) == 2 for j in range(len(used)))
     assert len(set(puzzles.clues[:, :, 0][puzzles.clues[:, :, 0] >= 0].tolist())) == len(R)  # every relation
 
 
 @pytest.mark.parametrize("blanks", [1, 6, 15])
 def test_make_puzzles_with_givens(blanks):
-    task = ZebraTask(3, 3) if blanks == 6 else ZebraTask()
+    task = ZebraTask(3, 3, minimal_clues=True) if blanks == 6 else ZebraTask(minimal_clues=True)
     puzzles, solutions = task.make_puzzles(10, blanks=blanks, seed=blanks)
     assert ((puzzles.givens == 0).sum(axis=(1, 2)) == blanks).all()
     assert ((puzzles.givens == 0) | (puzzles.givens == solutions)).all()
@@ -334,7 +333,8 @@ def test_json_round_trip(task, made, tmp_path):
     np.testing.assert_array_equal(loaded_solutions, solutions)
 
 
-def test_json_errors(task, tmp_path):
+def test_json_errors(tmp_path):
+    task = ZebraTask(minimal_clues=True)  # dropping any clue breaks uniqueness
     with pytest.raises(ValueError, match="nope.json: no such file"):
         task.load_json(tmp_path / "nope.json")
     puzzles, solutions = task.make_puzzles(1, seed=8)
@@ -370,3 +370,15 @@ def test_both_clue_formats_round_trip(clue_format):
     batch, _ = task.training_batch(16, torch.Generator().manual_seed(2))
     clues = decode_clues(task, batch)
     assert task.satisfies(task.decode(batch), ZebraPuzzles(clues, np.zeros((16, 4, 4), np.int64))).all()
+
+
+def test_minimal_clue_sets():
+    """minimal_clues=True: every clue is needed; the default keeps the redundant clues drawn before uniqueness."""
+    task = ZebraTask(minimal_clues=True)
+    puzzles, solutions = task.make_puzzles(10, seed=4)
+    for i in range(10):
+        used = puzzles.clues[i][puzzles.clues[i, :, 0] >= 0]
+        assert task.count_solutions(used) == 1
+        assert all(task.count_solutions(np.delete(used, j, axis=0)) == 2 for j in range(len(used)))
+    loose, _ = ZebraTask().make_puzzles(10, seed=4)
+    assert (loose.clues[:, :, 0] >= 0).sum() > (puzzles.clues[:, :, 0] >= 0).sum()

@@ -31,6 +31,10 @@ R = Relation
 # so it stays rare (a puzzle of AT clues is a lookup, not a deduction).
 _WEIGHTS = {R.SAME: 0.3, R.NOT_SAME: 0.1, R.LEFT_OF: 0.15, R.NEXT_TO: 0.2, R.BEFORE: 0.1, R.AT: 0.05, R.NOT_AT: 0.1}
 _SYMMETRIC = (R.SAME, R.NOT_SAME, R.NEXT_TO)
+# Clue sets are drawn until the solution is unique and not minimized by default: minimal sets (4x4: ~10 clues)
+# leave no cell that one clue decides, so each step needs a chain of deductions, and a 0.8M TinyMDM trained on the
+# CPU stayed at chance on them; the unminimized sets (~19 clues) keep the puzzle unique and learnable.
+MINIMAL_CLUES = False
 CLUE_FORMATS = ("token", "triplet")  # one token per clue (default: nothing to bind), or relation, x, y tokens
 _MAX_ATTEMPTS = 1000  # solutions tried per puzzle before giving up (only a too-small max_clues gets there)
 _POOL_SIZE = 256
@@ -77,20 +81,22 @@ class ZebraTask:
     _pools: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # shared by instances of one size
 
     def __init__(self, houses: int = 4, attributes: int = 4, max_clues: int | None = None,
-                 clue_format: str = "token"):
+                 clue_format: str = "token", minimal_clues: bool = MINIMAL_CLUES):
         for name, value in (("houses", houses), ("attributes", attributes)):
             if not isinstance(value, (int, np.integer)) or not 2 <= value <= 6:
                 raise ValueError(f"{name} must be an integer in [2, 6], got {value!r}")
         h, a = int(houses), int(attributes)
         # A*H slots: minimal clue sets from make_puzzles stay below it (4x4: mean 10, max 14 in 2000 puzzles;
         # 6x6: mean 24, max 27), and every slot costs 3 tokens of the model's sequence.
-        max_clues = a * h if max_clues is None else max_clues
+        if max_clues is None:  # non-minimal sets are longer: 4x4 mean 19, 90th percentile 27
+            max_clues = a * h if minimal_clues else 2 * a * h
         if not isinstance(max_clues, (int, np.integer)) or max_clues < 1:
             raise ValueError(f"max_clues must be a positive integer, got {max_clues!r}")
         if clue_format not in CLUE_FORMATS:
             raise ValueError(f"clue_format must be one of {', '.join(CLUE_FORMATS)}, got {clue_format!r}")
         self.houses, self.attributes, self.max_clues = h, a, int(max_clues)
         self.clue_format = clue_format
+        self.minimal_clues = bool(minimal_clues)
         self.name = "zebra" if (h, a) == (4, 4) else f"zebra{h}x{a}"
         self.grid_shape = (a, h)
         self.num_cells = a * h
@@ -215,7 +221,7 @@ class ZebraTask:
                 seen.add(key)
                 clues.append(clue)
         keep = np.ones(len(clues), dtype=bool)
-        for i in rng.permutation(len(clues)):  # drop redundant clues, in random order
+        for i in rng.permutation(len(clues)) if self.minimal_clues else ():  # drop redundant clues, randomly
             keep[i] = False
             rest = [c for c, k in zip(clues, keep) if k]
             keep[i] = search(rest, givens, h, a_count, 2)[0] > 1
@@ -277,7 +283,7 @@ class ZebraTask:
         return new[rows, shuffle], out
 
     def _pool(self) -> tuple[np.ndarray, np.ndarray]:
-        key = (self.houses, self.attributes, self.max_clues, self.pool_size)
+        key = (self.houses, self.attributes, self.max_clues, self.pool_size, self.minimal_clues)
         if key not in self._pools:  # a fixed seed of its own: training data never depends on the caller's seeds
             puzzles, solutions = self.make_puzzles(self.pool_size, seed=_POOL_SEED + 10 * self.houses + self.attributes)
             self._pools[key] = puzzles.clues, solutions
