@@ -130,7 +130,8 @@ def test_make_puzzles_deterministic_unique_minimal_true(task, made):
     np.testing.assert_array_equal(solutions, solutions_again)
     other, other_solutions = task.make_puzzles(40, seed=12)
     assert not np.array_equal(other.clues, puzzles.clues) and not np.array_equal(other_solutions, solutions)
-    assert puzzles.clues.shape == (40, task.max_clues, 3) and solutions.shape == (40, 4, 4) and solutions.dtype == np.int64
+    assert puzzles.clues.shape == (40, task.max_clues, 3)
+    assert solutions.shape == (40, 4, 4) and solutions.dtype == np.int64
     assert (puzzles.givens == 0).all()
     assert task.satisfies(solutions, puzzles).all()
     counts = (puzzles.clues[:, :, 0] >= 0).sum(1)
