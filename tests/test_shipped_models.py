@@ -41,3 +41,16 @@ def test_shipped_policy_loads_fits_the_mdm_and_solves():
     assert r["policy"]["cell_accuracy"] > 0.8  # random orders reach ~0.5
     with pytest.raises(ValueError, match="no shipped policy"):
         shipped_policy_path("sudoku4")
+
+
+def test_shipped_zebra_model_reads_the_clues():
+    """The shipped Zebra TinyMDM is weak (it solves ~no held-out puzzle, see its card), but it must use the clues:
+    filling each attribute with a valid permutation without them gets 0.25 of the cells right."""
+    from upo_fast.evaluation import shipped_model_path
+
+    assert (shipped_model_path("zebra") / "model.safetensors").stat().st_size <= 10 * 2**20
+    task = get_task("zebra")
+    model = load_model(None, task)
+    puzzles, solutions = task.make_puzzles(40, seed=HELD_OUT_SEED + 7)
+    r = evaluate(model, task, puzzles, solutions, ["max_confidence"], progress=False)
+    assert r["max_confidence"]["cell_accuracy"] > 0.35
