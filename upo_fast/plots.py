@@ -86,7 +86,8 @@ def plot_order_maps(maps: dict[str, np.ndarray], out: str | Path, title: str = "
     """Side-by-side heat maps (one per scorer) of when each cell is unmasked (``upo_fast.viz.mean_step_map``: 0 =
     first, 1 = last), each cell annotated; shared colour scale, early = dark."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(maps), figsize=(3.6 * len(maps) + 0.8, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps) + 0.8, 3.8), squeeze=False,
+                             gridspec_kw={"wspace": 0.45})  # room for the row labels of the next panel
     image = None
     for ax, (name, grid) in zip(axes[0], maps.items()):
         image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0)

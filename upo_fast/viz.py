@@ -79,7 +79,9 @@ def format_trajectory(task, puzzles, solutions, grids: np.ndarray, steps: np.nda
     for step in range(int(order.max()) + 1):
         for r, c in zip(*np.nonzero(order == step)):
             value, right = grids[index][r, c], grids[index][r, c] == solutions[index][r, c]
-            lines.append(f"step {step + 1:3d}: {names(r, c):<14} <- {value}  {'ok' if right else 'WRONG'}")
+            if hasattr(task, "value_names") and value > 0:  # Zebra: "pet of house 4 <- cat"
+                value = task.value_names[r][value - 1]
+            lines.append(f"step {step + 1:3d}: {names(r, c):<16} <- {value}  {'ok' if right else 'WRONG'}")
     solved = bool(task.is_solved(grids[index:index + 1], one, solutions[index:index + 1])[0])
     lines += ["filled grid:", task.format_grid(grids[index]), "solved" if solved else "not solved"]
     return "\n".join(lines)
