@@ -17,13 +17,13 @@ to use the clues at all. The model unmasks the grid in place; the clue prefix is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from upo_fast.tasks import zebra_io
+from upo_fast.tasks.zebra_io import ATTRIBUTES
 from upo_fast.tasks.zebra_solver import HOUSE_RELATIONS, Relation, relation_holds, search
 
 R = Relation
@@ -39,14 +39,6 @@ CLUE_FORMATS = ("token", "triplet")  # one token per clue (default: nothing to b
 _MAX_ATTEMPTS = 1000  # solutions tried per puzzle before giving up (only a too-small max_clues gets there)
 _POOL_SIZE = 256
 _POOL_SEED = 31337
-_ATTRIBUTES = (  # (name, noun-phrase template, values); the first A attributes and H values are used
-    ("colour", "the {} house", ("red", "green", "blue", "yellow", "white", "ivory")),
-    ("nationality", "the {}", ("Brit", "Swede", "Dane", "Norwegian", "German", "Japanese")),
-    ("pet", "the {} owner", ("dog", "cat", "bird", "horse", "fish", "zebra")),
-    ("drink", "the {} drinker", ("tea", "coffee", "milk", "water", "juice", "beer")),
-    ("sport", "the {} player", ("tennis", "golf", "soccer", "hockey", "rugby", "cricket")),
-    ("job", "the {}", ("doctor", "teacher", "baker", "pilot", "nurse", "farmer")),
-)
 
 
 @dataclass
@@ -113,8 +105,8 @@ class ZebraTask:
             self.mask_id = self.house_offset + h
         self.vocab_size = self.mask_id + 1
         self.default_blanks = self.max_blanks = self.num_cells
-        self.attribute_names = [name for name, _, _ in _ATTRIBUTES[:a]]
-        self.value_names = [list(values[:h]) for _, _, values in _ATTRIBUTES[:a]]
+        self.attribute_names = [name for name, _, _ in ATTRIBUTES[:a]]
+        self.value_names = [list(values[:h]) for _, _, values in ATTRIBUTES[:a]]
 
     def __repr__(self) -> str:
         return f"ZebraTask(houses={self.houses}, attributes={self.attributes}, max_clues={self.max_clues})"
@@ -309,11 +301,10 @@ class ZebraTask:
             swap = np.isin(rel, _SYMMETRIC) & (x > y)  # SAME(x, y) = SAME(y, x): one id for both
             x, y = np.where(swap, y, x), np.where(swap, x, y)
             prefix = np.where(rel >= 0, self.clue_offset + (rel * items + x) * items + y, self.pad_id)
-            cells = np.where(grids == 0, self.mask_id, grids).reshape(len(grids), -1)
-            return torch.from_numpy(np.concatenate([prefix, cells], axis=1)).long()
-        y_tokens = np.where(np.isin(rel, HOUSE_RELATIONS), self.house_offset + y, self.item_offset + y)
-        prefix = np.stack([self.relation_offset + rel, self.item_offset + x, y_tokens], axis=2)
-        prefix = np.where((rel >= 0)[:, :, None], prefix, self.pad_id).reshape(len(grids), -1)
+        else:
+            y_tokens = np.where(np.isin(rel, HOUSE_RELATIONS), self.house_offset + y, self.item_offset + y)
+            prefix = np.stack([self.relation_offset + rel, self.item_offset + x, y_tokens], axis=2)
+            prefix = np.where((rel >= 0)[:, :, None], prefix, self.pad_id).reshape(len(grids), -1)
         cells = np.where(grids == 0, self.mask_id, grids).reshape(len(grids), -1)
         return torch.from_numpy(np.concatenate([prefix, cells], axis=1)).long()
 
@@ -360,109 +351,32 @@ class ZebraTask:
             raise ValueError(f"shape mismatch: pred {pred.shape}, solutions {solutions.shape}, {len(puzzles)} puzzles")
         return (pred == solutions).all(axis=(1, 2))
 
-    # ------------------------------------------------------------------------------------------ text
+    # ----------------------------------------------------------------------------------- text and files
     def cell_name(self, row: int, col: int) -> str:
         return f"{self.attribute_names[row]} of house {col + 1}"
 
     def axis_labels(self) -> tuple[list[str], list[str]]:
         return list(self.attribute_names), [f"house {k + 1}" for k in range(self.houses)]
 
-    def _phrase(self, item: int) -> str:
-        a, v = divmod(int(item), self.houses)
-        return _ATTRIBUTES[a][1].format(self.value_names[a][v])
-
     def clue_sentence(self, rel: int, x: int, y: int) -> str:
         """One clue in English (houses numbered from 1)."""
-        rel = R(rel)
-        if rel in (R.SAME, R.NOT_SAME) and x // self.houses == 0:  # the colour is always the object
-            x, y = y, x
-        subject = self._phrase(x)
-        is_colour = x // self.houses == 0
-        verb = "is" if is_colour else "lives"
-        if rel in HOUSE_RELATIONS:
-            if is_colour:
-                text = f"{subject} is {'not ' if rel == R.NOT_AT else ''}house {y + 1}"
-            else:
-                text = f"{subject} {'does not live' if rel == R.NOT_AT else 'lives'} in house {y + 1}"
-        elif rel in (R.SAME, R.NOT_SAME):
-            live = "lives" if rel == R.SAME else "does not live"
-            where = self._phrase(y) if y // self.houses == 0 else f"the same house as {self._phrase(y)}"
-            text = f"{subject} {live} in {where}"
-        else:
-            how = {R.LEFT_OF: "immediately left of", R.NEXT_TO: "next to", R.BEFORE: "somewhere left of"}[rel]
-            text = f"{subject} {verb} {how} {self._phrase(y)}"
-        return text[0].upper() + text[1:] + "."
+        return zebra_io.clue_sentence(self, rel, x, y)
 
     def format_puzzle(self, puzzles: ZebraPuzzles, index: int = 0) -> str:
         """Puzzle ``index`` as text: the setting, the clues as numbered sentences, and the givens."""
-        lines = [f"{self.houses} houses in a row, numbered 1 to {self.houses} from the left; each value below "
-                 "belongs to exactly one house:"]
-        lines += [f"  {name}: {', '.join(values)}" for name, values in zip(self.attribute_names, self.value_names)]
-        lines.append("Clues:")
-        clues = self._clue_list(puzzles.clues[index], "puzzles.clues")
-        lines += [f"{i}. {self.clue_sentence(*clue)}" for i, clue in enumerate(clues, start=1)]
-        givens = puzzles.givens[index]
-        if givens.any():
-            lines.append("Given:")
-            lines += [f"  The {self.attribute_names[a]} of house {k + 1} is {self.value_names[a][givens[a, k] - 1]}."
-                      for a, k in zip(*np.nonzero(givens))]
-        return "\n".join(lines)
+        return zebra_io.format_puzzle(self, puzzles, index)
 
     def format_grid(self, grid) -> str:
         """A table with one row per attribute and one column per house; value names, '.' for blanks."""
-        grid = self._grids(grid, "grid")[0]
-        rows = [[""] + [f"house {k + 1}" for k in range(self.houses)]]
-        rows += [[name] + ["." if v == 0 else names[v - 1] for v in row]
-                 for name, names, row in zip(self.attribute_names, self.value_names, grid)]
-        widths = [max(len(r[c]) for r in rows) for c in range(self.houses + 1)]
-        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+        return zebra_io.format_grid(self, grid)
 
-    # ------------------------------------------------------------------------------------------ files
     def save_json(self, path, puzzles: ZebraPuzzles, solutions) -> None:
         """Write puzzles and solutions as {"houses", "attributes", "puzzles": [{"clues", "givens", "solution"}]}."""
-        solutions = self._grids(solutions, "solutions")
-        items = [{"clues": [list(c) for c in self._clue_list(puzzles.clues[i])],
-                  "givens": puzzles.givens[i].tolist(), "solution": solutions[i].tolist()} for i in range(len(puzzles))]
-        data = {"houses": self.houses, "attributes": self.attributes, "puzzles": items}
-        Path(path).write_text(json.dumps(data, indent=1))
+        zebra_io.save_json(self, path, puzzles, solutions)
 
     def load_json(self, path) -> tuple[ZebraPuzzles, np.ndarray]:
-        """(puzzles, solutions) from a ``save_json`` file. Any problem (missing file, bad JSON, wrong sizes, bad
-        ids, a solution that breaks a clue or given, a puzzle without a unique solution) raises ValueError naming
-        the file and puzzle."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("puzzles"), list) or not data["puzzles"]:
-            raise ValueError(f"{path}: expected an object with a non-empty 'puzzles' list")
-        if (data.get("houses"), data.get("attributes")) != (self.houses, self.attributes):
-            raise ValueError(f"{path}: houses/attributes are {data.get('houses')}/{data.get('attributes')}, "
-                             f"this task is {self.houses}/{self.attributes}")
-        clues = np.full((len(data["puzzles"]), self.max_clues, 3), -1, np.int64)
-        givens, solutions = [], []
-        for i, item in enumerate(data["puzzles"]):
-            where = f"{path}, puzzle {i}"
-            try:
-                clue_list = self._clue_list(np.asarray(item["clues"], np.int64).reshape(-1, 3), where)
-                given, solution = (self._grids(item[key], f"{where}: {key}")[0] for key in ("givens", "solution"))
-            except (KeyError, TypeError, ValueError) as err:
-                message = str(err) if str(err).startswith(str(path)) else f"{where}: malformed ({err!r})"
-                raise ValueError(message) from None
-            if len(clue_list) > self.max_clues:
-                raise ValueError(f"{where}: {len(clue_list)} clues, more than max_clues={self.max_clues}")
-            clues[i, :len(clue_list)] = clue_list
-            one = ZebraPuzzles(clues[i:i + 1], given[None])
-            if not self.satisfies(solution[None], one)[0]:
-                raise ValueError(f"{where}: the solution is not a valid grid satisfying the clues and givens")
-            if self.count_solutions(clue_list, given, limit=2) != 1:
-                raise ValueError(f"{where}: the puzzle does not have a unique solution")
-            givens.append(given)
-            solutions.append(solution)
-        return ZebraPuzzles(clues, np.stack(givens)), np.stack(solutions)
+        """(puzzles, solutions) from a ``save_json`` file; any problem raises ValueError naming file and puzzle."""
+        return zebra_io.load_json(self, path)
 
     def load(self, path) -> tuple[ZebraPuzzles, np.ndarray]:
         """(puzzles, solutions) from a user's file: Zebra JSON (see ``load_json``)."""
