@@ -19,10 +19,9 @@ differences, so without it a sampler passing shifted or wrong positions (e.g. ig
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from tiny_layers import Block, RMSNorm, reinit, to_sdpa_mask
 from torch import nn
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -35,122 +34,6 @@ LLADA_VOCAB = 126464
 DREAM_MASK_ID = 151666
 DREAM_PAD_ID = 151643
 DREAM_VOCAB = 152064
-
-
-# --------------------------------------------------------------------------------------------------------------
-# shared pieces
-# --------------------------------------------------------------------------------------------------------------
-
-
-class _RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        scale = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return h * scale * self.weight
-
-
-def _rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float):
-    """Rotate q, k ([B, H, L, D]) by the angles of ``positions`` ([B, L] or [L])."""
-    head_dim = q.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=q.device) / head_dim))
-    pos = positions.to(device=q.device, dtype=torch.float32)
-    if pos.dim() == 1:
-        pos = pos.unsqueeze(0)
-    angles = pos.unsqueeze(-1) * inv_freq  # [B?, L, D/2]
-    angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)  # [B?, 1, L, D]
-    cos, sin = angles.cos(), angles.sin()
-
-    def rotate(t):
-        half = t.shape[-1] // 2
-        return torch.cat([-t[..., half:], t[..., :half]], dim=-1)
-
-    return q * cos + rotate(q) * sin, k * cos + rotate(k) * sin
-
-
-class _Attention(nn.Module):
-    def __init__(self, hidden: int, n_heads: int, theta: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.theta = theta
-        self.q_proj = nn.Linear(hidden, hidden, bias=False)
-        self.k_proj = nn.Linear(hidden, hidden, bias=False)
-        self.v_proj = nn.Linear(hidden, hidden, bias=False)
-        self.o_proj = nn.Linear(hidden, hidden, bias=False)
-
-    def forward(self, h, positions, attn_mask):
-        b, length, hidden = h.shape
-        head_dim = hidden // self.n_heads
-
-        def split(t):
-            return t.view(b, length, self.n_heads, head_dim).transpose(1, 2)
-
-        q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
-        q, k = _rope(q, k, positions, self.theta)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
-        return self.o_proj(out.transpose(1, 2).reshape(b, length, hidden))
-
-
-class _SwiGLU(nn.Module):
-    def __init__(self, hidden: int, inner: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, inner, bias=False)
-        self.up_proj = nn.Linear(hidden, inner, bias=False)
-        self.down_proj = nn.Linear(inner, hidden, bias=False)
-
-    def forward(self, h):
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
-
-
-class _Block(nn.Module):
-    def __init__(self, hidden: int, n_heads: int, inner: int, theta: float):
-        super().__init__()
-        self.attn_norm = _RMSNorm(hidden)
-        self.attn = _Attention(hidden, n_heads, theta)
-        self.ff_norm = _RMSNorm(hidden)
-        self.ff = _SwiGLU(hidden, inner)
-
-    def forward(self, h, positions, attn_mask):
-        h = h + self.attn(self.attn_norm(h), positions, attn_mask)
-        return h + self.ff(self.ff_norm(h))
-
-
-def _to_sdpa_mask(attention_mask, batch: int, length: int, device):
-    """Turn the accepted mask forms into something SDPA takes (or None for full attention)."""
-    if attention_mask is None or isinstance(attention_mask, str):
-        if isinstance(attention_mask, str) and attention_mask != "full":
-            raise ValueError(f"unknown attention_mask string {attention_mask!r}")
-        return None
-    mask = attention_mask.to(device)
-    if mask.dim() == 2:  # [B, L] padding mask: keys with 0 are not attended
-        if bool(mask.all()):
-            return None
-        return mask.bool()[:, None, None, :]
-    if mask.dim() == 4:
-        return mask if mask.dtype == torch.bool else mask.float()
-    raise ValueError(f"attention_mask of shape {tuple(mask.shape)} not understood")
-
-
-def _reinit(model: nn.Module, seed: int, head_names: tuple[str, ...]) -> None:
-    """Deterministic weights: N(0, 1) embeddings, N(0, 1/fan_in) linears, sharper head, unit norms."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
-                p.fill_(1.0)
-            elif p.dim() == 2 and any(name.startswith(h) or f".{h}" in name for h in head_names):
-                p.normal_(0.0, 2.5 / math.sqrt(p.shape[1]), generator=gen)
-            elif p.dim() == 2 and ("wte" in name or "embed_tokens" in name):
-                p.normal_(0.0, 1.0, generator=gen)
-            elif p.dim() == 2 and ("wpe" in name or "embed_positions" in name):
-                p.normal_(0.0, 0.5, generator=gen)
-            elif p.dim() == 2:
-                p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]), generator=gen)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -205,10 +88,10 @@ class _LLaDAModel(nn.Module):
         parts = {
             "wte": nn.Embedding(config.vocab_size, config.d_model),
             "blocks": nn.ModuleList(
-                _Block(config.d_model, config.n_heads, config.mlp_hidden_size, config.rope_theta)
+                Block(config.d_model, config.n_heads, config.mlp_hidden_size, config.rope_theta)
                 for _ in range(config.n_layers)
             ),
-            "ln_f": _RMSNorm(config.d_model),
+            "ln_f": RMSNorm(config.d_model),
         }
         if config.learned_positions:
             parts["wpe"] = nn.Embedding(config.max_sequence_length, config.d_model)
@@ -222,7 +105,7 @@ class _LLaDAModel(nn.Module):
         positions = torch.arange(length, device=h.device)  # absolute, independent of the padding mask
         if self.config.learned_positions:
             h = h + self.transformer["wpe"](positions)
-        attn_mask = _to_sdpa_mask(attention_mask, b, length, h.device)
+        attn_mask = to_sdpa_mask(attention_mask, b, length, h.device)
         hidden_states = [h] if output_hidden_states else None
         for block in self.transformer["blocks"]:
             h = block(h, positions, attn_mask)
@@ -246,7 +129,7 @@ class TinyLLaDAModelLM(PreTrainedModel):
         self.model = _LLaDAModel(config)
         self.post_init()
 
-    def _init_weights(self, module):  # weights are set by ``_reinit`` in the factory
+    def _init_weights(self, module):  # weights are set by ``reinit`` in the factory
         pass
 
     def get_input_embeddings(self):
@@ -293,7 +176,7 @@ def make_llada_like(
         mask_token_id=mask_id,
     )
     model = TinyLLaDAModelLM(config)
-    _reinit(model, seed, head_names=("model.transformer.ff_out",))
+    reinit(model, seed, head_names=("model.transformer.ff_out",))
     if weight_tying:
         # With a tied head a masked position's own embedding tends to win the argmax, so an untrained model
         # would "predict" [MASK]; shrink that row so predictions are real tokens, as with a trained model.
@@ -359,10 +242,10 @@ class _DreamBase(nn.Module):
         if config.learned_positions:
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.layers = nn.ModuleList(
-            _Block(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.rope_theta)
+            Block(config.hidden_size, config.num_attention_heads, config.intermediate_size, config.rope_theta)
             for _ in range(config.num_hidden_layers)
         )
-        self.norm = _RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                 output_hidden_states=False):
@@ -371,7 +254,7 @@ class _DreamBase(nn.Module):
         positions = torch.arange(length, device=h.device) if position_ids is None else position_ids
         if self.config.learned_positions:
             h = h + self.embed_positions(positions.to(h.device))
-        attn_mask = _to_sdpa_mask(attention_mask, b, length, h.device)
+        attn_mask = to_sdpa_mask(attention_mask, b, length, h.device)
         hidden_states = [h] if output_hidden_states else None
         for layer in self.layers:
             h = layer(h, positions, attn_mask)
@@ -397,7 +280,7 @@ class TinyDreamModel(PreTrainedModel):
             eos_token_id=config.eos_token_id,
         )
 
-    def _init_weights(self, module):  # weights are set by ``_reinit`` in the factory
+    def _init_weights(self, module):  # weights are set by ``reinit`` in the factory
         pass
 
     def get_input_embeddings(self):
@@ -457,7 +340,7 @@ def make_dream_like(
         eos_token_id=pad_id,
     )
     model = TinyDreamModel(config)
-    _reinit(model, seed, head_names=("lm_head",))
+    reinit(model, seed, head_names=("lm_head",))
     return model.float().eval().requires_grad_(False)
 
 
