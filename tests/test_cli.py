@@ -90,23 +90,26 @@ def test_train_errors_are_named(model_dir, tmp_path, capsys):
 
 def test_pretrain_policy_imitates_the_reference(model_dir, tmp_path, capsys):
     out = tmp_path / "pre"
-    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--steps", "12",
-                 "--batch-size", "8", "--lr", "3e-3", "--out", str(out)]) == 0
+    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--init", "fresh", "--rounds",
+                 "0", "--puzzles-per-round", "16", "--steps", "12", "--batch-size", "16", "--lr", "3e-3",
+                 "--keep-rate", "1", "--eval-puzzles", "8", "--out", str(out)]) == 0
     summary = json.loads((out / "pretrain_summary.json").read_text())
-    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()][1:]  # 0: start
-    assert len(log) == 12 and all(r["loss"] > 0 for r in log)
-    losses = [r["loss"] for r in log]
-    assert sum(losses[-3:]) < 0.9 * sum(losses[:3])  # it learns the reference's choices
-    assert 0 <= summary["val_solved"] <= 1 and (out / "config.json").exists()
-    assert summary["best"]["val_solved"] >= summary["val_solved"]
-
-
-def test_pretrain_policy_toward_the_oracle(model_dir, tmp_path):
-    out = tmp_path / "oracle"
-    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--steps", "2",
-                 "--batch-size", "4", "--target", "oracle", "--eval-every", "1", "--out", str(out)]) == 0
     log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [0, 1, 2] and all("val_solved" in r for r in log)
+    assert [r["round"] for r in log] == [-1, 0] and log[1]["rollout"] == "reference"
+    assert log[1]["last_loss"] < 0.9 * log[1]["loss"] * 12 / 11  # the loss falls within the round
+    assert log[1]["states"] > 0 and 0 <= summary["val_solved"] <= 1 and (out / "config.json").exists()
+    assert summary["best"]["val_solved"] >= summary["val_solved"] and (out / "last" / "config.json").exists()
+
+
+def test_pretrain_policy_toward_the_oracle_with_dagger_rounds(model_dir, tmp_path):
+    out = tmp_path / "oracle"
+    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--rounds", "2", "--steps", "2",
+                 "--puzzles-per-round", "8", "--batch-size", "4", "--target", "oracle", "--candidate-topk", "3",
+                 "--keep-rate", "1", "--eval-puzzles", "4", "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in log] == [-1, 0, 1, 2] and all("val_solved" in r for r in log)
+    assert [r["rollout"] for r in log[1:]] == ["reference", "policy", "policy"]
+    assert json.loads((out / "config.json").read_text())["candidate_topk"] == 3
 
 
 def test_plot_runs_writes_a_png(tmp_path, capsys):

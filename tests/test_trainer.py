@@ -101,6 +101,21 @@ def test_every_reference_trains(mdm_dir, tmp_path, reference, kl_mode):
         assert json.loads((tmp_path / "checkpoint-last" / "config.json").read_text())["candidate_topk"] == 2
 
 
+def test_a_loaded_reranker_keeps_its_candidate_topk(mdm_dir, tmp_path):
+    from upo_fast.evaluation import load_model
+    from upo_fast.tasks import get_task
+    from upo_fast.training.trainer import make_policy
+
+    mdm = load_model(mdm_dir, get_task("sudoku4"))
+    saved = make_policy(TrainConfig(task="sudoku4", init="fresh", mlp_hidden=16), mdm)
+    saved.config.candidate_topk = 3  # e.g. from `pretrain-policy --candidate-topk 3`
+    saved.save_pretrained(tmp_path / "p")
+    for reference, expected in [("max_confidence", 3), ("topk", 2)]:
+        cfg = TrainConfig(task="sudoku4", init=str(tmp_path / "p"), reference=reference, topk=2)
+        assert make_policy(cfg, mdm).config.candidate_topk == expected
+    assert make_policy(TrainConfig(task="sudoku4", init="anchor", mlp_hidden=16), mdm).config.candidate_topk is None
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("group_size", 1, "group_size"), ("beta", -0.1, "beta"), ("reference", "margin", "reference"),
     ("task", "chess", "task"), ("clip_eps", 1.5, "clip_eps"), ("init", "nowhere", "init"),

@@ -49,6 +49,7 @@ def test_eval_pass_at_viz_and_training(zebra_model_dir, tmp_path, capsys):
                  "--eval-every", "1", "--eval-puzzles", "3"]) == 0
     capsys.readouterr()
     assert main(["pretrain-policy", *model, "--steps", "1", "--batch-size", "2", "--target", "oracle",
+                 "--puzzles-per-round", "4", "--keep-rate", "1", "--eval-puzzles", "3",
                  "--out", str(tmp_path / "pre")]) == 0
 
 

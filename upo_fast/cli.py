@@ -36,8 +36,10 @@ def cmd_pretrain_policy(args) -> dict:
     from upo_fast.training.imitation import ImitationConfig, pretrain_policy
 
     cfg = ImitationConfig(task=args.task, reference=args.reference, target=args.target, model=args.model,
-                          init=args.init, steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out,
-                          seed=args.seed, topk=args.topk, eval_every=args.eval_every)
+                          init=args.init, rounds=args.rounds, puzzles_per_round=args.puzzles_per_round,
+                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out, seed=args.seed,
+                          topk=args.topk, candidate_topk=args.candidate_topk, keep_rate=args.keep_rate,
+                          eval_puzzles=args.eval_puzzles)
     summary = pretrain_policy(cfg)
     print(json.dumps(summary, indent=2))
     return summary
@@ -219,13 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--reference", default="max_confidence")
     pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
                     help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
-    pp.add_argument("--eval-every", type=int, default=25)
     pp.add_argument("--model", default=None)
-    pp.add_argument("--init", default="fresh", choices=["fresh", "copy", "anchor"])
-    pp.add_argument("--steps", type=int, default=100)
-    pp.add_argument("--batch-size", type=int, default=32)
-    pp.add_argument("--lr", type=float, default=1e-3)
-    pp.add_argument("--topk", type=int, default=5)
+    pp.add_argument("--init", default="anchor", choices=["fresh", "copy", "anchor"])
+    pp.add_argument("--rounds", type=int, default=1, help="DAgger rounds after the reference's (0: imitation only)")
+    pp.add_argument("--puzzles-per-round", type=int, default=256)
+    pp.add_argument("--steps", type=int, default=100, help="AdamW steps after each round")
+    pp.add_argument("--batch-size", type=int, default=128, help="buffered states per step")
+    pp.add_argument("--lr", type=float, default=3e-4)
+    pp.add_argument("--topk", type=int, default=5, help="K of the topk reference")
+    pp.add_argument("--candidate-topk", type=int, default=None,
+                    help="the policy re-ranks the K most confident candidates only")
+    pp.add_argument("--keep-rate", type=float, default=0.1, help="fraction of uncontested states buffered")
+    pp.add_argument("--eval-puzzles", type=int, default=200)
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument("--out", required=True)
     pp.set_defaults(func=cmd_pretrain_policy)

@@ -48,7 +48,11 @@ def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
     else:
         policy = UnmaskingPolicy.from_pretrained(cfg.init).to(next(mdm.parameters()).device)
     policy.check_compatible(mdm)
-    policy.config.candidate_topk = cfg.topk if cfg.reference == "topk" else None
+    if cfg.reference == "topk":
+        policy.config.candidate_topk = cfg.topk
+    elif cfg.init in ("anchor", "fresh", "copy"):
+        policy.config.candidate_topk = None
+    # else a loaded policy keeps its own restriction (a re-ranker from `pretrain-policy --candidate-topk K`)
     return policy
 
 
