@@ -6,11 +6,12 @@ steps on batches of buffered states. The target at a state is
 
 * ``target="reference"``: the reference's own distribution there (cross-entropy to g_ref; for max_confidence
   the most confident candidate). The paper's runs start from such a policy; its code never released this step.
-* ``target="oracle"`` (an extension, not in the paper): the most confident candidate whose token the MDM would
-  fill in *correctly*, read from the training puzzles' solutions. Only the states up to and including a rollout's
-  first wrong commit are kept (after it the puzzle is lost, whatever the order), states with no correct candidate
-  are skipped, and the buffer favours the states where a wrong candidate is among the five most confident (where
-  the order decides). Validation and test puzzles never supply labels.
+* ``target="oracle"`` (an extension, not in the paper): put the policy's mass on the candidates whose token the
+  MDM would fill in *correctly*, read from the training puzzles' solutions: the loss is -log sum_{a correct} g(a).
+  Only the states up to and including a rollout's first wrong commit are kept (after it the puzzle is lost,
+  whatever the order), states with no correct candidate are skipped, and the buffer favours the states where the
+  order decides: a wrong candidate among the five most confident, or a wrong commit. Validation and test puzzles
+  never supply labels.
 
 Rolling out the policy itself matters: a policy fitted to the reference's trajectories only drifts into states it
 never saw, and imitation without those rounds lost solved rate in our runs (benchmarks/results/upo_sudoku9).
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from upo_fast.evaluation import load_model
 from upo_fast.kernels.vocab_stats import VocabStats
-from upo_fast.ops import policy_divergence, topk_candidates
+from upo_fast.ops import policy_divergence, position_log_softmax, topk_candidates
 from upo_fast.tasks import get_task
 from upo_fast.training.config import REFERENCES, TrainConfig
 from upo_fast.training.losses import reference_for
@@ -44,7 +45,7 @@ _FIELDS = ("hidden", "topk_probs", "confidence", "ref_logsumexp", "candidates", 
 class ImitationConfig:
     task: str = "sudoku9"
     reference: str = "max_confidence"
-    target: str = "reference"  # or "oracle": the most confident correctly-filled candidate (see the docstring)
+    target: str = "reference"  # or "oracle": mass on the correctly-filled candidates (see the docstring)
     model: str | None = None
     init: str = "anchor"  # fresh | copy | anchor (see TrainConfig.init)
     block_init: str = "copy"
@@ -112,7 +113,8 @@ def select_states(traj: Trajectories, solution: torch.Tensor, cfg: ImitationConf
     """Which recorded (step, row) states to buffer -> (index, correct [S, B, W] bool, first_error [B] bool).
 
     ``solution`` [B, W] holds the solution tokens. For the oracle target: states up to the first wrong commit;
-    all contested ones (a wrong candidate among the most confident) and ``keep_rate`` of the rest."""
+    all contested ones (a wrong candidate among the most confident, or a wrong commit) and ``keep_rate`` of the
+    rest. For the reference target: ``keep_rate`` of all states."""
     correct = traj.token == solution[None]
     picked_right = correct.gather(2, traj.chosen[..., None]).squeeze(-1) | ~traj.active  # [S, B]
     wrong = (~picked_right).int()
@@ -124,27 +126,33 @@ def select_states(traj: Trajectories, solution: torch.Tensor, cfg: ImitationConf
         top = confidence.topk(min(_HARD_TOP, confidence.shape[-1]), dim=-1).indices
         contested = (traj.candidates.gather(2, top) & ~correct.gather(2, top)).any(-1)
         solvable = (traj.candidates & correct).any(-1)
-        keep = alive & solvable & (contested | keep)
+        keep = alive & solvable & (contested | (wrong > 0) | keep)
     return keep.nonzero(as_tuple=True), correct, failed
 
 
 def imitation_loss(policy, batch: dict[str, torch.Tensor], cfg: ImitationConfig) -> torch.Tensor:
-    """Mean cross-entropy of g = softmax(scores / T) over the candidates to the target of each buffered state."""
+    """Mean over the buffered states of -log g(correct set) (oracle) or CE(g_ref, g) (reference), where
+    g = softmax(scores / T) over the candidates."""
     confidence, candidates = batch["confidence"], batch["candidates"]
     if cfg.candidate_topk:
         candidates = topk_candidates(confidence, candidates, cfg.candidate_topk)
     stats = VocabStats(None, confidence, confidence, confidence, batch["topk_probs"], batch["ref_logsumexp"])
     if cfg.target == "oracle":
         right = candidates & batch["correct"]
-        target = torch.nn.functional.one_hot(confidence.masked_fill(~right, -1.0).argmax(-1), candidates.shape[-1])
         weight = right.any(-1).float()  # a re-ranker may have no correct candidate among its K: no target
-        target = target.float() * weight[:, None]
     else:
         target, candidates = reference_for(cfg.reference, candidates, confidence, batch["ref_logsumexp"], K=cfg.topk)
         weight = candidates.any(-1).float()
     scores = policy(batch["hidden"].float(), stats, candidates)
-    ce = policy_divergence(scores, candidates, target, "ce", cfg.position_temperature)
-    return (ce * weight).sum() / weight.sum().clamp_min(1.0)
+    if cfg.target == "oracle":
+        # the torch path: the Triton log-softmax has no backward. A row with no correct candidate sums over all
+        # of them instead (loss 0, weight 0), so no all -inf row puts NaN into the gradient.
+        logg = position_log_softmax(scores, candidates, cfg.position_temperature, check=False, backend="torch")
+        target_set = torch.where(weight[:, None] > 0, right, candidates)
+        loss = -torch.logsumexp(logg.masked_fill(~target_set, float("-inf")), dim=-1)
+    else:
+        loss = policy_divergence(scores, candidates, target, "ce", cfg.position_temperature)
+    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def _collect(mdm, task, policy, cfg: ImitationConfig, round_: int, buffer: StateBuffer, generator) -> dict:
