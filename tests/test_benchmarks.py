@@ -28,3 +28,26 @@ def test_quick_benchmark_writes_results(tmp_path, script):
                 "bench_trainer.py": {"paper_loop", "upo_fast"}}.get(script, {"torch", "triton"})
     assert impls >= expected
     assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
+
+
+def test_upo_results_table_compares_paired_with_max_confidence(tmp_path):
+    from upo_fast.evaluation import load_model, shipped_model_path
+    from upo_fast.policy import UnmaskingPolicy
+    from upo_fast.tasks import get_task
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import upo_results  # noqa: I001 (found through the path set just above)
+
+    mdm = load_model(shipped_model_path("sudoku4"), get_task("sudoku4"))
+    UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=8).save_pretrained(tmp_path / "anchored")
+    assert upo_results.main(["--task", "sudoku4", "--num-puzzles", "12", "--seed", "3", "--run",
+                             f"anchored={tmp_path / 'anchored'}", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "upo_results.json").read_text())
+    assert report["seed"] == 3 and report["n"] == 12
+    base = report["results"]["max_confidence"]
+    assert base["vs_max_confidence"] == {"diff": 0.0, "ci95": [0.0, 0.0], "wins": 0, "losses": 0}
+    # a fresh anchored policy ranks exactly like max-confidence
+    assert report["results"]["anchored"]["solved_rate"] == base["solved_rate"]
+    random = report["results"]["random"]["vs_max_confidence"]
+    assert random["diff"] == pytest.approx((random["wins"] - random["losses"]) / 12)
+    assert "| anchored |" in (tmp_path / "upo_results.md").read_text()
