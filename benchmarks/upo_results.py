@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--task", default="sudoku9")
     parser.add_argument("--num-puzzles", type=int, default=200)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="puzzle seed (default: the held-out one)")
+    parser.add_argument("--heuristics", default=",".join(HEURISTICS),
+                        help="comma-separated heuristics to run (max_confidence always runs: the baseline)")
     parser.add_argument("--run", action="append", default=[], help="LABEL=POLICY_FOLDER, repeatable")
     parser.add_argument("--curves", action="append", default=[], help="LABEL=RUN_FOLDER for curves.png")
     parser.add_argument("--out", required=True)
@@ -62,7 +64,12 @@ def main(argv=None) -> int:
     task = get_task(args.task)
     mdm = load_model(None, task)
     puzzles, solutions = task.make_puzzles(args.num_puzzles, seed=args.seed)
-    raw = {name: _score(mdm, task, puzzles, solutions, name) for name in HEURISTICS}
+    heuristics = [h for h in args.heuristics.split(",") if h]
+    unknown = sorted(set(heuristics) - set(HEURISTICS))
+    if unknown:
+        parser.error(f"--heuristics: unknown {', '.join(unknown)}; valid: {', '.join(HEURISTICS)}")
+    heuristics = ["max_confidence"] + [h for h in heuristics if h != "max_confidence"]
+    raw = {name: _score(mdm, task, puzzles, solutions, name) for name in heuristics}
     policies = {}
     for label, folder in _pairs(args.run, "--run").items():
         policy = UnmaskingPolicy.from_pretrained(folder).eval()
@@ -79,7 +86,7 @@ def main(argv=None) -> int:
     meta = metadata("cpu")
     report = {"meta": meta, "task": task.name, "n": len(puzzles), "seed": args.seed, "results": results}
     (out / "upo_results.json").write_text(json.dumps(report, indent=2) + "\n")
-    best_heuristic = max(HEURISTICS, key=lambda s: results[s]["solved_rate"])
+    best_heuristic = max(heuristics, key=lambda s: results[s]["solved_rate"])
     which = "held-out puzzles" if args.seed == HELD_OUT_SEED else "fresh puzzles"
     lines = [f"{task.name}, {len(puzzles)} {which} (seed {args.seed}), greedy orders; "
              f"{meta['device']}, torch {meta['torch']}, {meta['date']}, commit {meta['commit']}", "",
