@@ -14,14 +14,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import metadata  # noqa: E402
 
 from upo_fast.evaluation import HELD_OUT_SEED, load_model, solve_puzzles  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
+from upo_fast.sampler import unmask  # noqa: E402
 from upo_fast.scorers import HEURISTICS  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 
@@ -41,6 +44,27 @@ def _score(mdm, task, puzzles, solutions, scorer: str, **options) -> dict:
     return {"solved": task.is_solved(pred, puzzles, solutions), "cells": task.cell_accuracy(pred, puzzles, solutions)}
 
 
+class OracleOrder(torch.nn.Module):
+    """A stand-in policy for the oracle bound: at each step the most confident candidate that the MDM fills in
+    correctly (among the K most confident with ``top_k``). It reads the solutions, so it is a ceiling for learned
+    orders on this MDM, not an order anyone can run."""
+
+    def __init__(self, solution_tokens: torch.Tensor, top_k: int | None):
+        super().__init__()
+        self.solution = solution_tokens
+        self.config = SimpleNamespace(candidate_topk=top_k, feature_topk=8)
+
+    def forward(self, hidden, stats, candidates):
+        return stats.confidence.float() + 2.0 * (stats.token == self.solution)  # any correct one first
+
+
+def _oracle(mdm, task, puzzles, solutions, top_k: int | None) -> dict:
+    oracle = OracleOrder(task.encode_solution(puzzles, solutions), top_k)
+    with torch.no_grad():
+        pred = task.decode(unmask(mdm, task.encode(puzzles), scorer="policy", policy=oracle, position_temperature=0))
+    return {"solved": task.is_solved(pred, puzzles, solutions), "cells": task.cell_accuracy(pred, puzzles, solutions)}
+
+
 def _paired(solved: np.ndarray, base: np.ndarray) -> dict:
     """Solved-rate difference against ``base`` on the same puzzles, with a normal 95% interval of the mean of the
     per-puzzle differences, and the counts of puzzles only one of the two solves."""
@@ -57,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="puzzle seed (default: the held-out one)")
     parser.add_argument("--heuristics", default=",".join(HEURISTICS),
                         help="comma-separated heuristics to run (max_confidence always runs: the baseline)")
+    parser.add_argument("--oracle-topk", default="", help="comma-separated K for oracle-bound rows (0: any cell)")
     parser.add_argument("--run", action="append", default=[], help="LABEL=POLICY_FOLDER, repeatable")
     parser.add_argument("--curves", action="append", default=[], help="LABEL=RUN_FOLDER for curves.png")
     parser.add_argument("--out", required=True)
@@ -76,6 +101,8 @@ def main(argv=None) -> int:
         policy.check_compatible(mdm)
         raw[label] = _score(mdm, task, puzzles, solutions, "policy", policy=policy, position_temperature=0.0)
         policies[label] = folder
+    for k in [int(v) for v in args.oracle_topk.split(",") if v]:
+        raw[f"oracle bound ({f'top {k}' if k else 'any cell'})"] = _oracle(mdm, task, puzzles, solutions, k or None)
     base = raw["max_confidence"]["solved"]
     results = {name: {"solved_rate": float(r["solved"].mean()), "cell_accuracy": float(r["cells"].mean()),
                       "vs_max_confidence": _paired(r["solved"], base)} | ({"policy": policies[name]}

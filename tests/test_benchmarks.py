@@ -41,10 +41,14 @@ def test_upo_results_table_compares_paired_with_max_confidence(tmp_path):
     mdm = load_model(shipped_model_path("sudoku4"), get_task("sudoku4"))
     UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=8).save_pretrained(tmp_path / "anchored")
     assert upo_results.main(["--task", "sudoku4", "--num-puzzles", "12", "--seed", "3", "--heuristics",
-                             "random", "--run", f"anchored={tmp_path / 'anchored'}", "--out", str(tmp_path)]) == 0
+                             "random", "--oracle-topk", "0,2", "--run", f"anchored={tmp_path / 'anchored'}",
+                             "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "upo_results.json").read_text())
     assert report["seed"] == 3 and report["n"] == 12
-    assert list(report["results"]) == ["max_confidence", "random", "anchored"]  # the baseline always runs
+    assert list(report["results"]) == ["max_confidence", "random", "anchored", "oracle bound (any cell)",
+                                       "oracle bound (top 2)"]  # the baseline always runs
+    oracle = report["results"]["oracle bound (any cell)"]
+    assert oracle["solved_rate"] == 1.0 and oracle["vs_max_confidence"]["losses"] == 0
     base = report["results"]["max_confidence"]
     assert base["vs_max_confidence"] == {"diff": 0.0, "ci95": [0.0, 0.0], "wins": 0, "losses": 0}
     # a fresh anchored policy ranks exactly like max-confidence
