@@ -91,12 +91,12 @@ def test_train_errors_are_named(model_dir, tmp_path, capsys):
 def test_pretrain_policy_imitates_the_reference(model_dir, tmp_path, capsys):
     out = tmp_path / "pre"
     assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--init", "fresh", "--rounds",
-                 "0", "--puzzles-per-round", "16", "--steps", "12", "--batch-size", "16", "--lr", "3e-3",
+                 "0", "--puzzles-per-round", "16", "--steps", "30", "--batch-size", "64", "--lr", "3e-3",
                  "--keep-rate", "1", "--eval-puzzles", "8", "--out", str(out)]) == 0
     summary = json.loads((out / "pretrain_summary.json").read_text())
     log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
     assert [r["round"] for r in log] == [-1, 0] and log[1]["rollout"] == "reference"
-    assert log[1]["last_loss"] < 0.9 * log[1]["loss"] * 12 / 11  # the loss falls within the round
+    assert log[1]["last_loss"] < 0.8 * log[1]["first_loss"]  # it learns the reference's choices
     assert log[1]["states"] > 0 and 0 <= summary["val_solved"] <= 1 and (out / "config.json").exists()
     assert summary["best"]["val_solved"] >= summary["val_solved"] and (out / "last" / "config.json").exists()
 

@@ -206,7 +206,8 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
             optimizer.step()
             losses.append(float(loss.detach()))
         policy.eval()
-        record |= {"loss": sum(losses) / len(losses), "last_loss": losses[-1]} | validate(mdm, policy, task, *val)
+        record |= {"loss": sum(losses) / len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
+        record |= validate(mdm, policy, task, *val)
         record["seconds"] = round(time.perf_counter() - started, 1)
         if record["val_solved"] > best["val_solved"]:
             best = dict(record)
