@@ -204,8 +204,9 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # read once after the round: no host sync per step
         policy.eval()
+        losses = torch.stack(losses).tolist()
         record |= {"loss": sum(losses) / len(losses), "first_loss": losses[0], "last_loss": losses[-1]}
         record |= validate(mdm, policy, task, *val)
         record["seconds"] = round(time.perf_counter() - started, 1)
