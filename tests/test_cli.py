@@ -105,11 +105,21 @@ def test_pretrain_policy_toward_the_oracle_with_dagger_rounds(model_dir, tmp_pat
     out = tmp_path / "oracle"
     assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--rounds", "2", "--steps", "2",
                  "--puzzles-per-round", "8", "--batch-size", "4", "--target", "oracle", "--candidate-topk", "3",
-                 "--keep-rate", "1", "--eval-puzzles", "4", "--out", str(out)]) == 0
+                 "--keep-rate", "1", "--eval-puzzles", "4", "--extra-blocks", "1", "--out", str(out)]) == 0
     log = [json.loads(line) for line in (out / "pretrain_log.jsonl").read_text().splitlines()]
     assert [r["round"] for r in log] == [-1, 0, 1, 2] and all("val_solved" in r for r in log)
     assert [r["rollout"] for r in log[1:]] == ["reference", "policy", "policy"]
     assert json.loads((out / "config.json").read_text())["candidate_topk"] == 3
+    # go on from the saved policy: it is rolled out from round 0, and keeps its re-ranker and extra block
+    more = tmp_path / "more"
+    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--rounds", "0", "--steps", "2",
+                 "--puzzles-per-round", "8", "--batch-size", "4", "--target", "oracle", "--init", str(out / "last"),
+                 "--keep-rate", "1", "--eval-puzzles", "4", "--out", str(more)]) == 0
+    log = [json.loads(line) for line in (more / "pretrain_log.jsonl").read_text().splitlines()]
+    assert log[1]["rollout"] == "policy" and log[0]["val_solved"] == json.loads(
+        (out / "pretrain_log.jsonl").read_text().splitlines()[-1])["val_solved"]
+    config = json.loads((more / "last" / "config.json").read_text())
+    assert config["candidate_topk"] == 3 and config["extra_blocks"] == 1
 
 
 def test_plot_runs_writes_a_png(tmp_path, capsys):

@@ -90,7 +90,8 @@ def test_oracle_states_stop_at_the_first_wrong_commit():
 
 
 @pytest.mark.parametrize("field,value", [("target", "best"), ("rounds", -1), ("keep_rate", 1.5),
-                                         ("candidate_topk", 0), ("reference", "margin"), ("puzzles_per_round", 0)])
+                                         ("candidate_topk", 0), ("reference", "margin"), ("puzzles_per_round", 0),
+                                         ("extra_blocks", -1), ("init", "no/such/policy")])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ImitationConfig(**{field: value}).validate()

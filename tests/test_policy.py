@@ -145,13 +145,29 @@ def test_copy_init_needs_tiny_mdm_with_matching_width():
     assert UnmaskingPolicy.for_mdm(Generic(), mlp_hidden=16).config.mdm_family == "generic"
 
 
+def test_extra_blocks_start_as_the_identity_and_train():
+    base = small_policy()
+    perturb(base)
+    deeper = small_policy(extra_blocks=2)
+    info = deeper.load_state_dict(base.state_dict(), strict=False)
+    assert not info.unexpected_keys and all(k.startswith("extra_blocks.") for k in info.missing_keys)
+    hidden, stats, candidates = random_inputs()
+    torch.testing.assert_close(deeper(hidden, stats, candidates), base(hidden, stats, candidates), rtol=0, atol=0)
+    deeper(hidden, stats, candidates).sum().backward()
+    for block in deeper.extra_blocks:  # zero output projections still get gradients: the blocks can learn
+        assert block.self_attn.o_proj.weight.grad.abs().sum() > 0 and block.mlp.down_proj.weight.grad.abs().sum() > 0
+    perturb(deeper, seed=3)  # once trained, the extra blocks change the scores
+    assert not torch.allclose(deeper(hidden, stats, candidates), base(hidden, stats, candidates))
+
+
 def test_for_mdm_logs_parameter_count(caplog):
     with caplog.at_level(logging.INFO, logger="upo_fast.policy"):
         policy = UnmaskingPolicy.for_mdm(tiny_mdm(), num_heads=4, mlp_hidden=16)
     assert f"{policy.num_parameters() / 1e6:.2f}M parameters" in caplog.text
 
 
-@pytest.mark.parametrize("overrides", [dict(anchor="confidence", anchor_tau=0.25), dict(policy_dim=16)])
+@pytest.mark.parametrize("overrides", [dict(anchor="confidence", anchor_tau=0.25), dict(policy_dim=16),
+                                       dict(extra_blocks=1)])
 def test_save_load_round_trip(tmp_path, overrides):
     policy = small_policy(**overrides)
     perturb(policy)  # nonzero everywhere: a re-initialized tensor after loading would show
@@ -186,7 +202,7 @@ def test_wrong_inputs_raise():
 @pytest.mark.parametrize("field, value, valid", [
     ("anchor", "max", "none, confidence"), ("block_init", "random", "fresh, copy"),
     ("mdm_family", "gpt", "llada, dream, tiny_mdm, generic"), ("anchor_tau", 0.0, "> 0"),
-    ("feature_topk", 0, "positive int"), ("num_heads", 5, "must divide"),
+    ("feature_topk", 0, "positive int"), ("num_heads", 5, "must divide"), ("extra_blocks", -1, "int >= 0"),
 ])
 def test_config_validation(field, value, valid):
     with pytest.raises(ValueError, match=field) as err:

@@ -39,7 +39,7 @@ def cmd_pretrain_policy(args) -> dict:
                           init=args.init, rounds=args.rounds, puzzles_per_round=args.puzzles_per_round,
                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out, seed=args.seed,
                           topk=args.topk, candidate_topk=args.candidate_topk, keep_rate=args.keep_rate,
-                          eval_puzzles=args.eval_puzzles)
+                          eval_puzzles=args.eval_puzzles, extra_blocks=args.extra_blocks)
     summary = pretrain_policy(cfg)
     print(json.dumps(summary, indent=2))
     return summary
@@ -63,7 +63,7 @@ _TRAIN_OPTIONS = {
     "group_size": int, "inner_iters": int, "lr": float, "beta": float, "kl_mode": str, "clip_eps": float,
     "position_temperature": float, "reward": str, "topk": int, "anchor_tau": float, "eval_every": int,
     "eval_puzzles": int, "checkpoint_every": int, "seed": int, "device": str, "time_limit_s": float,
-    "stop_at_step": int, "certain_keep": float,
+    "stop_at_step": int, "certain_keep": float, "extra_blocks": int,
 }
 
 
@@ -222,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
                     help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
     pp.add_argument("--model", default=None)
-    pp.add_argument("--init", default="anchor", choices=["fresh", "copy", "anchor"])
+    pp.add_argument("--init", default="anchor",
+                    help="fresh, copy, anchor, or a saved policy folder to go on from (then round 0 rolls out it)")
+    pp.add_argument("--extra-blocks", type=int, default=0,
+                    help="fresh transformer blocks after the first (they compare the positions' predictions)")
     pp.add_argument("--rounds", type=int, default=1, help="DAgger rounds after the reference's (0: imitation only)")
     pp.add_argument("--puzzles-per-round", type=int, default=256)
     pp.add_argument("--steps", type=int, default=100, help="AdamW steps after each round")

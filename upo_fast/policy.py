@@ -7,7 +7,13 @@
 
 Body: optional width projection d -> policy_dim, plus a Linear embedding of the per-position features
 [is-candidate flag, top-k probabilities]; one pre-norm transformer block (``TinyMDMBlock``, fresh or copied from
-the MDM's last block); a final RMSNorm; a 3-layer MLP (Linear, SiLU, LayerNorm) to one score per position.
+the MDM's last block); ``extra_blocks`` more fresh blocks (default 0); a final RMSNorm; a 3-layer MLP (Linear, SiLU,
+LayerNorm) to one score per position.
+
+Why extra blocks: a copied block ends where the MDM's own prediction is formed, so after it only the per-position
+MLP is left, and no layer can compare the predictions of *different* positions (two cells of a Sudoku row both
+about to be filled with a 5). An extra block attends across positions after the prediction exists. Its output
+projections start at zero, so a fresh policy with extra blocks scores exactly like one without them.
 
 With ``anchor="confidence"`` the score is ``top1_prob / anchor_tau + correction`` and the MLP's last Linear starts
 at zero, so a fresh policy *is* the max-confidence rule (scaled to a sharp softmax): training starts at the
@@ -69,6 +75,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         anchor: str = "none",
         anchor_tau: float = 0.1,
         block_init: str = "fresh",
+        extra_blocks: int = 0,
         candidate_topk: int | None = None,
         rms_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
@@ -87,6 +94,8 @@ class UnmaskingPolicyConfig(PretrainedConfig):
                             ("candidate_topk", candidate_topk)]:
             if value is not None:
                 _positive_int(name, value)
+        if not isinstance(extra_blocks, int) or extra_blocks < 0:
+            raise ValueError(f"extra_blocks must be an int >= 0, got {extra_blocks!r}")
         for name, value in [("anchor_tau", anchor_tau), ("rms_norm_eps", rms_norm_eps),
                             ("initializer_range", initializer_range)]:
             _positive_float(name, value)
@@ -104,6 +113,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         self.anchor = anchor
         self.anchor_tau = float(anchor_tau)
         self.block_init = block_init
+        self.extra_blocks = extra_blocks
         self.candidate_topk = candidate_topk  # trained against Top-K: choose among the K most confident only
         self.rms_norm_eps = float(rms_norm_eps)
         self.initializer_range = float(initializer_range)
@@ -156,6 +166,7 @@ class UnmaskingPolicy(PreTrainedModel):
         # 1 candidate flag + the top-k probabilities, embedded at the block's width and added to the hidden state
         self.feature_proj = nn.Linear(1 + config.feature_topk, width)
         self.block = TinyMDMBlock(config.block_config())
+        self.extra_blocks = nn.ModuleList(TinyMDMBlock(config.block_config()) for _ in range(config.extra_blocks))
         self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
         m = config.mlp_hidden
         self.head = nn.Sequential(
@@ -174,6 +185,8 @@ class UnmaskingPolicy(PreTrainedModel):
             # A copied block must see the MDM's own hidden state at first: features enter through zero weights
             # (their gradient is not zero, so they are learned).
             zero = zero or (self.config.block_init == "copy" and module is self.feature_proj)
+            # An extra block starts as the identity (its residual branches add 0).
+            zero = zero or any(module is b.self_attn.o_proj or module is b.mlp.down_proj for b in self.extra_blocks)
             if zero:
                 _init.zeros_(module.weight)
             else:
@@ -301,7 +314,11 @@ class UnmaskingPolicy(PreTrainedModel):
         if self.input_proj is not None:
             x = self.input_proj(x)
         x = x + self.feature_proj(features)
-        x = self.norm(self.block(x, self._block_mask(attention_mask)))
+        mask = self._block_mask(attention_mask)
+        x = self.block(x, mask)
+        for block in self.extra_blocks:
+            x = block(x, mask)
+        x = self.norm(x)
         scores = self.head(x).squeeze(-1).float()  # [B, W]
         if cfg.anchor == "confidence":
             # top-1 probability with the mask token excluded, exactly what max-confidence ranks by

@@ -27,6 +27,7 @@ class TrainConfig:
     block_init: str = "copy"  # the policy's transformer block: a copy of the MDM's last block, or "fresh"
     policy_dim: int | None = None
     mlp_hidden: int = 128
+    extra_blocks: int = 0  # fresh transformer blocks after the first (they compare positions' predictions)
     topk: int = 5  # K of the Top-K reference (its policy chooses among the K most confident masked positions)
     # GRPO
     steps: int = 200
@@ -79,6 +80,7 @@ class TrainConfig:
         for name in ("steps", "prompts_per_step", "inner_iters", "update_chunk", "eval_puzzles",
                      "checkpoint_every", "keep_checkpoints", "topk", "mlp_hidden"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
+        check(isinstance(self.extra_blocks, int) and self.extra_blocks >= 0, "extra_blocks", "an int >= 0")
         check(isinstance(self.group_size, int) and self.group_size >= 2, "group_size",
               "an int >= 2 (GRPO's advantage is r - group mean: one sample has no signal)")
         check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "an int >= 0")

@@ -1,6 +1,7 @@
 """Supervised pretraining of the unmasking policy (``upo-fast pretrain-policy``), with DAgger rounds.
 
-Round 0 rolls out the *reference* scorer; every later round rolls out the current policy (greedy). The states of
+Round 0 rolls out the *reference* scorer (or, when ``init`` is a saved policy folder, that policy: a run can go on
+from an earlier one, with a fresh buffer); every later round rolls out the current policy (greedy). The states of
 those rollouts go into one buffer (DAgger's aggregation), and after each round the policy takes ``steps`` AdamW
 steps on batches of buffered states. The target at a state is
 
@@ -47,9 +48,10 @@ class ImitationConfig:
     reference: str = "max_confidence"
     target: str = "reference"  # or "oracle": mass on the correctly-filled candidates (see the docstring)
     model: str | None = None
-    init: str = "anchor"  # fresh | copy | anchor (see TrainConfig.init)
+    init: str = "anchor"  # fresh | copy | anchor (see TrainConfig.init) | a saved policy folder to go on from
     block_init: str = "copy"
     mlp_hidden: int = 128
+    extra_blocks: int = 0  # see UnmaskingPolicyConfig
     topk: int = 5  # K of the topk reference
     candidate_topk: int | None = None  # the policy re-ranks the K most confident candidates only
     rounds: int = 1  # round 0: reference rollouts; rounds 1..: the policy's own greedy rollouts (DAgger)
@@ -74,6 +76,9 @@ class ImitationConfig:
         for name in ("puzzles_per_round", "rollout_batch", "steps", "batch_size", "eval_puzzles"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
         check(isinstance(self.rounds, int) and self.rounds >= 0, "rounds", "an int >= 0")
+        check(isinstance(self.extra_blocks, int) and self.extra_blocks >= 0, "extra_blocks", "an int >= 0")
+        check(self.init in ("fresh", "copy", "anchor") or (Path(self.init) / "config.json").is_file(), "init",
+              "fresh, copy, anchor or a saved policy folder (with a config.json)")
         check(self.candidate_topk is None or (isinstance(self.candidate_topk, int) and self.candidate_topk >= 1),
               "candidate_topk", "None or an int >= 1")
         check(0 <= self.keep_rate <= 1, "keep_rate", "in [0, 1]")
@@ -164,14 +169,14 @@ def _collect(mdm, task, policy, cfg: ImitationConfig, round_: int, buffer: State
         seed = step_seed(cfg.seed + 10_000, round_ * 1_000 + b)  # not the GRPO run's puzzles
         puzzles, solutions = task.make_puzzles(n, seed=seed)
         scorer = dict(scorer=cfg.reference, feature_topk=policy.config.feature_topk, topk=cfg.topk)
-        if round_ > 0:
+        if round_ > 0 or cfg.init not in ("fresh", "copy", "anchor"):  # a loaded policy is rolled out at once
             scorer = dict(policy=policy, position_temperature=0.0)
         _, traj = rollout(mdm, task.encode(puzzles), generator=torch.Generator().manual_seed(seed),
                           hidden_dtype=torch.bfloat16, **scorer)
         index, correct, wrong = select_states(traj, task.encode_solution(puzzles, solutions), cfg, generator)
         buffer.add(traj, index, correct)
         failed, total = failed + int(wrong.sum()), total + n
-    return {"rollout": "reference" if round_ == 0 else "policy", "rollout_failed": round(failed / total, 4),
+    return {"rollout": "policy" if "policy" in scorer else "reference", "rollout_failed": round(failed / total, 4),
             "states_added": len(buffer) - before, "states": len(buffer)}
 
 
@@ -182,7 +187,8 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
     task = get_task(cfg.task)
     mdm = load_model(cfg.model, task).eval().requires_grad_(False)
     train_cfg = TrainConfig(task=cfg.task, reference=cfg.reference, model=cfg.model, init=cfg.init,
-                            block_init=cfg.block_init, mlp_hidden=cfg.mlp_hidden, topk=cfg.topk).validate()
+                            block_init=cfg.block_init, mlp_hidden=cfg.mlp_hidden, topk=cfg.topk,
+                            extra_blocks=cfg.extra_blocks).validate()
     policy = make_policy(train_cfg, mdm)
     policy.config.candidate_topk = cfg.candidate_topk or policy.config.candidate_topk
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)

@@ -43,7 +43,8 @@ def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
     if cfg.init in ("anchor", "fresh", "copy"):
         block_init = "copy" if cfg.init == "copy" else cfg.block_init
         fields = dict(anchor="confidence" if cfg.init == "anchor" else "none", anchor_tau=cfg.anchor_tau,
-                      block_init=block_init, mlp_hidden=cfg.mlp_hidden, policy_dim=cfg.policy_dim)
+                      block_init=block_init, mlp_hidden=cfg.mlp_hidden, policy_dim=cfg.policy_dim,
+                      extra_blocks=cfg.extra_blocks)
         policy = UnmaskingPolicy.for_mdm(mdm, **fields)
     else:
         policy = UnmaskingPolicy.from_pretrained(cfg.init).to(next(mdm.parameters()).device)
