@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("triton")
@@ -55,6 +56,14 @@ def test_upo_results_table_compares_paired_with_max_confidence(tmp_path):
     assert report["results"]["anchored"]["solved_rate"] == base["solved_rate"]
     random = report["results"]["random"]["vs_max_confidence"]
     assert random["diff"] == pytest.approx((random["wins"] - random["losses"]) / 12)
+    # per-puzzle outcomes are kept, and the best-heuristic pairing is computed from the same flags
+    best = report["best_heuristic"]
+    assert best in ("max_confidence", "random")
+    flags = {name: np.array([c == "1" for c in r["solved_flags"]]) for name, r in report["results"].items()}
+    assert all(len(f) == 12 and f.mean() == pytest.approx(report["results"][n]["solved_rate"]) for n, f in flags.items())
+    vs_best = report["results"]["oracle bound (top 2)"]["vs_best_heuristic"]
+    d = flags["oracle bound (top 2)"].astype(float) - flags[best]
+    assert vs_best["diff"] == pytest.approx(d.mean()) and vs_best["wins"] == int((d > 0).sum())
     assert "| anchored |" in (tmp_path / "upo_results.md").read_text()
     with pytest.raises(SystemExit):
         upo_results.main(["--heuristics", "confidence", "--out", str(tmp_path)])
