@@ -68,6 +68,12 @@ def _paired(solved: np.ndarray, base: np.ndarray) -> dict:
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
 
 
+def _cells(v: dict) -> str:
+    """A _paired result as two table cells: 'diff [low, high] | wins / losses', in points."""
+    low, high = v["ci95"]
+    return f"{100 * v['diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {v['wins']} / {v['losses']}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="sudoku9")
@@ -119,13 +125,9 @@ def main(argv=None) -> int:
              f"| order | solved | cell accuracy | vs max-confidence (solved, points) [95% interval] | wins / losses "
              f"| vs the best heuristic, {best_heuristic} [95% interval] | wins / losses |",
              "|---|---|---|---|---|---|---|"]
-
-    def paired(v: dict) -> str:
-        return f"{100 * v['diff']:+.1f} [{100 * v['ci95'][0]:+.1f}, {100 * v['ci95'][1]:+.1f}] | {v['wins']} / {v['losses']}"
-
     for name, r in results.items():
-        lines.append(f"| {name} | {r['solved_rate']:.3f} | {r['cell_accuracy']:.3f} | {paired(r['vs_max_confidence'])} "
-                     f"| {paired(r['vs_best_heuristic'])} |")
+        lines.append(f"| {name} | {r['solved_rate']:.3f} | {r['cell_accuracy']:.3f} | {_cells(r['vs_max_confidence'])} "
+                     f"| {_cells(r['vs_best_heuristic'])} |")
     lines += ["", f"best heuristic: {best_heuristic}"]
     (out / "upo_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

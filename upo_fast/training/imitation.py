@@ -33,7 +33,7 @@ from upo_fast.evaluation import load_model
 from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.ops import policy_divergence, position_log_softmax, topk_candidates
 from upo_fast.tasks import get_task
-from upo_fast.training.config import REFERENCES, TrainConfig
+from upo_fast.training.config import INITS, REFERENCES, TrainConfig
 from upo_fast.training.losses import reference_for
 from upo_fast.training.rollout import Trajectories, rollout
 from upo_fast.training.trainer import VALIDATION_SEED, make_policy, step_seed, validate
@@ -77,7 +77,7 @@ class ImitationConfig:
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
         check(isinstance(self.rounds, int) and self.rounds >= 0, "rounds", "an int >= 0")
         check(isinstance(self.extra_blocks, int) and self.extra_blocks >= 0, "extra_blocks", "an int >= 0")
-        check(self.init in ("fresh", "copy", "anchor") or (Path(self.init) / "config.json").is_file(), "init",
+        check(self.init in INITS or (Path(self.init) / "config.json").is_file(), "init",
               "fresh, copy, anchor or a saved policy folder (with a config.json)")
         check(self.candidate_topk is None or (isinstance(self.candidate_topk, int) and self.candidate_topk >= 1),
               "candidate_topk", "None or an int >= 1")
@@ -169,7 +169,7 @@ def _collect(mdm, task, policy, cfg: ImitationConfig, round_: int, buffer: State
         seed = step_seed(cfg.seed + 10_000, round_ * 1_000 + b)  # not the GRPO run's puzzles
         puzzles, solutions = task.make_puzzles(n, seed=seed)
         scorer = dict(scorer=cfg.reference, feature_topk=policy.config.feature_topk, topk=cfg.topk)
-        if round_ > 0 or cfg.init not in ("fresh", "copy", "anchor"):  # a loaded policy is rolled out at once
+        if round_ > 0 or cfg.init not in INITS:  # a loaded policy is rolled out at once
             scorer = dict(policy=policy, position_temperature=0.0)
         _, traj = rollout(mdm, task.encode(puzzles), generator=torch.Generator().manual_seed(seed),
                           hidden_dtype=torch.bfloat16, **scorer)

@@ -23,7 +23,7 @@ from upo_fast.checkpoints import find_resumable, json_default, load_model_weight
 from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
-from upo_fast.training.config import TrainConfig
+from upo_fast.training.config import INITS, TrainConfig
 from upo_fast.training.losses import group_advantages, zero_std_ratio
 from upo_fast.training.rollout import rollout
 from upo_fast.training.update import ProcessGroup, update_policy
@@ -40,7 +40,7 @@ def step_seed(seed: int, step: int) -> int:
 
 def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
     """The policy the run starts from: ``init`` = anchor | fresh | copy | a saved policy folder."""
-    if cfg.init in ("anchor", "fresh", "copy"):
+    if cfg.init in INITS:
         block_init = "copy" if cfg.init == "copy" else cfg.block_init
         fields = dict(anchor="confidence" if cfg.init == "anchor" else "none", anchor_tau=cfg.anchor_tau,
                       block_init=block_init, mlp_hidden=cfg.mlp_hidden, policy_dim=cfg.policy_dim,
@@ -51,7 +51,7 @@ def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
     policy.check_compatible(mdm)
     if cfg.reference == "topk":
         policy.config.candidate_topk = cfg.topk
-    elif cfg.init in ("anchor", "fresh", "copy"):
+    elif cfg.init in INITS:
         policy.config.candidate_topk = None
     # else a loaded policy keeps its own restriction (a re-ranker from `pretrain-policy --candidate-topk K`)
     return policy
