@@ -9,6 +9,10 @@ Families:
     tiny_mdm  this project's TinyMDM: mask id from its config, layers at model.model.layers, head lm_head
     generic   anything whose output has ``.logits``; ``mask_id`` must be given
 
+The project's native LLaDA and Dream (``upo_fast.load_model``) have the same layout and also expose
+``final_hidden_states`` and ``output_head``: the fused head path calls them directly (a tied LLaDA head included)
+instead of swapping the head module out.
+
 The adapter also captures the hidden state entering the last block with a forward pre-hook (a reference, no
 copy): the unmasking policy reads it.
 """
@@ -142,6 +146,23 @@ class MDMAdapter:
             return 1.0 / float(self.config.d_model) ** 0.5
         return 1.0
 
+    @property
+    def native(self) -> bool:
+        """A model of this project (``upo_fast.models.llada`` / ``dream``) that exposes its final hidden states."""
+        return bool(getattr(self.model, "upo_native", False))
+
+    def fused_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(weight [V, d], bias) of the LM head when the forward can stop before it (a native model, or a head
+        that is a separate ``nn.Linear``); None otherwise."""
+        if self.native:
+            weight, bias, _ = self.model.output_head()
+            return weight, bias
+        found = self.head_module()
+        if found is None:
+            return None
+        head = getattr(*found)
+        return head.weight, head.bias
+
     @contextlib.contextmanager
     def headless(self):
         """Within this context the model's forward returns the final hidden states [B, L, d] in place of the
@@ -161,6 +182,8 @@ class MDMAdapter:
     def final_hidden(self, x: torch.Tensor, prepared: PreparedAttention) -> torch.Tensor:
         """[B, L] token ids -> [B, L, d] final hidden states (after the last norm), aligned like ``logits``: row i is
         the state whose head output scores position i."""
+        if self.native:
+            return self._shift(self._call(self.model.final_hidden_states, x, prepared))
         with self.headless():
             return self.logits(x, prepared)
 
@@ -209,17 +232,20 @@ class MDMAdapter:
         mask4d = valid[:, None, None, :] & valid[:, None, :, None]
         return PreparedAttention({"attention_mask": mask4d, "position_ids": position_ids}, valid)
 
-    def logits(self, x: torch.Tensor, prepared: PreparedAttention) -> torch.Tensor:
-        """[B, L] token ids -> [B, L, V] logits where row i scores the token at position i (Dream's shift applied)."""
+    def _call(self, forward, x: torch.Tensor, prepared: PreparedAttention):
         if self.family == "dream":
             # Dream's forward takes (input_ids, attention_mask, position_ids) positionally
-            out = self.model(x, prepared.kwargs["attention_mask"], prepared.kwargs.get("position_ids"))
-        else:
-            out = self.model(x, **prepared.kwargs)
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        if self.shift_logits:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+            return forward(x, prepared.kwargs["attention_mask"], prepared.kwargs.get("position_ids"))
+        return forward(x, **prepared.kwargs)
+
+    def _shift(self, rows: torch.Tensor) -> torch.Tensor:
+        """Dream's output i scores token i + 1: move it to row i + 1 (row 0 keeps its own)."""
+        return torch.cat([rows[:, :1], rows[:, :-1]], dim=1) if self.shift_logits else rows
+
+    def logits(self, x: torch.Tensor, prepared: PreparedAttention) -> torch.Tensor:
+        """[B, L] token ids -> [B, L, V] logits where row i scores the token at position i (Dream's shift applied)."""
+        out = self._call(self.model, x, prepared)
+        return self._shift(out.logits if hasattr(out, "logits") else out[0])
 
 
 def wrap_model(model, family: str | None = None, mask_id: int | None = None) -> MDMAdapter:

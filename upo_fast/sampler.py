@@ -84,7 +84,7 @@ class _Loop:
             self.token_seed, self.position_seed = (seed_tensor(None, x.device, generator) for _ in range(2))
         # Fused head: the forward stops at the final hidden states and the statistics come from hidden @ head.T
         # for the region's rows only, never a [B, L, V] tensor (on CUDA by default when the head is a module).
-        head = adapter.head_module()
+        head = adapter.fused_head()
         if fused_head is None:
             fused_head = x.device.type == "cuda" and head is not None
         if fused_head and head is None:
@@ -92,8 +92,7 @@ class _Loop:
                 pass
         self.fused = bool(fused_head)
         if self.fused:
-            linear = getattr(*head)
-            self.head_weight, self.head_bias = linear.weight, linear.bias
+            self.head_weight, self.head_bias = head
         self.need_ref = self.scorer == "softmax_confidence" or recorder is not None
         self.graphed = None
         if cuda_graph:

@@ -1,0 +1,194 @@
+"""``load_model`` / ``load_tokenizer``: a local folder in the hub's layout → a model the samplers take.
+
+LLaDA and Dream folders build this project's own implementations (``models/llada.py``, ``models/dream.py``) and
+read the official checkpoints' safetensors directly, under any transformers from 4.46 to 5.x; no code from the
+folder is executed. TinyMDM folders load as TinyMDM. Any other model goes through ``AutoModel`` and only with
+``trust_remote_code=True``. Nothing is downloaded: a path must be an existing local folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+SUPPORTED = ("llada", "Dream", "tiny_mdm")
+
+
+def _local_folder(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a local folder (str or os.PathLike), got {type(path).__name__}")
+    folder = os.fspath(path)
+    if not os.path.isdir(folder):
+        raise ValueError(f"path={folder!r} is not an existing local folder (upo_fast never downloads models: "
+                         "pass the folder that holds config.json and the safetensors)")
+    return folder
+
+
+def read_config(folder: str) -> dict:
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        raise ValueError(f"{config_file}: missing (a model folder holds config.json and its safetensors)")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{config_file}: unreadable ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object")
+    return config
+
+
+def weight_files(folder: str) -> dict[str, str]:
+    """{parameter name: safetensors file} from the index of a sharded checkpoint or the single file."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{index}: unreadable index ({exc})") from exc
+        files = {name: os.path.join(folder, os.path.basename(shard)) for name, shard in weight_map.items()}
+        for shard in sorted(set(files.values())):
+            if not os.path.isfile(shard):
+                raise ValueError(f"{shard}: listed in {index} but missing")
+        return files
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(single):
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as f:
+            return {name: single for name in f.keys()}
+    pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.exists(os.path.join(folder, n))]
+    hint = f" ({pickles[0]} is a pickle file, which upo_fast never loads: convert it to safetensors)" if pickles else ""
+    raise ValueError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
+
+
+def _read_state(model: torch.nn.Module, files: dict[str, str], dtype, device, skip: set[str]) -> dict:
+    """The checkpoint's tensors, converted to ``dtype`` on ``device``, after checking names and shapes."""
+    from safetensors import SafetensorError, safe_open
+
+    expected = {name: p.shape for name, p in model.state_dict().items() if name not in skip}
+    missing = sorted(set(expected) - set(files))
+    unexpected = sorted(set(files) - set(expected) - skip)
+    if missing or unexpected:
+        raise ValueError(f"{os.path.dirname(next(iter(files.values()), '.'))}: weights do not match config.json: "
+                         f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, unexpected "
+                         f"{unexpected[:5]}{'…' if len(unexpected) > 5 else ''}")
+    state = {}
+    by_file: dict[str, list[str]] = {}
+    for name in expected:
+        by_file.setdefault(files[name], []).append(name)
+    for file, names in by_file.items():
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in names:
+                    tensor = f.get_tensor(name)
+                    if tuple(tensor.shape) != tuple(expected[name]):
+                        raise ValueError(f"{file}: parameter {name} has shape {tuple(tensor.shape)}, config.json "
+                                         f"implies {tuple(expected[name])}")
+                    state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+        except (OSError, SafetensorError, RuntimeError) as exc:
+            raise ValueError(f"{file}: unreadable safetensors ({exc})") from exc
+    return state
+
+
+def _build_native(family: str, config_dict: dict):
+    if family == "llada":
+        from upo_fast.models.llada import LLaDAConfig as config_cls
+        from upo_fast.models.llada import LLaDAModelLM as model_cls
+    else:
+        from upo_fast.models.dream import DreamConfig as config_cls
+        from upo_fast.models.dream import DreamModel as model_cls
+    fields = {k: v for k, v in config_dict.items() if k not in ("model_type", "auto_map", "architectures")}
+    config = config_cls(**fields)
+    with torch.device("meta"):
+        return model_cls(config)
+
+
+def _dream_generation_config(folder: str, config):
+    from transformers import GenerationConfig
+
+    file = os.path.join(folder, "generation_config.json")
+    if os.path.isfile(file):
+        try:
+            with open(file, encoding="utf-8") as f:
+                return GenerationConfig(**json.load(f))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"{file}: unreadable ({exc})") from exc
+    # Dream's remote code refuses a folder without this file; its only field the samplers need is the mask id
+    return GenerationConfig(mask_token_id=config.mask_token_id, pad_token_id=config.pad_token_id,
+                            bos_token_id=getattr(config, "bos_token_id", None),
+                            eos_token_id=getattr(config, "eos_token_id", None))
+
+
+def load_model(path, *, dtype: torch.dtype = torch.bfloat16, device=None, attn: str = "auto",
+               trust_remote_code: bool = False):
+    """Load the MDM in a local folder (config.json + safetensors, sharded or single) in eval mode.
+
+    Args:
+        path: a local folder; nothing is downloaded.
+        dtype: parameter dtype (the checkpoint's tensors are converted while reading).
+        device: where the parameters go (None = CPU).
+        attn: "auto" (flash-attn on CUDA when installed, else SDPA), "sdpa", "eager" or "flash"; native models only.
+        trust_remote_code: only for folders that are neither LLaDA, Dream nor TinyMDM (runs the folder's code).
+    """
+    from upo_fast.models.attention import ATTENTION_BACKENDS
+
+    folder = _local_folder(path)
+    if attn not in ATTENTION_BACKENDS:
+        raise ValueError(f"attn must be one of {ATTENTION_BACKENDS}, got {attn!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    config_dict = read_config(folder)
+    model_type = str(config_dict.get("model_type", ""))
+    family = {"llada": "llada", "dream": "dream", "tiny_mdm": "tiny_mdm"}.get(model_type.lower())
+    if family == "tiny_mdm":
+        from upo_fast.models.tiny_mdm import load_tiny_mdm
+
+        return load_tiny_mdm(folder, device=device).to(dtype)
+    if family is None:
+        return _load_with_remote_code(folder, model_type, dtype, device, trust_remote_code)
+    model = _build_native(family, config_dict)
+    tied = family == "dream" and bool(model.config.tie_word_embeddings)
+    state = _read_state(model, weight_files(folder), dtype, device, skip={"lm_head.weight"} if tied else set())
+    model.load_state_dict(state, strict=not tied, assign=True)
+    if tied:
+        model.tie_weights()
+    if family == "dream":
+        model.generation_config = _dream_generation_config(folder, model.config)
+    model.set_attention_backend(attn)
+    return model.eval().requires_grad_(False)
+
+
+def _load_with_remote_code(folder: str, model_type: str, dtype, device, trust_remote_code: bool):
+    if not trust_remote_code:
+        raise ValueError(f"{folder}: config.json has model_type={model_type!r}; upo_fast loads {SUPPORTED} natively. "
+                         "For another masked diffusion model pass trust_remote_code=True (this runs the folder's "
+                         "own Python code) and mask_id= to the samplers")
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, local_files_only=True, torch_dtype=dtype)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_tokenizer(path, *, padding_side: str = "left", trust_remote_code: bool = False):
+    """The tokenizer of a local model folder, left-padding by default (what batched sampling needs).
+
+    Dream's folders name a custom ``DreamTokenizer`` (remote code); without ``trust_remote_code`` its
+    ``tokenizer.json`` is loaded as a fast tokenizer instead, with the special tokens of tokenizer_config.json.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = _local_folder(path)
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code,
+                                             padding_side=padding_side)
+    except (ValueError, OSError, ImportError) as exc:
+        if trust_remote_code or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            raise ValueError(f"{folder}: no tokenizer could be loaded ({exc})") from exc
+    return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True, padding_side=padding_side)
