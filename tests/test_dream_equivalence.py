@@ -9,6 +9,7 @@ same ``torch.manual_seed`` is set before both calls, so the stochastic parts (th
 import pytest
 import torch
 from reference_samplers import dream_generate_reference
+from native_factories import make_native_dream
 from tiny_models import left_padded_batch, make_dream_like
 
 import upo_fast
@@ -20,15 +21,22 @@ ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
 
-@pytest.fixture(scope="module")
-def model():
-    return make_dream_like(vocab_size=VOCAB, mask_id=MASK, seed=2, pad_id=PAD)
+@pytest.fixture(scope="module", params=[make_dream_like, make_native_dream], ids=["standin", "native"])
+def factory(request):
+    """Every test runs on the stand-in and on the project's native Dream (``upo_fast.models.dream``)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def sharp_model():
-    """A more peaked model, so that top_p=0.9 removes enough mass to reorder the confidences."""
-    model = make_dream_like(vocab_size=VOCAB, mask_id=MASK, seed=5, pad_id=PAD)
+def model(factory):
+    return factory(vocab_size=VOCAB, mask_id=MASK, seed=2, pad_id=PAD)
+
+
+@pytest.fixture(scope="module")
+def sharp_model(factory):
+    """A more peaked model, so that top_p=0.9 removes enough mass to reorder the confidences (the seed is the
+    first for each model without an exact confidence tie under every filter setting)."""
+    model = factory(vocab_size=VOCAB, mask_id=MASK, seed=5 if factory is make_dream_like else 6, pad_id=PAD)
     with torch.no_grad():
         model.lm_head.weight *= 2.0
     return model
@@ -277,18 +285,18 @@ def test_num_return_sequences(model, batch, alg):
 
 
 @pytest.mark.parametrize("alg", ("maskgit_plus", "entropy", "origin"))
-def test_model_that_predicts_the_mask_token(batch, alg):
+def test_model_that_predicts_the_mask_token(factory, batch, alg):
     """Upstream commits whatever the argmax is, [MASK] included: such a position stays masked, and the next
     step's count is computed from the masks actually left.  The mask token's head row is made a copy of a
     commonly generated token's row (the first, by frequency, for which [MASK] does win somewhere without a
     top-k tie), so [MASK] wins at some positions."""
     ids, am = batch
-    plain = reference(make_dream_like(vocab_size=VOCAB, mask_id=MASK, seed=2, pad_id=PAD), ids, am,
+    plain = reference(factory(vocab_size=VOCAB, mask_id=MASK, seed=2, pad_id=PAD), ids, am,
                       max_new_tokens=12, steps=5, alg=alg)
     tokens, counts = plain[:, ids.shape[1]:].flatten().unique(return_counts=True)
     ranked = [tok for _, tok in sorted(zip(counts.tolist(), tokens.tolist()), key=lambda ct: (-ct[0], ct[1]))]
     for tok in ranked:
-        model = make_dream_like(vocab_size=VOCAB, mask_id=MASK, seed=2, pad_id=PAD)
+        model = factory(vocab_size=VOCAB, mask_id=MASK, seed=2, pad_id=PAD)
         with torch.no_grad():
             model.lm_head.weight[MASK] = model.lm_head.weight[tok] * 1.02
         trace = []
