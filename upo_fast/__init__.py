@@ -6,6 +6,8 @@ Public API (see the README):
     upo_fast.unmask(model, x, ...)                  # infilling: masks anywhere in x
     upo_fast.llada_generate(model, prompt, ...)     # drop-in for LLaDA's generate()
     upo_fast.dream_generate(model, input_ids, ...)  # drop-in for Dream's diffusion_generate()
+    upo_fast.load_model(path, dtype=..., attn=...)  # a local LLaDA / Dream / TinyMDM folder, no remote code
+    upo_fast.load_tokenizer(path)                   # its tokenizer, left padding
 
 Imports are lazy so that ``import upo_fast`` stays cheap and submodules (tasks, models) can be used alone.
 """
@@ -19,6 +21,8 @@ _EXPORTS = {
     "unmask": "upo_fast.sampler",
     "llada_generate": "upo_fast.llada",
     "dream_generate": "upo_fast.dream",
+    "load_model": "upo_fast.models.loading",
+    "load_tokenizer": "upo_fast.models.loading",
     "MDMAdapter": "upo_fast.adapters",
     "wrap_model": "upo_fast.adapters",
     "SCORERS": "upo_fast.scorers",
