@@ -89,14 +89,12 @@ def cmd_sample(args) -> None:
         return
     if args.prompt is None or args.model is None:
         raise ValueError("sample needs --grid (Sudoku, shipped model) or --model DIR with --prompt TEXT")
-    from transformers import AutoModel, AutoTokenizer
-
+    from upo_fast.models.loading import load_text_model
     from upo_fast.sampler import generate
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, torch_dtype="auto").to(args.device)
+    model, tokenizer = load_text_model(args.model, args.device, args.trust_remote_code)
     ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(args.device)
-    out = generate(model.eval(), ids, gen_length=args.gen_length, block_length=args.block_length,
+    out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length,
                    steps=args.steps, scorer=resolve_scorer(args.scorer))
     print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 
@@ -161,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--trust-remote-code", action="store_true",
+                    help="gsm8k/math500 with a model that is neither LLaDA nor Dream: run the folder's own code")
     ev.add_argument("--policy", default=None, help="a saved policy folder for --scorer policy (default: shipped)")
     ev.add_argument("--position-temperature", type=float, default=None,
                     help="order temperature of sampled orders (policy default: 0 = greedy, 1 with --pass-at > 1)")
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--block-length", type=int, default=32)
     sa.add_argument("--steps", type=int, default=128)
     sa.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sa.add_argument("--trust-remote-code", action="store_true",
+                    help="a model that is neither LLaDA nor Dream: run the folder's own code")
     sa.set_defaults(func=cmd_sample)
 
     pt = sub.add_parser("pretrain-mdm", help="train a TinyMDM on a task (MDM objective)")

@@ -105,11 +105,10 @@ def _eval_text(args) -> dict:
     if not args.model or not args.data:
         raise ValueError(f"--task {args.task} needs --model (a local LLaDA/Dream folder) and --data (a local "
                          "JSON/JSONL/parquet copy of the test set); nothing is downloaded at run time")
-    from transformers import AutoModel, AutoTokenizer
+    from upo_fast.models.loading import load_text_model
 
     problems = load_problems(args.data, args.task, limit=args.limit)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, torch_dtype="auto").to(args.device).eval()
+    model, tokenizer = load_text_model(args.model, args.device, args.trust_remote_code)
     report = {"task": args.task, "n": len(problems), "results": {}}
     for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
         policy = None

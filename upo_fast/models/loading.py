@@ -8,8 +8,10 @@ folder is executed. TinyMDM folders load as TinyMDM. Any other model goes throug
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 
 import torch
 
@@ -185,10 +187,33 @@ def load_tokenizer(path, *, padding_side: str = "left", trust_remote_code: bool 
     folder = _local_folder(path)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    with _quiet_transformers():  # it reads config.json as a generic config and warns that the types differ
+        try:
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code,
+                                                 padding_side=padding_side)
+        except (ValueError, OSError, ImportError) as exc:
+            if trust_remote_code or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+                raise ValueError(f"{folder}: no tokenizer could be loaded ({exc})") from exc
+        return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True, padding_side=padding_side)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code,
-                                             padding_side=padding_side)
-    except (ValueError, OSError, ImportError) as exc:
-        if trust_remote_code or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
-            raise ValueError(f"{folder}: no tokenizer could be loaded ({exc})") from exc
-    return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True, padding_side=padding_side)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load_text_model(path, device, trust_remote_code: bool = False):
+    """(model, tokenizer) for the CLI's text commands: bf16 on CUDA, fp32 on the CPU."""
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = load_model(path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
