@@ -89,8 +89,8 @@ def _varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, causal=False):
     """Stand-in for flash_attn_varlen_func: SDPA per packed sequence ([T, H, D] layout, equal q/k heads)."""
     out = torch.empty_like(q)
     for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
-        seq = lambda t: t[start:end].transpose(0, 1)[None]
-        out[start:end] = torch.nn.functional.scaled_dot_product_attention(seq(q), seq(k), seq(v))[0].transpose(0, 1)
+        q1, k1, v1 = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))
+        out[start:end] = torch.nn.functional.scaled_dot_product_attention(q1, k1, v1)[0].transpose(0, 1)
     return out
 
 

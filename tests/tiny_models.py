@@ -78,6 +78,9 @@ class TinyLLaDAConfig(PretrainedConfig):
         self.mask_token_id = mask_token_id
         self.eos_token_id = eos_token_id if eos_token_id is not None and eos_token_id < vocab_size else None
         self.pad_token_id = pad_token_id if pad_token_id is not None and pad_token_id < vocab_size else None
+        # transformers 4.x defaults ``tie_word_embeddings`` to True and then ties ``ff_out`` to ``wte`` in
+        # ``post_init``; 5.x ties only ``_tied_weights_keys``.  Say it explicitly so both behave the same.
+        kwargs["tie_word_embeddings"] = weight_tying
         super().__init__(**kwargs)
 
 
@@ -231,7 +234,9 @@ class TinyDreamConfig(PretrainedConfig):
         self.pad_token_id = inside(pad_token_id)
         self.bos_token_id = inside(bos_token_id)
         self.eos_token_id = inside(eos_token_id)
-        super().__init__(**kwargs)
+        # passed on, not only set above: transformers 4.x's ``PretrainedConfig.__init__`` would reset it to True
+        # and ``post_init`` would then tie ``lm_head`` to ``embed_tokens``
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
 class _DreamBase(nn.Module):

@@ -62,7 +62,8 @@ def weight_files(folder: str) -> dict[str, str]:
 
         with safe_open(single, framework="pt") as f:
             return {name: single for name in f.keys()}
-    pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.exists(os.path.join(folder, n))]
+    pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")
+               if os.path.exists(os.path.join(folder, n))]
     hint = f" ({pickles[0]} is a pickle file, which upo_fast never loads: convert it to safetensors)" if pickles else ""
     raise ValueError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
 
