@@ -132,3 +132,22 @@ def test_save_pretrained_round_trip(name, tmp_path):
     again = upo_fast.load_model(tmp_path, dtype=torch.float32)
     ids = cases(name)["input_ids"]
     assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", NAMES)
+def test_attention_backends_give_the_same_tokens_on_the_gpu(name):
+    """bf16 on CUDA: SDPA, eager and (when installed) flash-attn give the same tokens at temperature 0, batched
+    with left padding."""
+    from upo_fast.models.attention import flash_available
+
+    model = upo_fast.load_model(OFFICIAL / name, dtype=torch.bfloat16, device="cuda")
+    case = cases(name)
+    ids, mask = case["input_ids"].cuda(), case["attention_mask"].cuda()
+    outputs = {}
+    for backend in ("sdpa", "eager") + (("flash",) if flash_available() else ()):
+        model.set_attention_backend(backend)
+        outputs[backend] = upo_fast.generate(model, ids, mask, gen_length=8, block_length=8, steps=8)
+    for backend, out in outputs.items():
+        assert torch.equal(out, outputs["sdpa"]), backend
