@@ -8,8 +8,8 @@ same ``torch.manual_seed`` is set before both calls, so the stochastic parts (th
 
 import pytest
 import torch
-from reference_samplers import dream_generate_reference
 from native_factories import make_native_dream
+from reference_samplers import dream_generate_reference
 from tiny_models import left_padded_batch, make_dream_like
 
 import upo_fast

@@ -9,6 +9,7 @@ equality is not vacuous.
 
 import pytest
 import torch
+from native_factories import make_native_llada
 from reference_samplers import llada_generate_reference
 from tiny_models import (
     LLADA_EOS_ID,
@@ -19,7 +20,6 @@ from tiny_models import (
 )
 
 import upo_fast
-from native_factories import make_native_llada
 
 VOCAB, MASK = 320, 317  # small vocabulary with a non-default mask id
 PAD = 0
