@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import upo_fast
 from upo_fast.adapters import MDMAdapter
-from upo_fast.models.attention import attend, flash_attention
+from upo_fast.models.attention import attend, flash_attention, flash_packing
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official"
 NAMES = ("llada_untied", "llada_tied", "dream")
@@ -103,12 +103,12 @@ def test_flash_varlen_packing_matches_masked_sdpa():
     valid[1, :2] = False
     valid[2, :5] = False
     mask = valid[:, None, :, None] & valid[:, None, None, :]
-    packed = flash_attention(q, k, v, mask, varlen_fn=_varlen_reference)  # [B, L, H, D]
+    packed = flash_attention(q, k, v, flash_packing(mask), varlen_fn=_varlen_reference)  # [B, L, H, D]
     dense = attend(q, k, v, mask, "sdpa").view(3, 7, 4, 8)
     torch.testing.assert_close(packed[valid], dense[valid], rtol=1e-5, atol=1e-5)
     assert torch.count_nonzero(packed[~valid]) == 0
     with pytest.raises(ValueError, match="padding masks only"):
-        flash_attention(q, k, v, mask & (torch.rand(3, 1, 7, 7, generator=gen) > 0.5), varlen_fn=_varlen_reference)
+        flash_packing(mask & (torch.rand(3, 1, 7, 7, generator=gen) > 0.5))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,12 @@ class NativeMDM:
 
     upo_native = True
     attn_backend = "sdpa"
+
+    def _init_weights(self, module):  # a fresh model (tests, save/load round trips); checkpoints overwrite it
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(0.0, 0.02)
+            if getattr(module, "bias", None) is not None:
+                module.bias.data.zero_()
 
     def set_attention_backend(self, attn: str) -> str:
         """Resolve ``attn`` for this model's device and dtype and use it from now on; returns the backend."""
@@ -91,9 +98,15 @@ def _repeat_kv(t: torch.Tensor, groups: int) -> torch.Tensor:
     return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, backend: str) -> torch.Tensor:
-    """Bidirectional attention. q [B, H, L, D]; k, v [B, Hkv, L, D] (grouped-query when Hkv < H).
-    Returns [B, L, H * D]."""
+def prepare_mask(mask: torch.Tensor | None, backend: str):
+    """What ``attend`` takes as its mask, made once per forward (not per layer): the mask itself, or for flash
+    the packing of the valid positions."""
+    return flash_packing(mask) if backend == "flash" and mask is not None else mask
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, backend: str) -> torch.Tensor:
+    """Bidirectional attention. q [B, H, L, D]; k, v [B, Hkv, L, D] (grouped-query when Hkv < H); ``mask`` from
+    :func:`prepare_mask`. Returns [B, L, H * D]."""
     batch, heads, length, dim = q.shape
     groups = heads // k.shape[1]
     if backend == "flash":
@@ -118,33 +131,41 @@ def eager_attention(q, k, v, mask):
     return probs.to(v.dtype) @ v
 
 
-def padding_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """[B, L] bool: the positions that may attend to themselves (the padding vector of an outer-product mask)."""
-    return mask[:, 0].diagonal(dim1=-2, dim2=-1)
+@dataclass(frozen=True)
+class FlashPacking:
+    """The valid positions of a padded batch as variable-length sequences (for flash_attn_varlen_func)."""
+
+    index: torch.Tensor  # [T] flat indices of the valid positions in [B * L]
+    cu_seqlens: torch.Tensor  # [B + 1] int32
+    longest: int
 
 
-def flash_attention(q, k, v, mask, varlen_fn=None, dense_fn=None):
-    """flash_attn on [B, H, L, D] inputs; returns [B, L, H, D]. With a mask, the batch runs as variable-length
-    sequences of its valid positions. Only padding masks (outer products of a [B, L] vector) are expressible this
-    way; another mask is a ValueError. Reading the lengths is one host sync per forward, as in any varlen call."""
+def flash_packing(mask: torch.Tensor) -> FlashPacking:
+    """Pack an outer-product padding mask [B, 1, L, L]; any other mask is a ValueError. Reading the longest
+    length is the one host sync of a varlen forward."""
+    valid = mask[:, 0].diagonal(dim1=-2, dim2=-1)  # the positions that may attend to themselves
+    if mask.shape[-2] != mask.shape[-1] or not torch.equal(mask, valid[:, None, :, None] & valid[:, None, None, :]):
+        raise ValueError("attn='flash' takes padding masks only (an outer product of a [B, L] padding vector); "
+                         "use attn='sdpa' for other masks")
+    lengths = valid.sum(-1, dtype=torch.int32)
+    return FlashPacking(valid.flatten().nonzero().squeeze(-1), F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)),
+                        int(lengths.max()))
+
+
+def flash_attention(q, k, v, packing: FlashPacking | None, varlen_fn=None, dense_fn=None):
+    """flash_attn on [B, H, L, D] inputs; returns [B, L, H, D]. With a packing, the batch runs as variable-length
+    sequences of its valid positions, and the pad rows' outputs are zero."""
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # [B, L, H, D]
-    if mask is None:
+    if packing is None:
         if dense_fn is None:
             from flash_attn import flash_attn_func as dense_fn
         return dense_fn(qt, kt, vt, causal=False)
     if varlen_fn is None:
         from flash_attn import flash_attn_varlen_func as varlen_fn
-    valid = padding_from_mask(mask)
-    if mask.shape[-2] != mask.shape[-1] or not torch.equal(mask, valid[:, None, :, None] & valid[:, None, None, :]):
-        raise ValueError("attn='flash' takes padding masks only (an outer product of a [B, L] padding vector); "
-                         "use attn='sdpa' for other masks")
-    lengths = valid.sum(-1, dtype=torch.int32)
-    cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-    index = valid.flatten().nonzero().squeeze(-1)
     batch, length, heads, dim = qt.shape
-    pack = lambda t: t.reshape(batch * length, *t.shape[2:]).index_select(0, index)
-    longest = int(lengths.max())
+    pack = lambda t: t.reshape(batch * length, *t.shape[2:]).index_select(0, packing.index)
+    cu, longest = packing.cu_seqlens, packing.longest
     out = varlen_fn(pack(qt), pack(kt), pack(vt), cu, cu, longest, longest, causal=False)
     full = qt.new_zeros(batch * length, heads, dim)
-    full.index_copy_(0, index, out.to(full.dtype))
+    full.index_copy_(0, packing.index, out.to(full.dtype))
     return full.view(batch, length, heads, dim)

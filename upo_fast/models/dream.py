@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from upo_fast.models.attention import NativeMDM, RMSNorm, attend, rotary_tables, rotate
+from upo_fast.models.attention import NativeMDM, RMSNorm, attend, prepare_mask, rotary_tables, rotate
 
 _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
@@ -73,7 +73,7 @@ class DreamAttention(nn.Module):
         q = self.q_proj(h).view(b, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = (t.to(h.dtype) for t in rotary)  # Dream rotates in the model's dtype
+        cos, sin = rotary
         return self.o_proj(attend(rotate(q, cos, sin), rotate(k, cos, sin), v, mask, backend))
 
 
@@ -145,12 +145,6 @@ class DreamModel(NativeMDM, PreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(0.0, 0.02)
-            if getattr(module, "bias", None) is not None:
-                module.bias.data.zero_()
-
     def tie_weights(self, *args, **kwargs):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -169,11 +163,12 @@ class DreamModel(NativeMDM, PreTrainedModel):
         """[B, L, d] after the final norm; row i scores token i + 1."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length = x.shape[:2]
-        mask = dream_attention_mask(attention_mask, batch, length)
+        mask = prepare_mask(dream_attention_mask(attention_mask, batch, length), self.attn_backend)
         if position_ids is None:
             position_ids = torch.arange(length, device=x.device)[None]
         rotary = rotary_tables(position_ids, self.config.hidden_size // self.config.num_attention_heads,
                                self.config.rope_theta)
+        rotary = tuple(t.to(x.dtype) for t in rotary)  # Dream rotates in the model's dtype
         for layer in self.model.layers:
             if collect is not None:
                 collect.append(x)

@@ -64,6 +64,10 @@ class LLaDAConfig(PretrainedConfig):
         return int(self.mlp_hidden_size if self.mlp_hidden_size is not None else self.mlp_ratio * self.d_model)
 
     @property
+    def norm_bias(self) -> bool:
+        return bool(self.include_bias if self.bias_for_layer_norm is None else self.bias_for_layer_norm)
+
+    @property
     def rows(self) -> int:
         return int(self.embedding_size or self.vocab_size)
 
@@ -86,10 +90,9 @@ class LLaDABlock(nn.Module):
         super().__init__()
         d, head_dim = config.d_model, config.d_model // config.n_heads
         qkv_bias = bool(config.include_bias or config.include_qkv_bias)
-        norm_bias = bool(config.include_bias if config.bias_for_layer_norm is None else config.bias_for_layer_norm)
         self.n_heads, self.kv_heads, self.head_dim = config.n_heads, config.kv_heads, head_dim
-        self.attn_norm = RMSNorm(d, config.rms_norm_eps, norm_bias)
-        self.ff_norm = RMSNorm(d, config.rms_norm_eps, norm_bias)
+        self.attn_norm = RMSNorm(d, config.rms_norm_eps, config.norm_bias)
+        self.ff_norm = RMSNorm(d, config.rms_norm_eps, config.norm_bias)
         self.q_proj = nn.Linear(d, d, bias=qkv_bias)
         self.k_proj = nn.Linear(d, self.kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d, self.kv_heads * head_dim, bias=qkv_bias)
@@ -118,9 +121,7 @@ class LLaDABackbone(nn.Module):
         super().__init__()
         parts = {"wte": nn.Embedding(config.rows, config.d_model),
                  "blocks": nn.ModuleList(LLaDABlock(config) for _ in range(config.n_layers)),
-                 "ln_f": RMSNorm(config.d_model, config.rms_norm_eps,
-                                 bool(config.include_bias if config.bias_for_layer_norm is None
-                                      else config.bias_for_layer_norm))}
+                 "ln_f": RMSNorm(config.d_model, config.rms_norm_eps, config.norm_bias)}
         if not config.weight_tying:
             parts["ff_out"] = nn.Linear(config.d_model, config.rows, bias=config.include_bias)
         self.transformer = nn.ModuleDict(parts)
@@ -140,11 +141,17 @@ class LLaDAModelLM(NativeMDM, PreTrainedModel):
         self.model = LLaDABackbone(config)
         self.post_init()
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(0.0, 0.02)
-            if getattr(module, "bias", None) is not None:
-                module.bias.data.zero_()
+    _rotary_key = None
+
+    def _rotary(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables for positions 0..length-1 (LLaDA's positions never depend on the input), made once per
+        length and device rather than at every sampling step."""
+        if self._rotary_key != (length, device):
+            positions = torch.arange(length, device=device)[None]
+            self._rotary_tables = rotary_tables(positions, self.config.d_model // self.config.n_heads,
+                                                self.config.rope_theta)
+            self._rotary_key = (length, device)
+        return self._rotary_tables
 
     def tie_weights(self, *args, **kwargs):  # the tied head is the embedding itself: nothing to tie
         pass
@@ -170,8 +177,7 @@ class LLaDAModelLM(NativeMDM, PreTrainedModel):
         x = t["wte"](input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.input_emb_norm:
             x = x * self.config.d_model ** 0.5
-        positions = torch.arange(x.shape[1], device=x.device)[None]
-        rotary = rotary_tables(positions, self.config.d_model // self.config.n_heads, self.config.rope_theta)
+        rotary = self._rotary(x.shape[1], x.device)
         for block in t["blocks"]:
             if collect is not None:
                 collect.append(x)
