@@ -10,6 +10,17 @@ import sys
 import numpy as np
 import torch
 
+from upo_fast.cli_args import (
+    OneLineParser,
+    check_outputs,
+    device_name,
+    finite_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    report_error,
+)
 from upo_fast.cli_eval import _grid_task, _grid_task_name, _task, _task_name, cmd_eval, cmd_parallel_curve, cmd_viz
 from upo_fast.scorers import resolve_scorer
 
@@ -80,8 +91,10 @@ def cmd_sample(args) -> None:
 
         task = _task(args.task)
         grid = task.parse_grid(args.grid)
-        model = load_model(args.model, task)
-        out = unmask(model, task.encode(grid[None]), scorer=resolve_scorer(args.scorer), topk=args.topk)
+        model = load_model(args.model, task, args.device)
+        scorer = resolve_scorer(args.scorer)
+        out = unmask(model, task.encode(grid[None]).to(args.device), scorer=scorer, topk=args.topk,
+                     **_policy_options(args, scorer, task, model))
         filled = task.decode(out)[0]
         print(task.format_grid(filled))
         ok = bool(task.is_valid_solution(filled[None])[0]) and bool(np.all((grid == 0) | (filled == grid)))
@@ -92,11 +105,24 @@ def cmd_sample(args) -> None:
     from upo_fast.models.loading import load_text_model
     from upo_fast.sampler import generate
 
+    scorer = resolve_scorer(args.scorer)
+    if scorer == "policy" and not args.policy:
+        raise ValueError("--scorer policy with --prompt needs --policy DIR: no policy ships for LLaDA/Dream")
     model, tokenizer = load_text_model(args.model, args.device, args.trust_remote_code)
     ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(args.device)
-    out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length,
-                   steps=args.steps, scorer=resolve_scorer(args.scorer))
+    out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
+                   scorer=scorer, topk=args.topk, **_policy_options(args, scorer, None, model))
     print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+
+
+def _policy_options(args, scorer: str, task, model) -> dict:
+    """``policy`` and ``position_temperature`` for ``--scorer policy`` (the shipped policy of a grid task when
+    ``--policy`` is not given); nothing for the heuristics."""
+    if scorer != "policy":
+        return {}
+    from upo_fast.evaluation import load_policy
+
+    return {"policy": load_policy(args.policy, task, model), "position_temperature": args.position_temperature}
 
 
 def cmd_pretrain_mdm(args) -> None:
@@ -134,89 +160,97 @@ def cmd_pretrain_mdm(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="upo-fast", description=__doc__)
+    parser = OneLineParser(prog="upo-fast", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
-    demo = sub.add_parser("demo", help="every order on held-out Sudoku and Zebra with the shipped TinyMDMs (CPU)")
-    demo.add_argument("--num-puzzles", type=int, default=DEMO_PUZZLES)
+    def command(name: str, **options) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[debug], **options)
+
+
+    demo = command("demo", help="every order on held-out Sudoku and Zebra with the shipped TinyMDMs (CPU)")
+    demo.add_argument("--num-puzzles", type=positive_int, default=DEMO_PUZZLES)
     demo.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped sudoku9 model)")
     demo.add_argument("--out", default="demo_out", help="folder for the pictures")
     demo.add_argument("--json", default=None)
     demo.set_defaults(func=cmd_demo)
 
-    ev = sub.add_parser("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
+    ev = command("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
     ev.add_argument("--task", default="sudoku9", type=_task_name,
                     help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500 (LLaDA/Dream)")
     ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
                     "gsm8k/math500, a local JSON/JSONL/parquet test set; default for puzzles: generated held-out")
     ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
-    ev.add_argument("--limit", type=int, default=None)
-    ev.add_argument("--num-puzzles", type=int, default=200)
-    ev.add_argument("--blanks", type=int, default=None)
+    ev.add_argument("--limit", type=positive_int, default=None)
+    ev.add_argument("--num-puzzles", type=positive_int, default=200)
+    ev.add_argument("--blanks", type=positive_int, default=None)
     ev.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task); "
                     "for gsm8k/math500 a local LLaDA/Dream folder")
-    ev.add_argument("--topk", type=int, default=5, help="K of the topk scorer")
-    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--topk", type=positive_int, default=5, help="K of the topk scorer")
+    ev.add_argument("--batch-size", type=positive_int, default=250)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="cpu", type=device_name)
     ev.add_argument("--trust-remote-code", action="store_true",
                     help="gsm8k/math500 with a model that is neither LLaDA nor Dream: run the folder's own code")
     ev.add_argument("--policy", default=None, help="a saved policy folder for --scorer policy (default: shipped)")
-    ev.add_argument("--position-temperature", type=float, default=None,
+    ev.add_argument("--position-temperature", type=nonneg_float, default=None,
                     help="order temperature of sampled orders (policy default: 0 = greedy, 1 with --pass-at > 1)")
-    ev.add_argument("--temperature", type=float, default=0.0, help="token temperature (0 = argmax)")
-    ev.add_argument("--pass-at", type=int, default=1, help="N sampled trajectories per problem: Pass@k for k <= N")
+    ev.add_argument("--temperature", type=nonneg_float, default=0.0, help="token temperature (0 = argmax)")
+    ev.add_argument("--pass-at", type=positive_int, default=1,
+                    help="N sampled trajectories per problem: Pass@k for k <= N")
     ev.add_argument("--plot", default=None, help="PNG path of the Pass@k curves (default: next to --json)")
-    ev.add_argument("--gen-length", type=int, default=256, help="gsm8k/math500: tokens to generate")
-    ev.add_argument("--block-length", type=int, default=32, help="gsm8k/math500: semi-autoregressive block")
-    ev.add_argument("--steps", type=int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
+    ev.add_argument("--gen-length", type=positive_int, default=256, help="gsm8k/math500: tokens to generate")
+    ev.add_argument("--block-length", type=positive_int, default=32, help="gsm8k/math500: semi-autoregressive block")
+    ev.add_argument("--steps", type=positive_int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
     ev.add_argument("--json", default=None)
     ev.set_defaults(func=cmd_eval)
 
-    vz = sub.add_parser("viz", help="heat maps of when each cell is unmasked, and one trajectory as text")
+    vz = command("viz", help="heat maps of when each cell is unmasked, and one trajectory as text")
     vz.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     vz.add_argument("--scorer", action="append", help="repeatable; default max_confidence, margin, policy")
     vz.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
     vz.add_argument("--data", default=None)
-    vz.add_argument("--num-puzzles", type=int, default=100)
-    vz.add_argument("--blanks", type=int, default=None)
-    vz.add_argument("--limit", type=int, default=None)
+    vz.add_argument("--num-puzzles", type=positive_int, default=100)
+    vz.add_argument("--blanks", type=positive_int, default=None)
+    vz.add_argument("--limit", type=positive_int, default=None)
     vz.add_argument("--model", default=None)
-    vz.add_argument("--topk", type=int, default=5)
+    vz.add_argument("--topk", type=positive_int, default=5)
     vz.add_argument("--seed", type=int, default=0)
-    vz.add_argument("--device", default="cpu")
+    vz.add_argument("--device", default="cpu", type=device_name)
     vz.add_argument("--out", default="viz_out", help="folder for <task>_order.png and <task>_trajectory.txt")
     vz.set_defaults(func=cmd_viz)
 
-    tr = sub.add_parser("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
+    tr = command("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
     tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields; options below override")
     tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one")
     for name, kind in _TRAIN_OPTIONS.items():
         tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     tr.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("plot-runs", help="reward-vs-step and validation curves of training runs (PNG)")
+    pr = command("plot-runs", help="reward-vs-step and validation curves of training runs (PNG)")
     pr.add_argument("--run", action="append", required=True, help="LABEL=RUN_FOLDER, repeatable")
     pr.add_argument("--out", required=True, help="PNG path")
-    pr.add_argument("--window", type=int, default=10, help="moving-average window of the reward curve")
+    pr.add_argument("--window", type=positive_int, default=10, help="moving-average window of the reward curve")
     pr.set_defaults(func=cmd_plot_runs)
 
-    pc = sub.add_parser("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
+    pc = command("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
     pc.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
     pc.add_argument("--thresholds", default="0.999,0.99,0.95,0.9,0.8,0.7")
     pc.add_argument("--data", default=None)
-    pc.add_argument("--num-puzzles", type=int, default=200)
-    pc.add_argument("--blanks", type=int, default=None)
-    pc.add_argument("--limit", type=int, default=None)
+    pc.add_argument("--num-puzzles", type=positive_int, default=200)
+    pc.add_argument("--blanks", type=positive_int, default=None)
+    pc.add_argument("--limit", type=positive_int, default=None)
     pc.add_argument("--model", default=None)
-    pc.add_argument("--device", default="cpu")
+    pc.add_argument("--device", default="cpu", type=device_name)
     pc.add_argument("--json", default=None)
     pc.add_argument("--out", default=None, help="PNG path")
     pc.set_defaults(func=cmd_parallel_curve)
 
-    pp = sub.add_parser("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
+    pp = command("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
     pp.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pp.add_argument("--reference", default="max_confidence")
     pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
@@ -224,52 +258,57 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--model", default=None)
     pp.add_argument("--init", default="anchor",
                     help="fresh, copy, anchor, or a saved policy folder to go on from (then round 0 rolls out it)")
-    pp.add_argument("--extra-blocks", type=int, default=0,
+    pp.add_argument("--extra-blocks", type=nonneg_int, default=0,
                     help="fresh transformer blocks after the first (they compare the positions' predictions)")
-    pp.add_argument("--rounds", type=int, default=1, help="DAgger rounds after the reference's (0: imitation only)")
-    pp.add_argument("--puzzles-per-round", type=int, default=256)
-    pp.add_argument("--steps", type=int, default=100, help="AdamW steps after each round")
-    pp.add_argument("--batch-size", type=int, default=128, help="buffered states per step")
-    pp.add_argument("--lr", type=float, default=3e-4)
-    pp.add_argument("--topk", type=int, default=5, help="K of the topk reference")
-    pp.add_argument("--candidate-topk", type=int, default=None,
+    pp.add_argument("--rounds", type=nonneg_int, default=1,
+                    help="DAgger rounds after the reference's (0: imitation only)")
+    pp.add_argument("--puzzles-per-round", type=positive_int, default=256)
+    pp.add_argument("--steps", type=positive_int, default=100, help="AdamW steps after each round")
+    pp.add_argument("--batch-size", type=positive_int, default=128, help="buffered states per step")
+    pp.add_argument("--lr", type=positive_float, default=3e-4)
+    pp.add_argument("--topk", type=positive_int, default=5, help="K of the topk reference")
+    pp.add_argument("--candidate-topk", type=positive_int, default=None,
                     help="the policy re-ranks the K most confident candidates only")
-    pp.add_argument("--keep-rate", type=float, default=0.1, help="fraction of uncontested states buffered")
-    pp.add_argument("--eval-puzzles", type=int, default=200)
+    pp.add_argument("--keep-rate", type=positive_float, default=0.1, help="fraction of uncontested states buffered")
+    pp.add_argument("--eval-puzzles", type=positive_int, default=200)
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument("--out", required=True)
     pp.set_defaults(func=cmd_pretrain_policy)
 
-    sa = sub.add_parser("sample", help="fill one Sudoku grid, or generate from a prompt with a local LLaDA/Dream")
+    sa = command("sample", help="fill one Sudoku grid, or generate from a prompt with a local LLaDA/Dream")
     sa.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
     sa.add_argument("--grid", default=None, help="n*n digits, 0 or . for blanks")
     sa.add_argument("--prompt", default=None)
     sa.add_argument("--model", default=None)
     sa.add_argument("--scorer", default="max_confidence")
-    sa.add_argument("--topk", type=int, default=5)
-    sa.add_argument("--gen-length", type=int, default=128)
-    sa.add_argument("--block-length", type=int, default=32)
-    sa.add_argument("--steps", type=int, default=128)
-    sa.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sa.add_argument("--policy", default=None, help="policy folder for --scorer policy (grid: default shipped)")
+    sa.add_argument("--position-temperature", type=nonneg_float, default=0.0,
+                    help="order temperature of --scorer policy (0 = greedy)")
+    sa.add_argument("--topk", type=positive_int, default=5)
+    sa.add_argument("--gen-length", type=positive_int, default=128)
+    sa.add_argument("--block-length", type=positive_int, default=32)
+    sa.add_argument("--steps", type=positive_int, default=128)
+    sa.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name)
     sa.add_argument("--trust-remote-code", action="store_true",
                     help="a model that is neither LLaDA nor Dream: run the folder's own code")
     sa.set_defaults(func=cmd_sample)
 
-    pt = sub.add_parser("pretrain-mdm", help="train a TinyMDM on a task (MDM objective)")
+    pt = command("pretrain-mdm", help="train a TinyMDM on a task (MDM objective)")
     pt.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pt.add_argument("--out", required=True)
-    pt.add_argument("--steps", type=int, default=1200)
-    pt.add_argument("--batch-size", type=int, default=128)
-    pt.add_argument("--lr", type=float, default=2e-3)
-    pt.add_argument("--hidden-size", type=int, default=128)
-    pt.add_argument("--layers", type=int, default=4)
-    pt.add_argument("--heads", type=int, default=4)
+    pt.add_argument("--steps", type=positive_int, default=1200)
+    pt.add_argument("--batch-size", type=positive_int, default=128)
+    pt.add_argument("--lr", type=positive_float, default=2e-3)
+    pt.add_argument("--hidden-size", type=positive_int, default=128)
+    pt.add_argument("--layers", type=positive_int, default=4)
+    pt.add_argument("--heads", type=positive_int, default=4)
     pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"])
-    pt.add_argument("--min-mask-ratio", type=float, default=0.05)
+    pt.add_argument("--min-mask-ratio", type=finite_float, default=0.05)
     pt.add_argument("--loss-weighting", default="inverse_t", choices=["inverse_t", "none"])
-    pt.add_argument("--checkpoint-every", type=int, default=200)
-    pt.add_argument("--time-limit", type=float, default=None, help="seconds")
-    pt.add_argument("--stop-at-step", type=int, default=None, help="stop here; the lr schedule still spans --steps")
+    pt.add_argument("--checkpoint-every", type=positive_int, default=200)
+    pt.add_argument("--time-limit", type=positive_float, default=None, help="seconds")
+    pt.add_argument("--stop-at-step", type=positive_int, default=None,
+                    help="stop here; the lr schedule still spans --steps")
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=cmd_pretrain_mdm)
     return parser
@@ -278,10 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_outputs(args)  # before any work: a run must not fail at its end for want of a writable --json
         args.func(args)
-    except ValueError as err:
-        print(f"upo-fast {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"upo-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the person at the terminal; --debug shows the rest
+        return report_error(args.command, err, args.debug)
     return 0
 
 

@@ -51,12 +51,13 @@ def load_model(path: str | Path | None, task, device: str = "cpu"):
 
 def load_policy(path, task, mdm):
     """A saved UnmaskingPolicy (``path``), or the one shipped for ``task``; checked against the MDM."""
+    from upo_fast.models.tiny_mdm import load_saved
     from upo_fast.policy import UnmaskingPolicy
 
     path = Path(path) if path else shipped_policy_path(task.name)
     if not (path / "config.json").is_file():
         raise ValueError(f"--policy {path}: not a saved policy folder (no config.json)")
-    policy = UnmaskingPolicy.from_pretrained(path).to(next(mdm.parameters()).device).eval()
+    policy = load_saved(UnmaskingPolicy, path, next(mdm.parameters()).device)  # strict: missing weights are an error
     policy.check_compatible(mdm)
     return policy
 

@@ -42,3 +42,21 @@ def check_pad_not_mask(x, attention_mask, mask_id: int) -> None:
     if bool(padded_masks.any()):
         raise ValueError(f"padding positions (attention_mask == 0) hold the mask id {mask_id}: the pad id must "
                          "differ from mask_id (set tokenizer.pad_token_id to another token)")
+
+
+def check_device(device, name: str = "device") -> None:
+    """``device`` must name a device this machine has: cpu, cuda / cuda:N (a CUDA device present), mps."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}={device!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r}: no CUDA device is available on this machine; use cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name}={device!r}: MPS is not available on this machine; use cpu")
+    elif parsed.type != "cpu":
+        raise ValueError(f"{name}={device!r}: upo_fast runs on cpu, cuda or mps")

@@ -378,16 +378,25 @@ def quiet_transformers_progress():
 
 
 def load_tiny_mdm(path, device="cpu") -> TinyMDM:
-    """Load a TinyMDM saved with ``save_pretrained`` (or a pretraining ``checkpoint-last``) in eval mode.
+    """Load a TinyMDM saved with ``save_pretrained`` (or a pretraining ``checkpoint-last``) in eval mode; see
+    :func:`load_saved` for what is checked."""
+    return load_saved(TinyMDM, path, device)
 
-    Raises ValueError naming the path for a missing directory, a missing/corrupt config or weights file,
-    and for weights that do not match the config (from_pretrained would silently re-initialize them).
+
+def load_saved(model_cls, path, device="cpu"):
+    """Load a ``model_cls`` (a ``PreTrainedModel`` of this package: TinyMDM, UnmaskingPolicy) saved with
+    ``save_pretrained`` in a local folder, in eval mode on ``device``.
+
+    Raises ValueError naming the path for a missing directory, a missing/corrupt config or weights file, a
+    config of another model type, weights that do not match the config (``from_pretrained`` alone would
+    silently re-initialize missing ones) and non-finite weights. Only safetensors are read: no pickle.
     """
     from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
+    expected_type = model_cls.config_class.model_type
     if not os.path.isdir(path):
-        raise ValueError(f"{path}: not a directory (expected a TinyMDM save_pretrained directory)")
+        raise ValueError(f"{path}: not a directory (expected a {expected_type} save_pretrained directory)")
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         raise ValueError(f"{path}: missing config.json")
@@ -396,8 +405,8 @@ def load_tiny_mdm(path, device="cpu") -> TinyMDM:
             model_type = json.load(f).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise ValueError(f"{path}: unreadable config.json ({exc})") from exc
-    if model_type != TinyMDMConfig.model_type:
-        raise ValueError(f"{path}: config.json has model_type={model_type!r}, expected 'tiny_mdm'")
+    if model_type != expected_type:
+        raise ValueError(f"{path}: config.json has model_type={model_type!r}, expected {expected_type!r}")
 
     weight_file = os.path.join(path, "model.safetensors")
     if not os.path.isfile(weight_file):
@@ -412,10 +421,13 @@ def load_tiny_mdm(path, device="cpu") -> TinyMDM:
 
     try:
         with quiet_transformers_progress():
-            model, info = TinyMDM.from_pretrained(path, output_loading_info=True)
+            model, info = model_cls.from_pretrained(path, output_loading_info=True, local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
-        raise ValueError(f"{path}: could not load TinyMDM ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{path}: could not load {expected_type} ({type(exc).__name__}: {exc})") from exc
     problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if problems:
         raise ValueError(f"{path}: weights do not match the config: {problems}")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: model.safetensors holds non-finite values (NaN or inf) in {name}")
     return model.to(device).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         from upo_fast.tasks import TASKS, is_grid_task
+        from upo_fast.validation import check_device
 
         def check(ok: bool, name: str, valid: str) -> None:
             if not ok:
@@ -71,7 +73,12 @@ class TrainConfig:
 
         check(is_grid_task(self.task), "task", f"a grid task ({', '.join(TASKS)}, zebraHxA)")
         check(self.reference in REFERENCES, "reference", f"one of {', '.join(REFERENCES)}")
-        check(self.init in INITS or Path(self.init).is_dir(), "init", f"one of {', '.join(INITS)} or a policy folder")
+        check(self.init in INITS or (Path(self.init) / "config.json").is_file(), "init",
+              f"one of {', '.join(INITS)} or a saved policy folder (with config.json)")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float):
+                check(math.isfinite(value), f.name, "a finite number")
         check(self.block_init in ("copy", "fresh"), "block_init", "'copy' or 'fresh'")
         check(self.reward in REWARDS, "reward", f"one of {', '.join(REWARDS)}")
         check(self.kl_mode in KL_MODES, "kl_mode", f"one of {', '.join(KL_MODES)}")
@@ -94,6 +101,7 @@ class TrainConfig:
         check(self.clip_eps_high is None or self.clip_eps_high > 0, "clip_eps_high", "None or > 0")
         check(self.stop_at_step is None or self.stop_at_step >= 1, "stop_at_step", "None or >= 1")
         check(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s", "None or > 0")
+        check_device(self.device, "device")
         return self
 
     def to_dict(self) -> dict:
@@ -101,11 +109,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        """A config from option -> value; values are converted to the field's type (a YAML ``lr: 1e-4`` is a
+        string to PyYAML, ``tensorboard: "no"`` a string) or refused with a ValueError naming the option."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        return cls(**values)
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        return cls(**{name: _convert(name, value, fields[name]) for name, value in values.items()})
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -113,14 +123,54 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        try:
+            text = path.read_text()
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
 
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
+                try:
+                    values = yaml.safe_load(text) or {}
+                except yaml.YAMLError as exc:
+                    raise ValueError(" ".join(str(exc).split())) from exc
+            else:
+                values = json.loads(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"config file {path}: unreadable ({exc})") from exc
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of option -> value")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _convert(name: str, value, annotation: str):
+    """``value`` as the type the field's annotation names (``"float"``, ``"int | None"``, ``"bool"``, ...)."""
+    kinds = [kind.strip() for kind in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    kind = kinds[0]
+    text = value.strip() if isinstance(value, str) else None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and text.lstrip("+-").isdigit():
+            return int(text)
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if text is not None:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+    elif kind == "str" and isinstance(value, str):
+        return value
+    words = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string", "None": "null"}
+    raise ValueError(f"{name} must be {' or '.join(words.get(k, k) for k in kinds)}, got {value!r}")

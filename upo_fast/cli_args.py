@@ -1,0 +1,124 @@
+"""Argument types and up-front checks of the ``upo-fast`` command line: bad input is one line that names the
+argument and what would be valid (exit code 2), found before any work starts, never a traceback.
+
+Nothing here imports torch at module level, so ``upo-fast --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit code 2): ``upo-fast eval: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(text: str, kind, name: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {name}, got {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "an integer >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    return _number(text, float, "a number")
+
+
+def nonneg_float(text: str) -> float:
+    value = _number(text, float, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value:g}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value:g}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """A device this machine has: ``cpu``, ``cuda`` / ``cuda:N`` with a CUDA device present, ``mps`` on Apple."""
+    from upo_fast.validation import check_device
+
+    try:
+        check_device(text, "device")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("device=")) from None
+    return text
+
+
+# Where each command writes: (attribute, flag, "dir" for a folder it creates | "file" for a file it writes)
+OUTPUTS = {
+    "demo": (("out", "--out", "dir"), ("json", "--json", "file")),
+    "eval": (("json", "--json", "file"), ("plot", "--plot", "file")),
+    "viz": (("out", "--out", "dir"),),
+    "train": (("out", "--out", "dir"),),
+    "plot-runs": (("out", "--out", "file"),),
+    "parallel-curve": (("json", "--json", "file"), ("out", "--out", "file")),
+    "pretrain-policy": (("out", "--out", "dir"),),
+    "pretrain-mdm": (("out", "--out", "dir"),),
+}
+
+
+def check_output(path, flag: str, kind: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done: a file where a folder must be
+    (or the reverse), a parent that is a file, a folder without write permission."""
+    path = Path(path)
+    if path.exists() and kind == "dir" and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file; pass a folder")
+    if path.exists() and kind == "file" and path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; pass a file path")
+    existing = path if kind == "dir" and path.exists() else path.parent
+    while not existing.exists():  # the folders that will be created
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {existing} is not writable")
+
+
+def check_outputs(args) -> None:
+    for attr, flag, kind in OUTPUTS.get(args.command, ()):
+        if getattr(args, attr, None):
+            check_output(getattr(args, attr), flag, kind)
+
+
+def report_error(command: str, err: BaseException, debug: bool) -> int:
+    """Print ``err`` as one line (the traceback with ``--debug``) and return the exit code: 2 for bad input
+    (ValueError, a file that cannot be read or written), 1 for anything else (a bug: please report it)."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(err)
+    bad_input = isinstance(err, (ValueError, OSError))
+    message = str(err) if bad_input else f"{type(err).__name__}: {err} (a bug; rerun with --debug and report it)"
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in message:
+        message = f"{err.filename}: {message}"
+    print(f"upo-fast {command}: error: {message}", file=sys.stderr)
+    return 2 if bad_input else 1
