@@ -142,4 +142,6 @@ def test_parallel_curve(model_dir, tmp_path, capsys):
     assert [p["label"] for p in points] == ["1/step", "0.5", "0.2"]
     assert points[0]["mean_steps"] >= points[1]["mean_steps"] >= points[2]["mean_steps"]
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert main(["parallel-curve", "--task", "sudoku4", "--model", str(model_dir), "--thresholds", "2"]) == 2
+    for bad in ("2", "0.5,x", ""):
+        assert main(["parallel-curve", "--task", "sudoku4", "--model", str(model_dir), "--thresholds", bad]) == 2
+        assert "--thresholds" in capsys.readouterr().err

@@ -28,7 +28,12 @@ def _grid_task_name(name: str) -> str:
 
 
 def _task_name(name: str) -> str:
-    return name if name in TEXT_TASKS else _grid_task_name(name)
+    from upo_fast.tasks import is_grid_task
+
+    if name not in TEXT_TASKS and not is_grid_task(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a task: sudoku4, sudoku9, zebra, zebraHxA or "
+                                         f"{', '.join(TEXT_TASKS)}")
+    return name
 
 
 def _grid_task(name: str):
@@ -168,9 +173,12 @@ def cmd_parallel_curve(args) -> dict:
     task = _task(args.task)
     model = load_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
-    thresholds = [float(t) for t in args.thresholds.split(",")]
-    if any(not 0 < t <= 1 for t in thresholds):
-        raise ValueError(f"--thresholds must be in (0, 1], got {args.thresholds}")
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",")]
+    except ValueError:
+        thresholds = []
+    if not thresholds or any(not 0 < t <= 1 for t in thresholds):
+        raise ValueError(f"--thresholds must be comma-separated numbers in (0, 1], got {args.thresholds!r}")
     curves = {}
     for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
         options = dict(policy=load_policy(args.policy, task, model), position_temperature=0.0) \
