@@ -1,6 +1,8 @@
-"""Tests for upo_fast.checkpoints: rotation, sweeping and falling back to the newest readable checkpoint."""
+"""Tests for upo_fast.checkpoints: rotation, sweeping, falling back to the newest readable checkpoint, the
+JSON + safetensors trainer state, checksums, and the resume-settings comparison."""
 
 import json
+import math
 import os
 import warnings
 
@@ -10,11 +12,18 @@ from safetensors.torch import save_file
 
 from upo_fast.checkpoints import (
     CHECKPOINT_LINK,
+    CHECKSUMS,
+    LEGACY_TRAINER_STATE,
     TRAINER_STATE,
+    TRAINER_TENSORS,
+    changed_settings,
+    decode_state,
+    encode_state,
     find_resumable,
     json_default,
     load_model_weights,
     save_checkpoint,
+    step_if_finite,
     truncate_log,
 )
 
@@ -72,11 +81,83 @@ def test_corrupt_trainer_state_falls_back(tmp_path):
     by_step = save_steps(tmp_path, [10, 20, 30])
     state_file = by_step[30] / TRAINER_STATE
     state_file.write_bytes(state_file.read_bytes()[:50])
-    with pytest.warns(UserWarning, match=r"ckpt-00000030-.*trainer_state\.pt.*falling back"):
+    with pytest.warns(UserWarning, match=r"ckpt-00000030-.*checksum mismatch in trainer_state\.json.*falling back"):
         assert find_resumable(tmp_path)[0] == by_step[20]
-    torch.save({"no_step": 1}, state_file)  # readable, but not a trainer state
+    for name in (TRAINER_STATE, TRAINER_TENSORS, CHECKSUMS):
+        (by_step[30] / name).unlink()
+    torch.save({"no_step": 1}, by_step[30] / LEGACY_TRAINER_STATE)  # legacy, readable, but not a trainer state
     with pytest.warns(UserWarning, match="'step'"):
         assert find_resumable(tmp_path)[0] == by_step[20]
+
+
+def test_flipped_bytes_in_the_weights_fall_back_naming_the_file(tmp_path):
+    by_step = save_steps(tmp_path, [10, 20, 30])
+    weights = by_step[30] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    middle = len(data) - 20  # inside the tensor data: the header still parses
+    data[middle:middle + 4] = b"\xff\xff\xff\x7f"
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=r"ckpt-00000030-.*checksum mismatch in model\.safetensors.*falling back "
+                                         r"to .*ckpt-00000020-"):
+        path, state = find_resumable(tmp_path)
+    assert path == by_step[20] and state["step"] == 20
+
+
+def test_a_new_format_checkpoint_needs_its_checksums(tmp_path):
+    by_step = save_steps(tmp_path, [10, 20])
+    (by_step[20] / CHECKSUMS).unlink()
+    with pytest.warns(UserWarning, match=rf"ckpt-00000020-.*no {CHECKSUMS}.*falling back"):
+        assert find_resumable(tmp_path)[0] == by_step[10]
+    sums = json.loads((by_step[10] / CHECKSUMS).read_text())
+    del sums["files"][TRAINER_TENSORS]  # a list that leaves out a file the resume reads
+    (by_step[10] / CHECKSUMS).write_text(json.dumps(sums))
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=f"no checksum for {TRAINER_TENSORS}"):
+        find_resumable(tmp_path)
+
+
+def test_on_disk_layout_and_checksums(tmp_path):
+    save_steps(tmp_path, [10])
+    ckpt = (tmp_path / CHECKPOINT_LINK).resolve()
+    assert sorted(os.listdir(ckpt)) == sorted([CHECKSUMS, "model.safetensors", TRAINER_STATE, TRAINER_TENSORS])
+    sums = json.loads((ckpt / CHECKSUMS).read_text())
+    assert sums["algorithm"] == "sha256" and sorted(sums["files"]) == sorted(
+        ["model.safetensors", TRAINER_STATE, TRAINER_TENSORS])
+    doc = json.loads((ckpt / TRAINER_STATE).read_text())
+    assert doc["state"] == {"step": 10, "extra": [10]}
+
+
+def test_state_round_trips_exactly(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    gen = torch.Generator().manual_seed(3)
+    base = torch.arange(6.0)
+    state = {"step": 7, "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state(),
+             "data": gen.get_state(), "cuda": [torch.get_rng_state(), torch.get_rng_state()]},
+             "seconds": 1.25, "nan": float("nan"), "inf": float("-inf"), "nested": ((1, "a"), [None, True]),
+             "$odd": {"$tensor": "x"}, "mixed": {1: "int", "1": "str", (2, 3): "tuple"},
+             "view": base[::2], "same": [base, base], "config": {"lr": 1e-4, "steps": 200, "device": "cpu"}}
+    save_checkpoint(tmp_path, TinyModel(), state)
+    _, loaded = find_resumable(tmp_path)
+    assert isinstance(loaded["optimizer"]["state"], dict) and list(loaded["optimizer"]["state"]) == [0, 1]
+    assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    assert loaded["nested"] == ((1, "a"), [None, True]) and loaded["mixed"] == state["mixed"]
+    assert loaded["$odd"] == {"$tensor": "x"}  # a user key that looks like a tag stays data
+    assert math.isnan(loaded["nan"]) and loaded["inf"] == float("-inf") and loaded["config"] == state["config"]
+    assert torch.equal(loaded["view"], torch.tensor([0.0, 2.0, 4.0])) and loaded["view"].is_contiguous()
+    assert torch.equal(loaded["rng"]["data"], gen.get_state()) and len(loaded["rng"]["cuda"]) == 2
+    restored = torch.optim.AdamW(model.parameters(), lr=0.5)
+    restored.load_state_dict(loaded["optimizer"])
+    assert restored.param_groups[0]["lr"] == 1e-3
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(restored.state[model.weight][key], optimizer.state[model.weight][key])
+    with pytest.raises(TypeError, match="object"):
+        encode_state({"step": 1, "bad": object()})
+    with pytest.raises(ValueError, match="unknown or malformed tag"):
+        decode_state({"$eval": "print(1)"}, {})
+    with pytest.raises(ValueError, match="lacks"):
+        decode_state({"$tensor": "missing"}, {})
 
 
 def test_dangling_link_falls_back(tmp_path):
@@ -134,7 +215,7 @@ def test_plain_directory_link_is_used_then_replaced(tmp_path):
     model = TinyModel()
     (tmp_path / CHECKPOINT_LINK).mkdir()
     model.save_pretrained(tmp_path / CHECKPOINT_LINK)
-    torch.save({"step": 5}, tmp_path / CHECKPOINT_LINK / TRAINER_STATE)
+    torch.save({"step": 5}, tmp_path / CHECKPOINT_LINK / LEGACY_TRAINER_STATE)  # a legacy checkpoint
     assert find_resumable(tmp_path)[0] == tmp_path / CHECKPOINT_LINK
     save_checkpoint(tmp_path, model, {"step": 6})
     assert os.path.islink(tmp_path / CHECKPOINT_LINK) and len(os.listdir(tmp_path)) == 2
@@ -162,6 +243,46 @@ def test_load_model_weights_round_trip_and_mismatch(tmp_path):
     other = torch.nn.Sequential(torch.nn.Linear(4, 3))
     with pytest.raises(ValueError, match="does not match"):
         load_model_weights(other, tmp_path / CHECKPOINT_LINK, "cpu")
+
+
+def test_load_model_weights_refuses_non_finite_values(tmp_path):
+    model = TinyModel(seed=1)
+    with torch.no_grad():
+        model.linear.bias[1] = float("nan")
+    save_checkpoint(tmp_path, model, {"step": 1})
+    target = TinyModel(seed=2)
+    with pytest.raises(ValueError, match="non-finite.*linear.bias"):
+        load_model_weights(target, tmp_path / CHECKPOINT_LINK, "cpu")
+    assert torch.equal(target.linear.bias, TinyModel(seed=2).linear.bias)  # untouched
+
+
+def test_a_step_to_non_finite_parameters_is_undone():
+    model = TinyModel()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.linear(torch.randn(2, 4)).sum().backward()
+    assert step_if_finite(optimizer) and len(optimizer.state) == 2
+    before = [p.detach().clone() for p in model.parameters()]
+    moments = {k: v.clone() for k, v in optimizer.state[model.linear.weight].items()}
+    optimizer.param_groups[0]["lr"] = float("inf")
+    model.linear(torch.randn(2, 4)).sum().backward()
+    assert not step_if_finite(optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = optimizer.state[model.linear.weight]
+    assert all(torch.equal(after[k], v) for k, v in moments.items())
+    fresh = torch.optim.AdamW(TinyModel().parameters(), lr=float("inf"))
+    next(iter(fresh.param_groups[0]["params"])).grad = torch.ones(3, 4)
+    assert not step_if_finite(fresh) and len(fresh.state) == 0  # a first step undone leaves no state behind
+
+
+def test_changed_settings():
+    saved = {"steps": 200, "lr": 0.01, "seed": 0, "task": "sudoku4", "old_option": 1}
+    given = {"steps": 400, "lr": 0.01, "seed": 0, "task": "sudoku4", "new_option": 2}
+    assert changed_settings(saved, given, frozenset({"steps"})) == {"steps": (200, 400)}
+    with pytest.raises(ValueError) as info:
+        changed_settings(saved, {**given, "lr": 0.5, "seed": 7}, frozenset({"steps"}), where="run X")
+    message = str(info.value)
+    assert "run X" in message and "lr: 0.01 -> 0.5" in message and "seed: 0 -> 7" in message
+    assert "steps" not in message.splitlines()[1] and "new --out folder" in message
 
 
 def test_truncate_log_and_json_default(tmp_path):

@@ -1,20 +1,35 @@
-"""Crash-safe training checkpoints shared by the trainers (MDM pretraining, UPO policy training).
+"""Crash-safe, verifiable training checkpoints shared by the trainers (MDM pretraining, UPO policy training).
 
 Layout under ``out_dir``::
 
     checkpoint-last -> ckpt-00000400-<id>/   symlink to the newest checkpoint, swapped atomically (os.replace)
-    ckpt-00000400-<id>/                      model.save_pretrained files + trainer_state.pt (torch.save)
+    ckpt-00000400-<id>/
+        config.json, model.safetensors      model.save_pretrained files
+        trainer_state.json                  the trainer state's structure: step, counters, floats, strings, the
+                                            run's config, and {"$tensor": key} references into ...
+        trainer_state.safetensors           ... every tensor of the trainer state (optimizer moments, RNG states)
+        checksums.json                      SHA-256 of every other file of the checkpoint, written last
     ckpt-00000200-<id>/                      older complete checkpoints, the newest ``keep`` are kept
     .tmp-ckpt-*                              a save in progress (or the leftover of an interrupted one)
 
+Nothing in a checkpoint is unpickled: the trainer state is plain JSON plus safetensors (see :func:`encode_state`),
+so a crafted file in a run folder cannot run code when a trainer resumes from it. Checkpoints written before this
+format hold a pickled ``trainer_state.pt`` instead; those are read with ``torch.load(weights_only=True)`` only
+(torch's restricted loader: tensors, containers, numbers, strings) and are "unreadable" when it refuses them.
+
 A checkpoint directory only gets its ``ckpt-`` name once every file in it is written and fsynced, so a crash
 leaves either the previous state or the new one. Files can still go bad later (a full disk, a partial copy
-between machines), so :func:`find_resumable` checks each candidate and falls back to an older good one.
+between machines, flipped bytes), so :func:`find_resumable` verifies each candidate against its checksums and
+falls back to an older good one.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import math
+import numbers
 import os
 import re
 import shutil
@@ -25,10 +40,170 @@ from pathlib import Path
 import torch
 
 CHECKPOINT_LINK = "checkpoint-last"
-TRAINER_STATE = "trainer_state.pt"
+TRAINER_STATE = "trainer_state.json"  # the structure; its tensors live in TRAINER_TENSORS
+TRAINER_TENSORS = "trainer_state.safetensors"
+CHECKSUMS = "checksums.json"
+LEGACY_TRAINER_STATE = "trainer_state.pt"  # older checkpoints (torch.save); read with weights_only=True only
 MODEL_WEIGHTS = "model.safetensors"
+_STATE_FORMAT = "upo_fast.trainer_state"
+_STATE_VERSION = 1
 _TMP_PREFIX = ".tmp-ckpt-"
 _CKPT_NAME = re.compile(r"^ckpt-(\d+)-\w+$")
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer state as JSON + tensors
+# --------------------------------------------------------------------------------------------------
+
+
+def encode_state(state) -> tuple[object, dict[str, torch.Tensor]]:
+    """Split a nested trainer state into a JSON-able tree and a flat ``{key: tensor}`` dict (for safetensors).
+
+    Supported values: None, bool, int, float, str, tensors, and lists, tuples and dicts of them (numpy-like
+    numbers are stored as int / float). In the tree, a dict whose keys are all strings not starting with ``$`` is
+    a JSON object; everything JSON cannot say directly is a one-key object with a ``$`` tag:
+
+    * ``{"$tensor": "optimizer/state/0/exp_avg"}``: a tensor, by its key in the tensor file (the key is its path)
+    * ``{"$tuple": [...]}``: a tuple (e.g. AdamW's ``betas``)
+    * ``{"$dict": [[key, value], ...]}``: a dict with other keys (e.g. the optimizer's ``state`` {int: ...})
+    * ``{"$float": "nan" | "inf" | "-inf"}``: a non-finite float
+
+    Tensors are copied to the CPU, contiguous and unshared (safetensors refuses views of one storage).
+    :func:`decode_state` is the inverse.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def tensor_key(path: str) -> str:
+        key, n = path or "tensor", 1
+        while key in tensors:
+            key, n = f"{path or 'tensor'}~{n}", n + 1
+        return key
+
+    def enc(value, path: str):
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, torch.Tensor):
+            key = tensor_key(path)
+            tensors[key] = value.detach().cpu().clone(memory_format=torch.contiguous_format)
+            return {"$tensor": key}
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            value = float(value)
+            return value if math.isfinite(value) else {"$float": repr(value)}
+        if isinstance(value, tuple):
+            return {"$tuple": [enc(v, f"{path}/{i}") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [enc(v, f"{path}/{i}") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in value):
+                return {k: enc(v, f"{path}/{k}") for k, v in value.items()}
+            return {"$dict": [[enc(k, f"{path}/key"), enc(v, f"{path}/{k}")] for k, v in value.items()]}
+        raise TypeError(f"trainer state: cannot store a {type(value).__name__} (at {path or 'the top'})")
+
+    return enc(state, ""), tensors
+
+
+def decode_state(tree, tensors: dict[str, torch.Tensor]):
+    """The inverse of :func:`encode_state`; raises ValueError on anything it did not write."""
+
+    def dec(node):
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            return [dec(v) for v in node]
+        if not isinstance(node, dict):
+            raise ValueError(f"unexpected {type(node).__name__} in the trainer state")
+        tags = [k for k in node if k.startswith("$")]
+        if not tags:
+            return {k: dec(v) for k, v in node.items()}
+        if len(node) != 1:
+            raise ValueError(f"malformed tagged value {sorted(node)} in the trainer state")
+        tag, arg = tags[0], node[tags[0]]
+        if tag == "$tensor" and isinstance(arg, str):
+            if arg not in tensors:
+                raise ValueError(f"the trainer state refers to a tensor {arg!r} that {TRAINER_TENSORS} lacks")
+            return tensors[arg]
+        if tag == "$tuple" and isinstance(arg, list):
+            return tuple(dec(v) for v in arg)
+        if tag == "$dict" and isinstance(arg, list) and all(isinstance(kv, list) and len(kv) == 2 for kv in arg):
+            out = {}
+            for k, v in arg:
+                key = dec(k)
+                try:
+                    out[key] = dec(v)
+                except TypeError as exc:  # an unhashable key
+                    raise ValueError(f"bad dict key {k!r} in the trainer state") from exc
+            return out
+        if tag == "$float" and arg in ("nan", "inf", "-inf"):
+            return float(arg)
+        raise ValueError(f"unknown or malformed tag {tag!r} in the trainer state")
+
+    return dec(tree)
+
+
+def _write_state(directory: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    tree, tensors = encode_state(state)
+    save_file(tensors, str(directory / TRAINER_TENSORS))
+    doc = {"format": _STATE_FORMAT, "version": _STATE_VERSION, "tensors": TRAINER_TENSORS, "state": tree}
+    (directory / TRAINER_STATE).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+
+def _read_state(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    doc = json.loads((directory / TRAINER_STATE).read_text())
+    if not (isinstance(doc, dict) and doc.get("format") == _STATE_FORMAT and doc.get("version") == _STATE_VERSION
+            and "state" in doc):
+        raise ValueError(f"not a {_STATE_FORMAT} version {_STATE_VERSION} file")
+    return decode_state(doc["state"], load_file(str(directory / TRAINER_TENSORS), device="cpu"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checksums
+# --------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_checksums(directory: Path) -> None:
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    sums = {name: _sha256(directory / name) for name in files if name != CHECKSUMS}
+    (directory / CHECKSUMS).write_text(json.dumps({"algorithm": "sha256", "files": sums}, indent=1) + "\n")
+
+
+def _verify_checksums(directory: Path) -> None:
+    """Raise ValueError unless every file ``checksums.json`` lists (which must include the files a resume reads)
+    has its recorded SHA-256."""
+    if not (directory / CHECKSUMS).is_file():
+        raise ValueError(f"no {CHECKSUMS} (every checkpoint with a {TRAINER_STATE} has one)")
+    try:
+        doc = json.loads((directory / CHECKSUMS).read_text())
+        files = doc["files"]
+        if doc.get("algorithm") != "sha256" or not isinstance(files, dict):
+            raise ValueError("not a sha256 file list")
+    except Exception as exc:
+        raise ValueError(f"unreadable {CHECKSUMS} ({type(exc).__name__}: {exc})") from exc
+    missing = [name for name in (MODEL_WEIGHTS, TRAINER_STATE, TRAINER_TENSORS) if name not in files]
+    if missing:
+        raise ValueError(f"{CHECKSUMS} lists no checksum for {', '.join(missing)}")
+    for name, expected in files.items():
+        path = directory / name
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{CHECKSUMS} lists a path outside the checkpoint: {name!r}")
+        if path.is_symlink() or not path.is_file():
+            raise ValueError(f"{name} is missing or not a plain file (listed in {CHECKSUMS})")
+        actual = _sha256(path)
+        if actual != expected:
+            raise ValueError(f"checksum mismatch in {name} (sha256 {actual[:16]}..., recorded {str(expected)[:16]}...)")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -68,8 +243,9 @@ def _remove(path: Path) -> None:
 
 
 def save_checkpoint(out_dir: Path, model, trainer_state: dict, *, keep: int = 2) -> Path:
-    """Write ``model.save_pretrained`` files and ``trainer_state`` (a dict with an int ``'step'``) as a new
-    checkpoint, atomically point ``out_dir/checkpoint-last`` at it and return that link.
+    """Write ``model.save_pretrained`` files and ``trainer_state`` (a dict with an int ``'step'``; the values
+    :func:`encode_state` supports) as a new checkpoint with its checksums, atomically point
+    ``out_dir/checkpoint-last`` at it and return that link.
 
     Afterwards the newest ``keep`` checkpoints survive: the new one plus the ``keep - 1`` newest with a smaller
     step. Checkpoints at a step >= the new one are removed: they belong to a run that was resumed from an
@@ -88,7 +264,8 @@ def save_checkpoint(out_dir: Path, model, trainer_state: dict, *, keep: int = 2)
 
         with quiet_transformers_progress():
             model.save_pretrained(tmp)
-        torch.save(trainer_state, tmp / TRAINER_STATE)
+        _write_state(tmp, trainer_state)
+        _write_checksums(tmp)  # last: it covers every other file
         fsync_tree(tmp)
         final = out_dir / f"ckpt-{step:08d}-{tmp.name.rsplit('-', 1)[-1]}"
         os.replace(tmp, final)
@@ -118,22 +295,37 @@ def save_checkpoint(out_dir: Path, model, trainer_state: dict, *, keep: int = 2)
     return link
 
 
-def _check(checkpoint: Path) -> dict:
-    """Load ``trainer_state.pt`` of a checkpoint after checking that its weights file is complete."""
+def load_trainer_state(checkpoint: Path) -> dict:
+    """The trainer state of one checkpoint directory, after verifying it; raises ValueError when it is unreadable.
+
+    A checkpoint in the current format must have ``checksums.json``, and every file it lists must match; then
+    ``trainer_state.json`` + ``trainer_state.safetensors`` are decoded. A legacy checkpoint (only
+    ``trainer_state.pt``) has its weights' header checked and its state loaded with ``weights_only=True``.
+    """
     from safetensors import safe_open
 
+    checkpoint = Path(checkpoint)
+    legacy = not any((checkpoint / name).exists() for name in (TRAINER_STATE, TRAINER_TENSORS, CHECKSUMS))
+    if not legacy:
+        _verify_checksums(checkpoint)
     weights = checkpoint / MODEL_WEIGHTS
     try:
         with safe_open(str(weights), framework="pt") as f:  # parses the header; detects truncation
             list(f.keys())
     except Exception as exc:
         raise ValueError(f"unreadable {MODEL_WEIGHTS} ({type(exc).__name__}: {exc})") from exc
+    name = LEGACY_TRAINER_STATE if legacy else TRAINER_STATE
+    if legacy and not (checkpoint / LEGACY_TRAINER_STATE).exists():
+        raise ValueError(f"no {TRAINER_STATE} (nor a legacy {LEGACY_TRAINER_STATE})")
     try:
-        state = torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=False)
+        if legacy:  # never weights_only=False: unpickling a crafted file runs its code
+            state = torch.load(checkpoint / LEGACY_TRAINER_STATE, map_location="cpu", weights_only=True)
+        else:
+            state = _read_state(checkpoint)
     except Exception as exc:
-        raise ValueError(f"unreadable {TRAINER_STATE} ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"unreadable {name} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "step" not in state:
-        raise ValueError(f"{TRAINER_STATE} holds no 'step' (got {type(state).__name__})")
+        raise ValueError(f"{name} holds no 'step' (got {type(state).__name__})")
     return state
 
 
@@ -141,10 +333,12 @@ def find_resumable(out_dir: Path, load_state=True) -> tuple[Path, dict] | None:
     """Return ``(checkpoint_dir, trainer_state)`` of the newest good checkpoint in ``out_dir``.
 
     The target of ``checkpoint-last`` is tried first, then the other ``ckpt-*`` directories by descending step.
-    A checkpoint is good when ``model.safetensors`` parses and ``trainer_state.pt`` loads (``torch.load`` with
-    ``weights_only=False``: only resume from directories you trust) into a dict with a ``'step'``. Each skipped
-    candidate (including a dangling link) emits a warning naming it and the reason. With ``load_state=False``
-    the state is still loaded to validate it, but only ``{"step": ...}`` is returned.
+    A checkpoint is good when :func:`load_trainer_state` accepts it: every file matches ``checksums.json``,
+    ``model.safetensors`` parses and the trainer state decodes into a dict with a ``'step'`` (nothing is
+    unpickled; a legacy ``trainer_state.pt`` is read with ``weights_only=True``). Each skipped candidate
+    (including a dangling link) emits a warning naming it and the reason (e.g. the file whose checksum does not
+    match). With ``load_state=False`` the state is still loaded to validate it, but only ``{"step": ...}`` is
+    returned.
 
     Returns None when ``out_dir`` holds no checkpoint at all; raises ValueError listing every candidate and
     its problem when checkpoints (or a dangling link) exist but none is readable.
@@ -174,7 +368,7 @@ def find_resumable(out_dir: Path, load_state=True) -> tuple[Path, dict] | None:
     for i, (path, problem) in enumerate(candidates):
         if problem is None:
             try:
-                state = _check(path)
+                state = load_trainer_state(path)
                 return path, (state if load_state else {"step": state["step"]})
             except ValueError as exc:
                 problem = str(exc)
@@ -190,11 +384,15 @@ def load_model_weights(model, checkpoint: Path, device) -> None:
     """Load ``checkpoint/model.safetensors`` into ``model`` in place, on ``device``.
 
     Raises ValueError when keys are missing or unexpected (tied weights that ``save_pretrained`` dropped, such
-    as an lm_head tied to the embeddings, are fine).
+    as an lm_head tied to the embeddings, are fine), or when a tensor holds NaN or inf (naming the first one);
+    the model is left untouched then.
     """
     from safetensors.torch import load_file
 
     state = load_file(str(Path(checkpoint) / MODEL_WEIGHTS), device=str(device))
+    if not all_finite(list(state.values())):
+        bad = next(k for k, v in state.items() if not bool(torch.isfinite(v).all()))
+        raise ValueError(f"{checkpoint}: {MODEL_WEIGHTS} holds a non-finite value (NaN or inf) in {bad}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded = [params[k] for k in state if k in params]
@@ -203,6 +401,67 @@ def load_model_weights(model, checkpoint: Path, device) -> None:
         raise ValueError(
             f"{checkpoint}: checkpoint does not match the model (missing={missing}, unexpected={unexpected})"
         )
+
+
+def finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-dim bool tensor: True when no tensor holds NaN or inf. One reduction per tensor on their device and
+    no host read (``bool()`` of the result is the one read)."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point() or t.is_complex()]
+    if not flags:
+        return torch.tensor(True)
+    return torch.stack([f.to(flags[0].device) for f in flags]).all()
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when no tensor holds NaN or inf (one host read in all)."""
+    return bool(finite_flag(tensors))
+
+
+def step_if_finite(optimizer, agree=None) -> bool:
+    """``optimizer.step()``, undone when it leaves a NaN or inf in a parameter: the parameters and the optimizer
+    state are restored to what they were before. Returns whether the step was kept.
+
+    The parameters and the optimizer state are copied before every step, so this suits small models (the
+    policy, TinyMDM). ``agree(ok: bool tensor) -> bool`` lets several processes take the same decision.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    state = {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in optimizer.state[p].items()}
+             for p in params if p in optimizer.state}
+    optimizer.step()
+    ok = finite_flag(params)
+    if bool(agree(ok) if agree is not None else ok):
+        return True
+    with torch.no_grad():
+        for p, saved in zip(params, before):
+            p.copy_(saved)
+    for p in params:
+        if p in state:
+            optimizer.state[p] = state[p]
+        else:
+            optimizer.state.pop(p, None)
+    return False
+
+
+def changed_settings(saved: dict, given: dict, may_change: frozenset[str], *, where: str = "the checkpoint"
+                     ) -> dict[str, tuple]:
+    """Compare a run's saved settings with the ones given on resume.
+
+    Returns ``{name: (saved, given)}`` for the differences in ``may_change`` (the caller applies and logs them).
+    Any other difference raises ValueError listing every one as ``name: saved -> given``: resuming would mix two
+    runs (or silently keep the saved value of a setting the new config claims, as the optimizer state does with
+    the learning rate). Settings only one side knows (added or removed in another version) are not compared.
+    """
+    changed = {name: (saved[name], given[name]) for name in sorted(set(saved) & set(given))
+               if saved[name] != given[name]}
+    refused = [f"  {name}: {old!r} -> {new!r}" for name, (old, new) in changed.items() if name not in may_change]
+    if refused:
+        raise ValueError(
+            f"{where} was made with other settings; these cannot change when resuming:\n" + "\n".join(refused)
+            + "\nResume with the saved values, or use a new --out folder for a new run (settings that may change "
+            f"on resume: {', '.join(sorted(may_change))})"
+        )
+    return {name: change for name, change in changed.items() if name in may_change}
 
 
 def truncate_log(log_path: Path, last_step: int) -> None:

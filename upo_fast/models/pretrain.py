@@ -4,7 +4,9 @@ Checkpoint layout under ``out_dir``::
 
     checkpoint-last -> ckpt-00000200-<id>/   symlink, swapped atomically with os.replace
         config.json, model.safetensors      model.save_pretrained (loadable with load_tiny_mdm)
-        trainer_state.pt                    optimizer, scheduler, step, RNG states (torch.save)
+        trainer_state.json                  step, seconds, scheduler, optimizer hyper-parameters, the config
+        trainer_state.safetensors           optimizer moments, RNG states (data, noise, torch, cuda)
+        checksums.json                      SHA-256 of the other files, verified on resume
     train_log.jsonl                         one JSON object per log/checkpoint step
 
 A directory cannot be os.replace'd onto a non-empty directory, so ``checkpoint-last`` is a symlink to the
@@ -15,6 +17,7 @@ readable checkpoint are done by :mod:`upo_fast.checkpoints`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -25,11 +28,22 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from upo_fast.checkpoints import find_resumable, json_default, load_model_weights, save_checkpoint, truncate_log
+from upo_fast.checkpoints import (
+    changed_settings,
+    find_resumable,
+    json_default,
+    load_model_weights,
+    save_checkpoint,
+    step_if_finite,
+    truncate_log,
+)
 
+logger = logging.getLogger(__name__)
 LOSS_WEIGHTINGS = ("inverse_t", "none")
 LOG_FILE = "train_log.jsonl"
 KEEP_CHECKPOINTS = 1  # complete checkpoints kept in out_dir; > 1 gives find_resumable older ones to fall back to
+# Settings a resume may change (applied from the resumed step on). Not ``steps``: it shapes the lr schedule.
+RESUME_MAY_CHANGE = frozenset({"out_dir", "checkpoint_every", "log_every", "time_limit_s", "stop_at_step"})
 
 
 @dataclass
@@ -211,9 +225,12 @@ def pretrain_mdm(
     (when ``cfg.out_dir`` is set) a JSONL log plus atomic checkpoints every ``checkpoint_every`` steps, at the
     end and when ``time_limit_s`` runs out. If ``out_dir`` holds a checkpoint, training resumes from the newest
     readable one (``checkpoint-last`` first; see :func:`upo_fast.checkpoints.find_resumable`) and ends with the
-    same parameters as an uninterrupted run. ``eval_fn(model) -> dict`` runs (eval mode, no
-    grad) at every checkpoint step and its result goes to the log. Returns a summary dict; leaves the model
-    in eval mode.
+    same parameters as an uninterrupted run. A resume may change only the settings in ``RESUME_MAY_CHANGE``
+    (logged); any other difference from the checkpoint's config is a ValueError listing them. An optimizer step
+    that leaves a non-finite parameter is undone (parameters and optimizer state restored), logged as a warning and
+    counted in the log record (``skipped_nonfinite``) and the summary. ``eval_fn(model) -> dict`` runs (eval
+    mode, no grad) at every checkpoint step and its result goes to the log. Returns a summary dict; leaves the
+    model in eval mode.
     """
     if not isinstance(cfg, PretrainConfig):
         raise ValueError(f"cfg must be a PretrainConfig, got {type(cfg).__name__}")
@@ -236,6 +253,11 @@ def pretrain_mdm(
         found = find_resumable(out_dir)  # the newest readable checkpoint; warns about each one it skips
         if found is not None:
             checkpoint_dir, state = found
+            if "config" in state:  # a legacy checkpoint without its config resumes as before
+                changes = changed_settings(state["config"], asdict(cfg), RESUME_MAY_CHANGE,
+                                           where=f"the run in {out_dir} (checkpoint {checkpoint_dir.name})")
+                for name, (old, new) in changes.items():
+                    logger.warning("resume: %s %r -> %r", name, old, new)
             load_model_weights(model, checkpoint_dir, device)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -247,6 +269,7 @@ def pretrain_mdm(
 
     params = [p for p in model.parameters() if p.requires_grad]
     window_loss, window_steps = torch.zeros((), device=device), 0  # summed on device: one sync per log step
+    window_skipped, skipped_total = 0, 0  # optimizer steps undone for non-finite parameters
     final_loss, last_eval, checkpoint, stopped_early = None, None, None, False
     t_start = time.perf_counter()
     model.train()
@@ -270,11 +293,16 @@ def pretrain_mdm(
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            kept = step_if_finite(optimizer)  # a step leaving NaN / inf in a parameter is undone (one host read)
+            scheduler.step()  # the schedule follows the step count, kept or not
             step += 1
-            window_loss += loss.detach()
-            window_steps += 1
+            if kept:
+                window_loss += loss.detach()
+                window_steps += 1
+            else:
+                window_skipped += 1
+                skipped_total += 1
+                logger.warning("step %d: the optimizer step left non-finite parameters; undone", step)
             bar.update(1)
 
             out_of_time = cfg.time_limit_s is not None and time.perf_counter() - t_start >= cfg.time_limit_s
@@ -292,6 +320,9 @@ def pretrain_mdm(
                     window_loss.zero_()
                     window_steps = 0
                     bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{lr:.2e}")
+                if window_skipped:
+                    record["skipped_nonfinite"] = window_skipped  # steps undone since the previous record
+                    window_skipped = 0
             if do_ckpt and eval_fn is not None:
                 model.eval()
                 with torch.no_grad():
@@ -326,6 +357,7 @@ def pretrain_mdm(
         "wall_seconds": wall,
         "total_seconds": seconds_before + wall,
         "stopped_early": stopped_early,
+        "skipped_nonfinite": skipped_total,  # optimizer steps undone (non-finite parameters) in this call
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "last_eval": last_eval,
     }

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from upo_fast.checkpoints import find_resumable, json_default, load_model_weights, save_checkpoint, truncate_log
+from upo_fast.checkpoints import (
+    changed_settings,
+    find_resumable,
+    json_default,
+    load_model_weights,
+    save_checkpoint,
+    truncate_log,
+)
 from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
@@ -31,6 +38,12 @@ from upo_fast.training.update import ProcessGroup, update_policy
 logger = logging.getLogger(__name__)
 VALIDATION_SEED = 97_531  # validation puzzles; != HELD_OUT_SEED, and training seeds are derived differently
 assert VALIDATION_SEED != HELD_OUT_SEED
+# Settings a resume may change: they take effect from the resumed step on and change nothing that the checkpoint
+# already holds (the optimizer state, the RNG, the step seeds, the policy's architecture). ``steps`` only moves the
+# end (there is no lr schedule here); ``update_chunk`` is a memory bound (it regroups the same sums). Not
+# ``eval_puzzles``: ``best`` compares validation scores on one puzzle set. Every other difference is refused.
+RESUME_MAY_CHANGE = frozenset({"steps", "time_limit_s", "stop_at_step", "device", "tensorboard", "checkpoint_every",
+                               "keep_checkpoints", "eval_every", "out_dir", "update_chunk"})
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -126,6 +139,14 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     found = find_resumable(out_dir)
     if found is not None:
         ckpt, state = found
+        if "config" in state:  # a legacy checkpoint without its config resumes as before
+            changes = changed_settings(state["config"], cfg.to_dict(), RESUME_MAY_CHANGE,
+                                       where=f"the run in {out_dir} (checkpoint {ckpt.name})")
+            if group.main:
+                for name, (old, new) in changes.items():
+                    logger.warning("resume: %s %r -> %r", name, old, new)
+                if changes:
+                    (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         load_model_weights(policy, ckpt, device)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -185,6 +206,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             if metrics["skipped_nonfinite"]:
                 record["skipped"] = "non-finite loss or gradients"
                 logger.warning("step %d: non-finite loss or gradients, update skipped", step)
+            if metrics["undone_nonfinite"]:
+                record["skipped"] = "non-finite parameters after the optimizer step (undone)"
+                logger.warning("step %d: the optimizer step left non-finite parameters, undone", step)
         record["policy_entropy"] = _mean_surprisal(traj)
         if val is not None and step % cfg.eval_every == 0:
             record.update(validate(mdm, policy, task, *val))

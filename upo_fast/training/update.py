@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from upo_fast.checkpoints import all_finite, step_if_finite
 from upo_fast.training.losses import (
     REFERENCE_DIVERGENCE,
     grpo_loss,
@@ -89,8 +90,9 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
     traj: this process's recorded rollouts ([S, B, ...]); advantages: [B], one per row (its group's r - mean);
     rows: optional [B] bool, the rows to learn from (e.g. without the groups whose rewards are all equal, which
     carry no advantage: DAPO's dynamic sampling); the token mean runs over the steps of these rows.
-    An update whose loss or gradients are not finite is skipped (parameters and optimizer state untouched) and
-    reported as ``skipped_nonfinite``.
+    An inner step whose loss or gradients are not finite is skipped (parameters and optimizer state untouched);
+    ``skipped_nonfinite`` counts them. An optimizer step that leaves a non-finite parameter is undone (parameters
+    and optimizer state restored to before it); ``undone_nonfinite`` counts those.
 
     Forced moves: at a step where the MDM is certain of some candidate (its confidence >= ``certain_threshold``),
     the order among the certain cells barely matters, yet such steps are most of a Sudoku rollout. With
@@ -109,7 +111,7 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
     total_steps, total_rows = float(counts[0]), float(counts[1])
     if total_steps == 0:  # nothing to learn from on any process (e.g. every group had equal rewards)
         return dict(loss=0.0, policy_loss=0.0, clip_ratio=0.0, divergence=0.0, ratio_mean=1.0, grad_norm=0.0,
-                    skipped_nonfinite=0, update_steps=0, update_rows=0, update_states_used=0)
+                    skipped_nonfinite=0, undone_nonfinite=0, update_steps=0, update_rows=0, update_states_used=0)
     weight = active.float()
     if certain_keep < 1 and kl_mode == "exact":
         best = torch.where(traj.candidates, traj.confidence, torch.zeros_like(traj.confidence)).amax(-1)
@@ -120,6 +122,7 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
     chunks = _row_chunks(B, S, chunk_states)
     policy.train()
     metrics: dict[str, float] = {}
+    skipped_steps = undone_steps = 0
     for _ in range(inner_iters):
         optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(5, dtype=torch.float64)  # loss, policy loss, clip count, divergence, ratio (weighted)
@@ -128,17 +131,21 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
                                 clip_eps, clip_eps_high, kl_mode, topk, total_steps, group.world)
         group.average_gradients(params)
         sums = group.sum(sums)
-        grads_ok = all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+        grads_ok = all_finite([p.grad for p in params if p.grad is not None])
         skipped = not (grads_ok and math.isfinite(float(sums[0])))
         grad_norm = float("nan")
         if not skipped:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
-            optimizer.step()
+            # A step that leaves NaN / inf in a parameter (e.g. a huge lr) is undone: params + optimizer state.
+            # All processes decide together (they hold the same parameters; a disagreement must not split them).
+            if not step_if_finite(optimizer, agree=lambda ok: bool(group.sum(ok.double().view(1)) == group.world)):
+                undone_steps += 1
         optimizer.zero_grad(set_to_none=True)
+        skipped_steps += int(skipped)
         metrics = dict(loss=float(sums[0]), policy_loss=float(sums[1]), clip_ratio=float(sums[2]),
                        divergence=float(sums[3]), ratio_mean=float(sums[4]), grad_norm=grad_norm,
-                       skipped_nonfinite=int(skipped), update_steps=int(total_steps), update_rows=int(total_rows),
-                       update_states_used=int(used))
+                       skipped_nonfinite=skipped_steps, undone_nonfinite=undone_steps,
+                       update_steps=int(total_steps), update_rows=int(total_rows), update_states_used=int(used))
     policy.eval()
     return metrics
 
