@@ -31,6 +31,7 @@ import json
 import math
 import numbers
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -322,6 +323,11 @@ def load_trainer_state(checkpoint: Path) -> dict:
             state = torch.load(checkpoint / LEGACY_TRAINER_STATE, map_location="cpu", weights_only=True)
         else:
             state = _read_state(checkpoint)
+    except pickle.UnpicklingError as exc:  # torch's advice to retry with weights_only=False is not ours to give
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        raise ValueError(f"unreadable {name} (torch.load(weights_only=True) refused it: {detail} It is never "
+                         "unpickled unsafely: only resume such a checkpoint after converting it yourself)") from exc
     except Exception as exc:
         raise ValueError(f"unreadable {name} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "step" not in state:

@@ -5,6 +5,11 @@ resume, and several processes through torchrun.
 One step: P prompts (sharded over processes), each repeated G times -> one rollout batch with recording -> rewards
 [P, G] -> advantages r - group mean -> ``update_policy`` (mu inner iterations). Validation puzzles come from their
 own seed, never from the held-out test seed that ``upo-fast eval`` reports on.
+
+Resuming (``--out`` holds a checkpoint) keeps the run's saved settings: only those in ``RESUME_MAY_CHANGE`` may
+differ (applied and logged); any other difference is refused with a ValueError listing them. A step whose loss,
+gradients or resulting parameters are not finite leaves the policy and the optimizer state as they were (the
+metrics record says ``skipped``).
 """
 
 from __future__ import annotations
@@ -125,28 +130,29 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     if cfg.prompts_per_step % group.world:
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the number of processes "
                          f"({group.world})")
+    out_dir = Path(cfg.out_dir)
+    found = find_resumable(out_dir)  # first: a resume with other settings is refused before any model loads
+    changes = {}
+    if found is not None and "config" in found[1]:  # a legacy checkpoint without its config resumes as before
+        changes = changed_settings(found[1]["config"], cfg.to_dict(), RESUME_MAY_CHANGE,
+                                   where=f"the run in {out_dir} (checkpoint {found[0].name})")
     task = get_task(cfg.task)
     mdm = load_model(cfg.model, task, device).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the policy's initialization: the same on every process and every fresh start
     policy = make_policy(cfg, mdm)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    out_dir = Path(cfg.out_dir)
     if group.main:
         out_dir.mkdir(parents=True, exist_ok=True)
     group.barrier()
 
     start_step, best = 0, {"val_solved": -1.0, "step": 0}
-    found = find_resumable(out_dir)
     if found is not None:
         ckpt, state = found
-        if "config" in state:  # a legacy checkpoint without its config resumes as before
-            changes = changed_settings(state["config"], cfg.to_dict(), RESUME_MAY_CHANGE,
-                                       where=f"the run in {out_dir} (checkpoint {ckpt.name})")
-            if group.main:
-                for name, (old, new) in changes.items():
-                    logger.warning("resume: %s %r -> %r", name, old, new)
-                if changes:
-                    (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if group.main:
+            for name, (old, new) in changes.items():
+                logger.warning("resume: %s %r -> %r", name, old, new)
+            if changes:  # the settings in force from now on
+                (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         load_model_weights(policy, ckpt, device)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
