@@ -34,6 +34,8 @@ from upo_fast.kernels.triton_support import (  # noqa: F401  (some are re-export
     triton_next_pow2,
 )
 
+from upo_fast.validation import check_finite
+
 
 class VocabStats(NamedTuple):
     token: torch.Tensor
@@ -52,12 +54,10 @@ def _check_and_flatten(logits: torch.Tensor, rows: torch.Tensor | None, topk: in
         raise ValueError(f"logits must be [R, V] or [B, L, V], got shape {tuple(logits.shape)}")
     flat = logits.reshape(-1, logits.shape[-1])
     vocab = flat.shape[-1]
-    if not 1 <= topk <= vocab:
+    if not isinstance(topk, int) or isinstance(topk, bool) or not 1 <= topk <= vocab:
         raise ValueError(f"topk must be in [1, V={vocab}], got {topk}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if ref_tau <= 0:
-        raise ValueError(f"ref_tau must be > 0, got {ref_tau}")
+    check_finite(temperature, "temperature", low=0)
+    check_finite(ref_tau, "ref_tau", low=0, low_inclusive=False)
     if rows is not None:
         if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
             raise ValueError("rows must be a 1-D integer tensor of flat row indices")
@@ -219,6 +219,11 @@ def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
 
 
 MAX_TOPK = 16  # the kernel keeps the running top-k in registers
+# fp32 limits of the kernels (the references take any finite value): T * log(noise) stays finite up to T ~ 1e37;
+# above ~1e30 the Gumbel noise swamps any logit gap anyway, so the sampler passes min(T, MAX_TEMPERATURE). 1/ref_tau
+# must stay finite in fp32.
+MAX_TEMPERATURE = 1e30
+MIN_REF_TAU = 1e-30
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -307,10 +312,9 @@ def check_stat_options(topk, vocab: int, temperature, ref_tau) -> None:
     """The option checks both Triton launchers (vocab_stats, fused_head_stats) share."""
     if not isinstance(topk, int) or not 1 <= topk <= min(vocab, MAX_TOPK):
         raise ValueError(f"topk must be an int in [1, min(V={vocab}, {MAX_TOPK})], got {topk!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not ref_tau > 0:
-        raise ValueError(f"ref_tau must be > 0, got {ref_tau}")
+    # The kernels compute in fp32: T * log(noise) and 1 / ref_tau must stay finite there
+    check_finite(temperature, "temperature", low=0, high=MAX_TEMPERATURE)
+    check_finite(ref_tau, "ref_tau", low=MIN_REF_TAU)
 
 
 def empty_stats(logits, rows, topk):

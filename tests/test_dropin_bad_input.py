@@ -26,7 +26,8 @@ PROMPT = torch.tensor([[5, 6, 7]])
     ({"remasking": "entropy"}, "remasking must be one of"),
     ({"mask_id": 64}, "mask_id=64 is outside the vocabulary"),
     ({"logits_eos_inf": True}, "eos_id=126081 is outside the vocabulary"),
-    ({"temperature": -1.0}, "temperature and cfg_scale must be >= 0"),
+    ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+    ({"cfg_scale": float("nan")}, "cfg_scale must be a finite number >= 0"),
 ])
 def test_llada_generate_bad_arguments(llada, kwargs, message):
     args = {"steps": 4, "gen_length": 8, "block_length": 8, "mask_id": 63, **kwargs}
@@ -46,8 +47,8 @@ def test_llada_generate_pad_equal_to_mask_and_mask_shape(llada):
     ({"alg": "greedy"}, "alg must be one of"),
     ({"max_new_token": 8}, r"unknown keyword argument\(s\) \['max_new_token'\]"),
     ({"max_new_tokens": None, "max_length": 3}, "input length 3 must be smaller than max_length 3"),
-    ({"steps": 0}, "steps must be a positive integer"),
-    ({"eps": 1.5}, "eps must be in"),
+    ({"steps": 0}, "steps must be an integer >= 1"),
+    ({"eps": 1.5}, r"eps must be a finite number in \(0, 1\)"),
 ])
 def test_dream_generate_bad_arguments(dream, kwargs, message):
     with pytest.raises(ValueError, match=message):

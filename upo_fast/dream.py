@@ -18,6 +18,7 @@ misspelt ``max_new_token`` does not silently fall back to the default length.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ from transformers.utils import ModelOutput
 
 from upo_fast.adapters import MDMAdapter
 from upo_fast.schedules import dream_timesteps
-from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids
+from upo_fast.validation import check_attention_mask, check_finite, check_pad_not_mask, check_token_ids
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 DEFAULTS = {  # DreamGenerationConfig's defaults
@@ -57,14 +58,15 @@ def _resolve_options(model, generation_config, kwargs) -> dict:
     options.update({k: v for k, v in kwargs.items() if k in DEFAULTS})
     if options["alg"] not in ALGS:
         raise ValueError(f"alg must be one of {ALGS}, got {options['alg']!r}")
-    if not isinstance(options["steps"], int) or options["steps"] < 1:
-        raise ValueError(f"steps must be a positive integer, got {options['steps']!r}")
-    if not 0 < options["eps"] < 1:
-        raise ValueError(f"eps must be in (0, 1), got {options['eps']}")
-    if options["temperature"] < 0:
-        raise ValueError(f"temperature must be >= 0, got {options['temperature']}")
-    if options["top_k"] is not None and options["top_k"] < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {options['top_k']}")
+    check_finite(options["steps"], "steps", low=1, integer=True)
+    check_finite(options["eps"], "eps", low=0, low_inclusive=False, high=1, high_inclusive=False)
+    check_finite(options["temperature"], "temperature", low=0)
+    check_finite(options["top_p"], "top_p", low=0, low_inclusive=False, high=1, allow_none=True)
+    check_finite(options["top_k"], "top_k", low=1, integer=True, allow_none=True)
+    check_finite(options["alg_temp"], "alg_temp", low=0, allow_none=True)
+    check_finite(options["num_return_sequences"], "num_return_sequences", low=1, integer=True)
+    check_finite(options["max_new_tokens"], "max_new_tokens", low=1, integer=True, allow_none=True)
+    check_finite(options["max_length"], "max_length", low=1, integer=True)
     return options
 
 
@@ -104,6 +106,32 @@ def token_confidence(logits, alg, temperature=0.0, top_p=None, top_k=None):
     elif alg == "entropy":
         confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
     return confidence, token
+
+
+def _flag(bad_step: torch.Tensor, per_row: torch.Tensor, step: int) -> torch.Tensor:
+    """bad_step, set to ``step`` if it is unset (-1) and ``per_row`` (a confidence or the max logit of each masked
+    row) is non-finite somewhere: either is exactly when the row's logits hold a NaN or +inf or are all -inf. No
+    host sync."""
+    bad = ~torch.isfinite(per_row).all()
+    return torch.where(bad & (bad_step < 0), step, bad_step)
+
+
+def _raise_if_bad(bad_step: torch.Tensor) -> None:
+    first = int(bad_step)
+    if first >= 0:
+        raise ValueError(f"the model returned non-finite logits (NaN, +inf, or every logit -inf) at a masked "
+                         f"position at step {first} (counting from 0)")
+
+
+@contextlib.contextmanager
+def _naming_step(bad_step: torch.Tensor, logits: torch.Tensor, step: int):
+    """At temperature > 0 sampling refuses NaN probabilities (torch.distributions' ValueError) before the check
+    after the loop: then say which step's logits caused it."""
+    try:
+        yield
+    except ValueError:
+        _raise_if_bad(_flag(bad_step, logits.amax(dim=-1), step))
+        raise
 
 
 @torch.no_grad()
@@ -153,6 +181,9 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
     if tokens_hook is not None:
         x = tokens_hook(None, x, None)
 
+    # the first step whose logits were non-finite at a masked position, -1 = none: a device tensor read once
+    # after the loop (or when the sampling itself refuses the NaN probabilities)
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
     for i in range(steps):
         mask_index = x == mask_id
         raw = adapter.model(x, prepared.kwargs["attention_mask"], prepared.kwargs.get("position_ids")).logits
@@ -170,13 +201,22 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
         if alg == "origin":
             p_transfer = 1 - s / t if i < steps - 1 else 1
             transfer = torch.rand(flat_idx.shape[0], device=device) < p_transfer
+            # every masked row, transferred now or not (as unmask checks every candidate): NaN, +inf, all -inf
+            bad_step = _flag(bad_step, mask_logits.amax(dim=-1), i)
             x0 = torch.full_like(flat_idx, mask_id)
             if bool(transfer.any()):
-                _, x0[transfer] = token_confidence(mask_logits[transfer], "maskgit_plus", opts["temperature"],
-                                                   opts["top_p"], opts["top_k"])
+                rows = mask_logits[transfer]
+                with _naming_step(bad_step, rows, i):
+                    _, x0[transfer] = token_confidence(rows, "maskgit_plus", opts["temperature"], opts["top_p"],
+                                                       opts["top_k"])
             x.view(-1)[flat_idx] = x0
         else:
-            confidence, x0 = token_confidence(mask_logits, alg, opts["temperature"], opts["top_p"], opts["top_k"])
+            with _naming_step(bad_step, mask_logits, i):
+                confidence, x0 = token_confidence(mask_logits, alg, opts["temperature"], opts["top_p"],
+                                                  opts["top_k"])
+            bad_step = _flag(bad_step, confidence, i)
+            if opts["alg_temp"] is not None and opts["alg_temp"] != 0:  # multinomial must not meet NaN
+                confidence = confidence.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
             mean_masks = mask_index.sum() / batch
             k = int(mean_masks * (1 - s / t)) if i < steps - 1 else int(mean_masks)
             full_conf = torch.full((batch, length), float("-inf"), device=device, dtype=source.dtype)
@@ -195,6 +235,7 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
         if history is not None:
             history.append(x.clone())
 
+    _raise_if_bad(bad_step)
     if opts["return_dict_in_generate"]:
         return DreamSampleOutput(sequences=x, history=history)
     return x

@@ -59,7 +59,8 @@ class GraphedSteps:
 
     def _capture(self, start: int, end: int) -> torch.cuda.CUDAGraph:
         loop = self.loop
-        state = [loop.x, loop.bad, loop.row_steps, loop.token_seed, loop.position_seed]
+        state = [loop.x, loop.step_index, loop.bad_step, loop.policy_bad_step, loop.row_steps, loop.token_seed,
+                 loop.position_seed]
         saved = [t.clone() for t in state]  # the warm-up and capture runs must leave no trace
         self.k.zero_()
         side = torch.cuda.Stream(device=loop.x.device)

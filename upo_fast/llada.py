@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from upo_fast.adapters import LLADA_MASK_ID, MDMAdapter
 from upo_fast.schedules import llada_block_counts
-from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids, check_vocab_id
+from upo_fast.validation import check_attention_mask, check_finite, check_pad_not_mask, check_token_ids, check_vocab_id
 
 LLADA_EOS_ID = 126081  # <|endoftext|>
 LLADA_EOT_ID = 126348  # <|eot_id|>
@@ -38,14 +38,17 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
     adapter = MDMAdapter(model, family="llada", mask_id=mask_id)
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
+    check_finite(gen_length, "gen_length", low=1, integer=True)
+    check_finite(block_length, "block_length", low=1, integer=True)
+    check_finite(steps, "steps", low=1, integer=True)
+    if gen_length % block_length != 0:
         raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
     num_blocks = gen_length // block_length
-    if steps <= 0 or steps % num_blocks != 0:
+    if steps % num_blocks != 0:
         raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks} = "
                          f"gen_length // block_length)")
-    if temperature < 0 or cfg_scale < 0:
-        raise ValueError(f"temperature and cfg_scale must be >= 0, got {temperature} and {cfg_scale}")
+    check_finite(temperature, "temperature", low=0)
+    check_finite(cfg_scale, "cfg_scale", low=0)
     check_token_ids(prompt, "prompt", adapter.vocab_size)
     if logits_eos_inf or confidence_eos_eot_inf:
         check_vocab_id(eos_id, "eos_id", adapter.vocab_size)
@@ -66,6 +69,9 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
     cfg_kwargs = {} if attention_mask is None else {"attention_mask": torch.cat([attention_mask] * 2)}
     positions = torch.arange(x.shape[1], device=device)
+    # the first step (counting over the whole call) whose logits were non-finite at a candidate, -1 = none; a
+    # device tensor, read once after the loop
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
 
     for block in range(num_blocks):
         block_end = prompt_len + (block + 1) * block_length
@@ -92,6 +98,8 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
                 x0 = noisy.argmax(dim=-1)
             else:
                 x0 = logits.argmax(dim=-1)
+            if remasking == "random":  # what the argmax read: NaN, +inf or all -inf rows give a bogus token
+                finite = torch.isfinite(logits.amax(dim=-1))
             if confidence_eos_eot_inf:
                 # The reference writes `logits_with_noise[..., eos] = logits[..., eot] = -inf`; at temperature 0
                 # both names are the same tensor, so EOS and EoT both lose their confidence; above 0 only EoT.
@@ -103,9 +111,12 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
             if remasking == "low_confidence":
                 x0_p = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
                 full_conf[:, start:block_end] = x0_p
+                finite = torch.isfinite(x0_p)  # NaN exactly when the row holds a NaN or +inf or is all -inf
             else:  # the reference draws one uniform per position of the whole sequence
                 full_conf = torch.rand(x.shape, device=device)
                 full_conf[:, block_end:] = float("-inf")
+            bad = (mask_index[:, start:block_end] & ~finite).any()
+            bad_step = torch.where(bad & (bad_step < 0), block * steps_per_block + step, bad_step)
             confidence = torch.where(mask_index & (positions < block_end), full_conf, float("-inf"))
             k = counts[step]
             if k == 0:
@@ -114,4 +125,10 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
             region = x[:, start:block_end]  # a view: the scatter writes into x; the selection never leaves it
             proposal = torch.where(mask_index[:, start:block_end], x0, region)
             region.scatter_(1, select - start, proposal.gather(1, select - start))
+    first_bad = int(bad_step)  # the one host read of the check
+    if first_bad >= 0:
+        raise ValueError(f"the model returned non-finite logits (NaN, +inf, or every logit -inf) at a masked "
+                         f"position at step {first_bad} (counting from 0 over all blocks)"
+                         + (f"; with cfg_scale={cfg_scale} the guided logits may have overflowed" if cfg_scale > 0
+                            else ""))
     return x

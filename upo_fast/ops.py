@@ -11,6 +11,7 @@ import torch
 from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton
 from upo_fast.kernels.triton_support import BACKENDS, triton_available, use_triton
 from upo_fast.kernels.vocab_stats import MAX_TOPK, VocabStats, vocab_stats_ref, vocab_stats_triton
+from upo_fast.validation import check_finite
 
 
 def _route(backend, x, topk, temperature, seed, generator):
@@ -18,6 +19,7 @@ def _route(backend, x, topk, temperature, seed, generator):
     generator; whichever the caller gave is turned into what the chosen path needs."""
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
+    check_finite(temperature, "temperature", low=0)  # before `temperature > 0` below; the paths check the rest
     device = x.device if torch.is_tensor(x) else torch.device("cpu")
     if use_triton(backend, device, supported=topk <= MAX_TOPK):
         if temperature > 0 and seed is None and generator is not None:

@@ -14,10 +14,10 @@ import torch
 from upo_fast import ops
 from upo_fast.adapters import MDMAdapter, wrap_model
 from upo_fast.kernels.triton_support import seed_tensor, use_triton
-from upo_fast.kernels.vocab_stats import VocabStats
+from upo_fast.kernels.vocab_stats import MAX_TEMPERATURE, VocabStats
 from upo_fast.schedules import row_counts
 from upo_fast.scorers import SCORERS, ScoringContext, resolve_scorer
-from upo_fast.validation import check_attention_mask, check_pad_not_mask, check_token_ids
+from upo_fast.validation import check_attention_mask, check_finite, check_pad_not_mask, check_token_ids
 
 FEATURE_TOPK = 8  # top-k probabilities per position, a policy feature
 
@@ -47,14 +47,8 @@ class _Loop:
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
         self.scorer = resolve_scorer(scorer)
-        if temperature < 0 or cfg_scale < 0:
-            raise ValueError(f"temperature and cfg_scale must be >= 0, got {temperature} and {cfg_scale}")
-        if threshold is not None and not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1] or None, got {threshold}")
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, got {topk}")
-        if factor is not None and not factor > 0:
-            raise ValueError(f"factor must be > 0 or None, got {factor}")
+        check_sampling_options(temperature=temperature, cfg_scale=cfg_scale, threshold=threshold, topk=topk,
+                               factor=factor, position_temperature=position_temperature)
         self.temperature, self.cfg_scale, self.threshold, self.factor = temperature, cfg_scale, threshold, factor
         self.parallel = threshold is not None or factor is not None  # may finish before the schedule does
         self.row_steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # forwards a row took part in
@@ -74,7 +68,12 @@ class _Loop:
         if cfg_scale > 0:  # the doubled batch's attention, prepared once (Dream's preparation reads the device)
             doubled = None if self.valid is None else torch.cat([self.valid] * 2).long()
             self.prepared_cfg = adapter.prepare_attention(doubled, 2 * x.shape[0], x.shape[1])
-        self.bad = torch.zeros((), dtype=torch.bool, device=x.device)
+        # Non-finite checks without a host sync inside the loop: the step counter and the first step at which the
+        # model's logits (bad_step) or the policy's scores (policy_bad_step) were non-finite at a candidate, -1 =
+        # never; device tensors updated in place by each step (also inside a CUDA graph), read once by finish()
+        self.step_index = torch.zeros((), dtype=torch.long, device=x.device)
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=x.device)
+        self.policy_bad_step = torch.full((), -1, dtype=torch.long, device=x.device)
         # On CUDA the statistics and the selection run as Triton kernels (upo_fast.ops, backend "auto"), which draw
         # their noise from seeds kept on the device and advanced in place each step: one host draw here, none
         # inside the loop. On CPU the references draw from ``generator`` directly.
@@ -116,8 +115,9 @@ class _Loop:
         """Token statistics of every row of the region, shaped [B, W] (topk_probs [B, W, k])."""
         batch, width = out.shape[:2]
         noise = dict(seed=self.token_seed) if self.kernels else dict(generator=self.generator)
-        options = dict(temperature=self.temperature, suppress=self.suppress, exclude=self.exclude, check=False,
-                       backend=self.backend, **noise)
+        # above MAX_TEMPERATURE the Gumbel noise swamps any logit gap: the same draw, and no fp32 overflow
+        options = dict(temperature=min(self.temperature, MAX_TEMPERATURE), suppress=self.suppress,
+                       exclude=self.exclude, check=False, backend=self.backend, **noise)
         if self.fused:
             topk = min(FEATURE_TOPK, self.head_weight.shape[0])
             flat = ops.fused_head_stats(out.to(self.head_weight.dtype), self.head_weight, self.head_bias,
@@ -141,7 +141,7 @@ class _Loop:
             candidates &= self.valid[:, start:end]
         self.row_steps += candidates.any(-1)
         # NaN logits, or a row with nothing finite, at a position we may unmask: reported after the loop
-        self.bad |= (candidates & ~torch.isfinite(stats.confidence)).any()
+        self._flag(self.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any())
         order = stats.confidence  # what the factor rule walks down when the scorer gives no ranking (origin)
         if self.scorer == "origin":
             draw = torch.rand(candidates.shape, device=x.device, generator=self.generator)
@@ -153,10 +153,12 @@ class _Loop:
             scored = SCORERS[self.scorer](stats, candidates, self.ctx)
             if scored.candidates is not None:
                 candidates = scored.candidates
+            if self.scorer == "policy":  # a trained policy's scores are finite; NaN or inf would rank at random
+                self._flag(self.policy_bad_step, (candidates & ~torch.isfinite(scored.scores)).any())
             noise = dict(seed=self.position_seed) if self.kernels else dict(generator=self.generator)
             position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
             select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
-                                          temperature=position_temperature)
+                                          temperature=min(position_temperature, MAX_TEMPERATURE))
             if self.recorder is not None:
                 self.recorder.write(self.ctx.hidden, stats, candidates, scored.scores, select, position_temperature)
             order = scored.scores
@@ -165,14 +167,37 @@ class _Loop:
         if self.factor is not None:
             select |= factor_select(order, candidates, stats.confidence, self.factor)
         x[:, start:end] = torch.where(select, stats.token, region)
+        self.step_index.add_(1)
+
+    def _flag(self, first_step: torch.Tensor, bad: torch.Tensor) -> None:
+        """Record the current step in ``first_step`` (in place, no sync) if ``bad`` and nothing was recorded."""
+        first_step.copy_(torch.where(bad & (first_step < 0), self.step_index, first_step))
 
     def remaining(self, start: int, end: int) -> bool:
         return bool((self.x[:, start:end] == self.adapter.mask_id).any())
 
     def finish(self) -> torch.Tensor:
-        if bool(self.bad):
-            raise ValueError("the model returned non-finite logits (NaN, or every logit -inf) at a masked position")
+        bad_step, policy_bad_step = torch.stack([self.bad_step, self.policy_bad_step]).tolist()  # one host read
+        if bad_step >= 0:
+            hint = (f"; with cfg_scale={self.cfg_scale} the guided logits may have overflowed"
+                    if self.cfg_scale > 0 else "")
+            raise ValueError(f"the model returned non-finite logits (NaN, +inf, or every logit -inf) at a masked "
+                             f"position at step {bad_step} (counting from 0 over the whole call){hint}")
+        if policy_bad_step >= 0:
+            raise ValueError(f"the policy's scores were non-finite (NaN or +-inf) at a candidate position at step "
+                             f"{policy_bad_step} (counting from 0 over the whole call); a policy must return finite "
+                             "scores for every candidate")
         return self.x
+
+
+def check_sampling_options(*, temperature, cfg_scale, threshold, topk, factor, position_temperature) -> None:
+    """The options of ``unmask``/``generate`` that are numbers: finite and in range, or a ValueError naming one."""
+    check_finite(temperature, "temperature", low=0)
+    check_finite(position_temperature, "position_temperature", low=0)
+    check_finite(cfg_scale, "cfg_scale", low=0)
+    check_finite(threshold, "threshold", low=0, low_inclusive=False, high=1, allow_none=True)
+    check_finite(factor, "factor", low=0, low_inclusive=False, allow_none=True)
+    check_finite(topk, "topk", low=1, integer=True)
 
 
 def _prepare_input(adapter: MDMAdapter, x, attention_mask, name: str):
@@ -217,6 +242,8 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     head is a separate Linear module (True on a tied head is a ValueError). cuda_graph: capture each step once
     and replay it (``upo_fast.graphs``; CUDA and the Triton path only; off by default until verified on a GPU).
     """
+    check_sampling_options(temperature=temperature, cfg_scale=cfg_scale, threshold=threshold, topk=topk,
+                           factor=factor, position_temperature=position_temperature)
     adapter = wrap_model(model, family, mask_id)
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
     masked = x == adapter.mask_id
@@ -227,7 +254,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     if most == 0:
         return (x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device)) if return_steps else x
     steps = most if steps is None else steps
-    if not isinstance(steps, int) or not 1 <= steps <= most:
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= most:
         raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
                          f"got {steps!r}")
     loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
@@ -249,11 +276,16 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     4-D padding mask handled by the adapter), TinyMDM and any model with ``.logits`` given ``mask_id``. Other
     options as in ``unmask``.
     """
+    check_sampling_options(temperature=temperature, cfg_scale=cfg_scale, threshold=threshold, topk=topk,
+                           factor=factor, position_temperature=position_temperature)
     adapter = wrap_model(model, family, mask_id)
-    if gen_length <= 0 or block_length <= 0 or gen_length % block_length != 0:
+    check_finite(gen_length, "gen_length", low=1, integer=True)
+    check_finite(block_length, "block_length", low=1, integer=True)
+    check_finite(steps, "steps", low=1, integer=True)
+    if gen_length % block_length != 0:
         raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
     num_blocks = gen_length // block_length
-    if not isinstance(steps, int) or steps <= 0 or steps % num_blocks != 0:
+    if steps % num_blocks != 0:
         raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks})")
     steps_per_block = steps // num_blocks
     if steps_per_block > block_length:

@@ -3,7 +3,55 @@ inside a model or kernel."""
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
+
+
+def _number_kind(value) -> str | None:
+    """"int", "float", or None for what is not a plain real number (bool, str, tensor, None, complex, ...)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return None
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    return None
+
+
+def check_finite(value, name: str, *, low=None, low_inclusive: bool = True, high=None, high_inclusive: bool = True,
+                 allow_none: bool = False, integer: bool = False):
+    """Refuse anything but a finite real number in the given range: a ValueError that names ``name``, says what
+    is valid and shows the value. ``integer=True`` also refuses floats; bools, strings and tensors are never
+    numbers here. Returns ``value`` unchanged (None when ``allow_none`` and ``value`` is None)."""
+    if value is None and allow_none:
+        return None
+    kind = _number_kind(value)
+    ok = kind == "int" if integer else kind is not None
+    if ok and kind == "float":
+        ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if high_inclusive else value < high
+    if not ok:
+        raise ValueError(f"{name} must be {describe_range(low, low_inclusive, high, high_inclusive, integer)}"
+                         f"{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def describe_range(low=None, low_inclusive: bool = True, high=None, high_inclusive: bool = True,
+                   integer: bool = False) -> str:
+    """What ``check_finite`` accepts, in words: "a finite number in (0, 1]", "an integer >= 1", ..."""
+    what = "an integer" if integer else "a finite number"
+    if low is not None and high is not None:
+        return f"{what} in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+    if low is not None:
+        return f"{what} {'>=' if low_inclusive else '>'} {low:g}"
+    if high is not None:
+        return f"{what} {'<=' if high_inclusive else '<'} {high:g}"
+    return what
 
 
 def check_vocab_id(value: int, name: str, vocab_size: int | None) -> None:
@@ -32,6 +80,15 @@ def check_attention_mask(attention_mask, shape, name: str = "attention_mask") ->
     if not torch.is_tensor(attention_mask) or tuple(attention_mask.shape) != tuple(shape):
         got = tuple(attention_mask.shape) if torch.is_tensor(attention_mask) else type(attention_mask).__name__
         raise ValueError(f"{name} must be a 0/1 tensor of shape {tuple(shape)}, got {got}")
+    dtype = attention_mask.dtype
+    if dtype != torch.bool and (dtype.is_floating_point or dtype.is_complex):
+        raise ValueError(f"{name} must be a bool or integer 0/1 tensor, got dtype {dtype}")
+    if dtype != torch.bool:
+        outside = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if outside.numel():  # one host read, before the loop
+            found = outside.unique()
+            shown = ", ".join(str(v) for v in found[:8].tolist()) + (", ..." if found.numel() > 8 else "")
+            raise ValueError(f"{name} must hold only 0 (padding) and 1 (token), found {shown}")
 
 
 def check_pad_not_mask(x, attention_mask, mask_id: int) -> None:
