@@ -458,6 +458,8 @@ def changed_settings(saved: dict, given: dict, may_change: frozenset[str], *, wh
     runs (or silently keep the saved value of a setting the new config claims, as the optimizer state does with
     the learning rate). Settings only one side knows (added or removed in another version) are not compared.
     """
+    if not isinstance(saved, dict):
+        raise ValueError(f"{where}: its saved config is not a mapping (got {type(saved).__name__})")
     changed = {name: (saved[name], given[name]) for name in sorted(set(saved) & set(given))
                if saved[name] != given[name]}
     refused = [f"  {name}: {old!r} -> {new!r}" for name, (old, new) in changed.items() if name not in may_change]
