@@ -221,3 +221,18 @@ def test_the_entry_point_prints_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "upo_fast.cli", "eval", "--task", "sudoku4", "--model",
                              str(tmp_path / "absent"), "--limit", "2"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "absent" in result.stderr
+
+
+def test_resume_takes_the_run_settings_and_refuses_changes(model_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["--model", model_dir, "--prompts-per-step", 2, "--group-size", 2, "--eval-every", 0]
+    assert main([str(a) for a in ["train", "--task", "sudoku4", "--out", run_dir, "--steps", 1, "--lr", "0.003",
+                                  *common]]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run_dir), "--steps", "2"]) == 0  # the saved task, model, lr, ...
+    assert json.loads(capsys.readouterr().out)["last_step"] == 2
+    assert json.loads((run_dir / "train_config.json").read_text())["lr"] == 0.003
+    code, err = run(capsys, "train", "--out", run_dir, "--steps", 3, "--lr", "0.5")
+    assert code == 2 and "lr: 0.003 -> 0.5" in err and "Traceback" not in err
+    code, err = run(capsys, "train", "--out", run_dir, "--steps", 3, "--task", "sudoku9")
+    assert code == 2 and "task: 'sudoku4' -> 'sudoku9'" in err

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from upo_fast.checkpoints import load_trainer_state
 from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, load_tiny_mdm, mdm_loss, pretrain_mdm
 
 VOCAB, MASK_ID = 12, 11
@@ -348,7 +349,7 @@ def test_time_limit_stops_early_with_checkpoint(tmp_path):
     )
     summary = pretrain_mdm(small_model(), constant_rows, cfg, mask_id=MASK_ID, progress=False)
     assert summary["stopped_early"] and 0 < summary["steps"] < 10_000
-    state = torch.load(tmp_path / "checkpoint-last" / "trainer_state.pt", weights_only=True)
+    state = load_trainer_state(tmp_path / "checkpoint-last")
     assert state["step"] == summary["steps"]
 
 
@@ -358,6 +359,8 @@ def test_time_limit_stops_early_with_checkpoint(tmp_path):
         ("steps", 0),
         ("batch_size", -1),
         ("lr", 0.0),
+        ("lr", float("nan")),
+        ("lr", float("inf")),
         ("weight_decay", -0.1),
         ("warmup_steps", -1),
         ("min_mask_ratio", 0.0),

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,8 +34,11 @@ def cmd_train(args) -> dict:
 
     overrides = {name: getattr(args, name) for name in _TRAIN_OPTIONS}
     overrides["out_dir"] = args.out
+    saved = Path(args.out or TrainConfig.out_dir) / "train_config.json"
     if args.config:
         cfg = TrainConfig.from_file(args.config, **overrides)
+    elif saved.is_file():  # resuming: the run's own settings, the options given replace them (or are refused)
+        cfg = TrainConfig.from_file(saved, **overrides)
     else:
         cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     summary = train(cfg.validate())
@@ -224,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = command("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
     tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields; options below override")
-    tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one")
+    tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one, "
+                    "with the run's saved settings unless --config is given")
     for name, kind in _TRAIN_OPTIONS.items():
         tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     tr.set_defaults(func=cmd_train)

@@ -78,10 +78,10 @@ class PretrainConfig:
             positive_int(name)
         positive_int("warmup_steps", minimum=0)
         positive_int("seed", minimum=0)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"PretrainConfig.lr must be > 0, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"PretrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise ValueError(f"PretrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            raise ValueError(f"PretrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.min_mask_ratio, (int, float)) and 0 < self.min_mask_ratio <= 1):
             raise ValueError(f"PretrainConfig.min_mask_ratio must be in (0, 1], got {self.min_mask_ratio!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
