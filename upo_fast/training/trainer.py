@@ -33,6 +33,7 @@ from upo_fast.checkpoints import (
     truncate_log,
 )
 from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
+from upo_fast.models.tiny_mdm import load_saved
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
 from upo_fast.training.config import INITS, TrainConfig
@@ -65,7 +66,7 @@ def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
                       extra_blocks=cfg.extra_blocks)
         policy = UnmaskingPolicy.for_mdm(mdm, **fields)
     else:
-        policy = UnmaskingPolicy.from_pretrained(cfg.init).to(next(mdm.parameters()).device)
+        policy = load_saved(UnmaskingPolicy, cfg.init, next(mdm.parameters()).device)
     policy.check_compatible(mdm)
     if cfg.reference == "topk":
         policy.config.candidate_topk = cfg.topk
