@@ -27,7 +27,9 @@ import functools
 import torch
 from upo_fast.kernels.triton_support import (
     check_flat_rows,
+    device_helpers,
     id_tensor,
+    launch_target,
     require_runnable,
     seed_tensor,
     triton_interpreting,
@@ -64,7 +66,7 @@ def fused_head_stats_ref(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
 # ----------------------------------------------------------------------------------------------------------------
 # Triton kernel; `tl` is bound on first launch, as in vocab_stats.py (cheap import, no triton needed for the ref).
 # ----------------------------------------------------------------------------------------------------------------
-tl = None
+tl = gumbel_scores = merge_topk = None  # bound by _jitted (the shared helpers of triton_support.py)
 
 
 def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr, tok_ptr, top_ptr, mz_ptr, acc_ptr,
@@ -150,11 +152,7 @@ def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr
             if SAMPLE:
                 # the same counter-based Gumbel as vocab_stats_triton, keyed by (seed, flat row, token id), so both
                 # ops draw the same token from the same logits
-                bits = tl.randint(seed, row[:, None] * V + offs[None, :])
-                v = (bits.to(tl.float32) + 0.5) * 2.3283064365386963e-10
-                w = 1.0 - v
-                expo = tl.where(w == 1.0, v, -tl.log(w) * (v / tl.where(w == 1.0, 1.0, 1.0 - w)))
-                score = x - temperature * tl.log(expo)
+                score = gumbel_scores(x, seed, row[:, None] * V + offs[None, :], temperature)
                 s1, si = tl.max(score, axis=1, return_indices=True)
                 hit = s1 > best
                 tok = tl.where(hit, start + si, tok)
@@ -165,15 +163,7 @@ def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr
                 xe = tl.where(offs[None, :] == tl.load(exc_ptr + j), NEG, xe)
             kth = tl.min(tl.where(slot[None, :] < K, top, float("inf")), axis=1)
             if tl.sum((tl.max(xe, axis=1) > kth).to(tl.int32), axis=0) > 0:  # skip tiles no row's top-K takes
-                merged = tl.full((BLOCK_R, K_PAD), NEG, tl.float32)
-                for i in tl.static_range(K):  # K rounds of max-extraction from (running top-K) + (this tile)
-                    ta, ia = tl.max(top, axis=1, return_indices=True)
-                    tb, ib = tl.max(xe, axis=1, return_indices=True)
-                    from_tile = tb > ta
-                    merged = tl.where(slot[None, :] == i, tl.maximum(ta, tb)[:, None], merged)
-                    xe = tl.where(lane[None, :] == tl.where(from_tile, ib, -1)[:, None], NEG, xe)
-                    top = tl.where(slot[None, :] == tl.where(from_tile, -1, ia)[:, None], NEG, top)
-                top = merged
+                top = merge_topk(top, xe, lane, slot, K)
 
     at = split * N + r_local
     if REF_PASS:
@@ -192,11 +182,13 @@ def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr
 
 @functools.cache
 def _jitted(interpret: bool):
-    global tl
+    global tl, gumbel_scores, merge_topk
     import triton
     import triton.language
 
     tl = triton.language
+    helpers = device_helpers(interpret)
+    gumbel_scores, merge_topk = helpers.gumbel_scores, helpers.merge_topk
     return triton.jit(_fused_head_kernel)
 
 
@@ -225,6 +217,16 @@ def _combine(part: torch.Tensor, tok: torch.Tensor, top: torch.Tensor, sample: b
     nan = torch.tensor(float("nan"), device=m.device)
     fill = lambda s: torch.where(valid if s.dim() == 1 else valid[:, None], s, nan)
     return (token, fill(confidence), fill(margin), fill(entropy), fill(topk_probs)), big_m, big_z, valid
+
+
+def _tiles(target, n: int, dtype: torch.dtype, sample: bool, block_r, block_v, block_d) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_V, BLOCK_D) for ``n`` rows: the given ones, else small tiles in the interpreter (its tl.dot
+    is slow) and on the GPU the largest tiles that compile without register spills on sm_80 and sm_90
+    (benchmarks/results/compile_table_*)."""
+    if not target.gpu:
+        return block_r or 16, block_v or 32, block_d or 32
+    br = block_r or (16 if n <= 16 else 32 if n <= 32 else 64)
+    return br, block_v or 128, block_d or 64
 
 
 def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -278,15 +280,12 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
     sample = temperature > 0
     seed_t = seed_tensor(seed, device) if sample else sup  # a placeholder the kernel never reads
     n = n_flat if rows is None else rows.numel()
-    small = device.type == "cpu"  # the interpreter: tl.dot is slow there, keep tiles small
-    br = block_r or (16 if small or n <= 16 else 32 if n <= 32 else 64)
-    bv = block_v or (32 if small else 128)
-    bd = block_d or (32 if small else 64)
+    target = launch_target(device)
+    br, bv, bd = _tiles(target, n, hidden.dtype, sample, block_r, block_v, block_d)
     row_tiles = -(-n // br)
     v_tiles = -(-vocab // bv)
-    if v_splits is None:
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        v_splits = max(1, -(-target // row_tiles))
+    if v_splits is None:  # about 4 programs per multiprocessor; one split in the interpreter
+        v_splits = max(1, -(-4 * target.sm_count // row_tiles)) if target.gpu else 1
     per_split = -(-v_tiles // min(v_splits, v_tiles))
     return VocabStats(*torch.ops.upo_fast.fused_head_stats(
         hidden, weight, bias, rows, sup, exc, seed_t, n_sup, n_exc, float(logit_scale), topk, float(temperature),
@@ -308,7 +307,7 @@ def _fused_head_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     else:
         length, s_hb, s_hl = hidden.shape[1], hidden.stride(0), hidden.stride(1)
     sample = temperature > 0
-    small = device.type == "cpu"
+    interpret = launch_target(device).interpreter
     row_tiles = -(-n // br)
     splits = -(-vocab // chunk)
     f32 = dict(dtype=torch.float32, device=device)
@@ -323,7 +322,7 @@ def _fused_head_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     sizes = (n, vocab, dim, length, s_hb, s_hl, hidden.stride(-1), weight.stride(0), weight.stride(1), chunk,
              n_sup, n_exc, logit_scale, max(temperature, 1e-30) if sample else 0.0, 1.0 / ref_tau, seed)
     meta = dict(HAS_ROWS=rows is not None, HAS_BIAS=bias is not None, SAMPLE=sample,
-                IEEE=hidden.dtype == torch.float32 or small, DOT_F32=small, K=topk,
+                IEEE=hidden.dtype == torch.float32 or interpret, DOT_F32=interpret, K=topk,
                 K_PAD=max(2, triton_next_pow2(topk)), BLOCK_R=br, BLOCK_V=bv, BLOCK_D=bd,
                 num_warps=4 if br * bv <= 4096 else 8)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():

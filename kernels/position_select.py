@@ -27,7 +27,13 @@ import functools
 import types
 
 import torch
-from upo_fast.kernels.triton_support import seed_tensor, triton_interpreting, triton_next_pow2, use_triton
+from upo_fast.kernels.triton_support import (
+    device_helpers,
+    seed_tensor,
+    triton_interpreting,
+    triton_next_pow2,
+    use_triton,
+)
 from upo_fast.kernels.vocab_stats import gumbel_like
 
 NEG = float("-inf")
@@ -139,8 +145,8 @@ def topk_candidates_ref(confidence, candidates, K: int) -> torch.Tensor:
 
 
 # Triton kernels, one program per row. `tl` is imported on the first launch (see vocab_stats.py for why); the kernels
-# read bf16/fp16/fp32/fp64 inputs as fp32.
-tl = None
+# read bf16/fp16/fp32/fp64 inputs as fp32. `gumbel_scores` is triton_support's shared helper, bound there too.
+tl = gumbel_scores = None
 
 
 def _log_softmax_kernel(L, s_ptr, c_ptr, out_ptr, temperature, BLOCK_L: tl.constexpr):
@@ -174,11 +180,7 @@ def _select_kernel(L, s_ptr, c_ptr, k_ptr, out_ptr, temperature, threshold, seed
     else:
         key = s
         if MODE == 1:  # Gumbel keys s - T log E, E ~ Exp(1) (= T * (s / T + Gumbel): same order, no overflow)
-            rand = tl.randint(tl.load(seed_ptr), row * L + offs)
-            v = (rand.to(tl.float32) + 0.5) * 2.3283064365386963e-10
-            w = 1.0 - v
-            expo = tl.where(w == 1.0, v, -tl.log(w) * (v / tl.where(w == 1.0, 1.0, 1.0 - w)))  # log1p trick
-            key = s - temperature * tl.log(expo)
+            key = gumbel_scores(s, tl.load(seed_ptr), row * L + offs, temperature)  # shared with vocab_stats.py
         key = tl.where(key == 0.0, 0.0, key)  # -0.0 and +0.0 are a tie, as in torch's sort
         bits = key.to(tl.int32, bitcast=True)
         # monotone map of fp32 to [0, 2^32) in int64; non-candidates get -1, below every candidate
@@ -209,11 +211,12 @@ def _select_kernel(L, s_ptr, c_ptr, k_ptr, out_ptr, temperature, threshold, seed
 
 @functools.cache
 def _jitted(interpret: bool):
-    global tl
+    global tl, gumbel_scores
     import triton
     import triton.language
 
-    tl = triton.language  # the kernels' global, resolved when triton parses them
+    tl = triton.language  # the kernels' globals, resolved when triton parses them
+    gumbel_scores = device_helpers(interpret).gumbel_scores
     return types.SimpleNamespace(log_softmax=triton.jit(_log_softmax_kernel), select=triton.jit(_select_kernel))
 
 

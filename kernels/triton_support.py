@@ -1,10 +1,16 @@
 """What every kernel file needs around its Triton code: whether Triton can run here, the backend choice of the
-public ops, and the input checks their launchers share. Triton itself is imported only where a kernel launches."""
+public ops, the launch target the launchers pick their tiles for, the input checks their launchers share, and the
+``@triton.jit`` helpers several kernels call (Gumbel noise, the running top-K merge), so that they cannot drift
+apart. Triton itself is imported only where a kernel launches."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
+import types
+from typing import NamedTuple
 
 import torch
 
@@ -37,8 +43,45 @@ def triton_next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+class LaunchTarget(NamedTuple):
+    """What a launcher picks its launch configuration for. ``gpu``: the CUDA configuration (tile sizes, dot dtypes,
+    V splits for ``sm_count`` multiprocessors) instead of the interpreter's small tiles; ``interpreter``: the kernel
+    runs in triton's interpreter, whose bf16/fp16 ``tl.dot`` is wrong (triton 3.9), so dots run on fp32 copies of
+    the inputs there (bf16/fp16 products are exact in fp32: the GPU's MMA computes the same sums)."""
+    gpu: bool
+    sm_count: int
+    interpreter: bool
+
+
+_forced_target: LaunchTarget | None = None
+
+
+def launch_target(device: torch.device) -> LaunchTarget:
+    """The target of a launch on ``device``: CUDA tensors -> the GPU; CPU tensors -> the interpreter, unless
+    ``force_launch_target`` says otherwise (the compile check, and the tests that run the CUDA configuration in
+    the interpreter)."""
+    if device.type == "cuda":
+        return LaunchTarget(True, torch.cuda.get_device_properties(device).multi_processor_count, False)
+    return _forced_target or LaunchTarget(False, 1, True)
+
+
+@contextlib.contextmanager
+def force_launch_target(target: LaunchTarget):
+    """Launches on CPU tensors use ``target`` inside the block. ``interpreter=False`` is only meaningful with a
+    stand-in triton driver that compiles without launching (``upo_fast.kernels.compile_check``)."""
+    global _forced_target
+    previous, _forced_target = _forced_target, target
+    try:
+        yield target
+    finally:
+        _forced_target = previous
+
+
 def require_runnable(device: torch.device, reference: str) -> None:
-    """Triton on CPU tensors only runs in the interpreter; say so instead of failing inside triton."""
+    """Triton on CPU tensors only runs in the interpreter (or compiles for a stand-in GPU target); say so instead
+    of failing inside triton."""
+    if device.type == "cpu" and _forced_target is not None and not _forced_target.interpreter:
+        return
     if device.type == "cpu" and not (triton_interpreting() and interpreter_ready()):
         raise ValueError("Triton on CPU tensors needs TRITON_INTERPRET=1 set before triton is first imported (torch."
                          f"_dynamo imports it); use {reference} or backend='auto' instead")
@@ -112,3 +155,48 @@ def seed_tensor(seed, device: torch.device, generator: torch.Generator | None = 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int or a 1-element int64 tensor, got {type(seed).__name__}")
     return torch.tensor([seed % 2**63], dtype=torch.int64, device=device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared device helpers, decorated with triton.jit on first use like the kernels (see vocab_stats.py for why). A
+# kernel file binds them as its own globals in its `_jitted` (triton resolves a callee by its global name).
+# ----------------------------------------------------------------------------------------------------------------
+tl = None
+
+
+def _gumbel_scores(x, seed, counter, temperature):
+    """Gumbel-max keys ``x - T log E`` with E ~ Exp(1) drawn by Philox from (seed, counter): the argmax is a sample
+    of softmax(x / T) (the same order as x / T + Gumbel, without overflow at tiny T). Keyed by a counter, not a
+    stream, so a draw is independent of the tiling, the grid and which other rows are selected."""
+    bits = tl.randint(seed, counter)
+    v = (bits.to(tl.float32) + 0.5) * 2.3283064365386963e-10  # uniform in (0, 1], fine near 0
+    w = 1.0 - v
+    # E = -log(1 - v), via the log1p trick: exact near v = 0, where the Gumbel tail lives
+    expo = tl.where(w == 1.0, v, -tl.log(w) * (v / tl.where(w == 1.0, 1.0, 1.0 - w)))
+    return x - temperature * tl.log(expo)
+
+
+def _merge_topk(top, xe, lane, slot, K: tl.constexpr):
+    """top [R, K_PAD]: each row's running top-K (descending, -inf padded); xe [R, BLOCK]: this tile's candidates at
+    lanes ``lane``. Returns the top-K of both by K rounds of max-extraction, each removing the extracted entry
+    from its source (-1 matches no lane or slot)."""
+    merged = tl.full(top.shape, float("-inf"), tl.float32)
+    for i in tl.static_range(K):
+        ta, ia = tl.max(top, axis=1, return_indices=True)
+        tb, ib = tl.max(xe, axis=1, return_indices=True)
+        from_tile = tb > ta
+        merged = tl.where(slot[None, :] == i, tl.maximum(ta, tb)[:, None], merged)
+        xe = tl.where(lane[None, :] == tl.where(from_tile, ib, -1)[:, None], float("-inf"), xe)
+        top = tl.where(slot[None, :] == tl.where(from_tile, -1, ia)[:, None], float("-inf"), top)
+    return merged
+
+
+@functools.cache
+def device_helpers(interpret: bool) -> types.SimpleNamespace:
+    """The shared helpers as triton functions (per TRITON_INTERPRET value, like the kernels)."""
+    global tl
+    import triton
+    import triton.language
+
+    tl = triton.language
+    return types.SimpleNamespace(gumbel_scores=triton.jit(_gumbel_scores), merge_topk=triton.jit(_merge_topk))

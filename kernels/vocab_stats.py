@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from upo_fast.kernels.triton_support import (  # noqa: F401  (some are re-exported)
     check_flat_rows,
+    device_helpers,
     id_tensor,
     interpreter_ready,
     require_runnable,
@@ -113,7 +114,7 @@ def vocab_stats_ref(logits: torch.Tensor, rows: torch.Tensor | None = None, *, t
 # the reference, which must stay cheap and work without triton (macOS). The kernel is decorated on first use, per
 # TRITON_INTERPRET value, because triton decides between compiling and interpreting when it decorates.
 # ----------------------------------------------------------------------------------------------------------------
-tl = None
+tl = gumbel_scores = merge_topk = None  # bound by _jitted (the shared helpers of triton_support.py)
 
 
 def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
@@ -161,14 +162,8 @@ def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
         z = alpha * z + tl.sum(e, axis=0)
         m = m_new
         if SAMPLE:
-            # Gumbel-max, argmax(l + T*g) == argmax(l/T + g) without overflow at tiny T. Counter-based RNG keyed
-            # by (seed, flat row, token id): independent of BLOCK_V, the grid and which other rows are selected.
-            bits = tl.randint(seed, row * V + offs)
-            v = (bits.to(tl.float32) + 0.5) * 2.3283064365386963e-10  # uniform in (0, 1], fine near 0
-            w = 1.0 - v
-            # E = -log(1 - v) ~ Exp(1), via the log1p trick: exact near v = 0, where the Gumbel tail lives
-            expo = tl.where(w == 1.0, v, -tl.log(w) * (v / tl.where(w == 1.0, 1.0, 1.0 - w)))
-            score = x - temperature * tl.log(expo)
+            # Gumbel-max keyed by (seed, flat row, token id), shared with fused_head.py and position_select.py
+            score = gumbel_scores(x, seed, row * V + offs, temperature)
             s1, si = tl.max(score, axis=0, return_indices=True)
             hit = s1 > best
             tok = tl.where(hit, start + si, tok)
@@ -179,15 +174,8 @@ def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
             xe = tl.where(offs == tl.load(exclude_ptr + j), NEG, xe)
         kth = tl.min(tl.where(slot < K, top, float("inf")), axis=0)
         if tl.max(xe, axis=0) > kth:  # most tiles of a long row cannot enter the top-K: skip the merge
-            merged = tl.full((K_PAD,), NEG, tl.float32)
-            for i in tl.static_range(K):  # K rounds of max-extraction from (running top-K) + (this tile)
-                a, ia = tl.max(top, axis=0, return_indices=True)
-                b, ib = tl.max(xe, axis=0, return_indices=True)
-                from_tile = b > a  # remove the extracted entry from its source; -1 matches no lane
-                merged = tl.where(slot == i, tl.maximum(a, b), merged)
-                xe = tl.where(lane == tl.where(from_tile, ib, -1), NEG, xe)
-                top = tl.where(slot == tl.where(from_tile, -1, ia), NEG, top)
-            top = merged
+            # the fused head's merge on a tile of one row
+            top = tl.reshape(merge_topk(top[None, :], xe[None, :], lane, slot, K), (K_PAD,))
 
     valid = m > NEG  # an all -inf row gets token 0 and NaN statistics, like the reference
     nan = float("nan")
@@ -229,11 +217,13 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @functools.cache
 def _jitted(interpret: bool):
-    global tl
+    global tl, gumbel_scores, merge_topk
     import triton
     import triton.language
 
-    tl = triton.language  # the kernel's global, resolved when triton parses it
+    tl = triton.language  # the kernel's globals, resolved when triton parses it
+    helpers = device_helpers(interpret)
+    gumbel_scores, merge_topk = helpers.gumbel_scores, helpers.merge_topk
     return triton.jit(_vocab_stats_kernel)
 
 
