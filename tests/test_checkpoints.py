@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from upo_fast.checkpoint_files import decode_state, encode_state
 from upo_fast.checkpoints import (
     CHECKPOINT_LINK,
     CHECKSUMS,
@@ -17,8 +18,6 @@ from upo_fast.checkpoints import (
     TRAINER_STATE,
     TRAINER_TENSORS,
     changed_settings,
-    decode_state,
-    encode_state,
     find_resumable,
     json_default,
     load_model_weights,

@@ -320,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``upo-fast`` with ``argv`` (default: sys.argv) and return its exit code: 0, 2 for bad input (one line
+    on stderr), 1 for an unexpected error, 130 when interrupted."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a bad argument (argparse has printed its one line)
+        return done.code if isinstance(done.code, int) else 2
     try:
         check_outputs(args)  # before any work: a run must not fail at its end for want of a writable --json
         args.func(args)
