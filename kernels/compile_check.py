@@ -300,6 +300,49 @@ def check(arch: int, matrix: str = "ci", emit: Callable[[dict], None] = print) -
     return records
 
 
+def problems(records: list[dict]) -> list[str]:
+    """What the records break: a failed compile or launch check, shared memory over the per-block limit, or spill
+    bytes (none anywhere: the bf16/fp16 paths are the fast ones, and fp32's tiles were chosen not to spill)."""
+    out = []
+    for r in records:
+        where = f"{r['arch']} {r['case']}: {r['kernel']} [{r.get('config', '')}]"
+        if "error" in r:
+            out.append(f"{where}: {r['error'].splitlines()[0] if r['error'] else 'error'}")
+            continue
+        limit = ARCHES[int(r["arch"][3:])]["max_shared"]
+        if r["shared"] > limit:
+            out.append(f"{where}: {r['shared']} bytes of shared memory > {limit}")
+        if r["spill_stores"] or r["spill_loads"]:
+            out.append(f"{where}: {r['registers']} registers, {r['spill_stores']} bytes spill stores, "
+                       f"{r['spill_loads']} bytes spill loads")
+    return out
+
+
+def run_processes(arches, matrix: str, timeout: float) -> list[dict]:
+    """``check`` for each arch in its own process, all at once (one core each), TRITON_INTERPRET removed from their
+    environment. Raises RuntimeError with the output of a process that crashed or printed no record."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    procs = [subprocess.Popen([sys.executable, "-m", "upo_fast.kernels.compile_check", "--arch", str(arch),
+                               "--matrix", matrix], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for arch in arches]
+    records = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"the compile check took more than {timeout} s") from None
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        if proc.returncode not in (0, 1) or not lines:
+            raise RuntimeError(f"compile check exited {proc.returncode}:\n{out[-3000:]}\n{err[-3000:]}")
+        records += lines
+    return records
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, choices=sorted(ARCHES), action="append", required=True)

@@ -219,14 +219,26 @@ def _combine(part: torch.Tensor, tok: torch.Tensor, top: torch.Tensor, sample: b
     return (token, fill(confidence), fill(margin), fill(entropy), fill(topk_probs)), big_m, big_z, valid
 
 
-def _tiles(target, n: int, dtype: torch.dtype, sample: bool, block_r, block_v, block_d) -> tuple[int, int, int]:
+def _tiles(target, n: int, dtype: torch.dtype, block_r, block_v, block_d) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_V, BLOCK_D) for ``n`` rows: the given ones, else small tiles in the interpreter (its tl.dot
-    is slow) and on the GPU the largest tiles that compile without register spills on sm_80 and sm_90
-    (benchmarks/results/compile_table_*)."""
+    is slow), and on the GPU the largest tiles that ptxas compiles without register spills for sm_80 and sm_90 at
+    every flag combination (``benchmarks/results/compile_table_*``; tests/test_kernels_compile.py keeps it so).
+    The [64, 128] tile with 8 warps spilled 16-48 bytes (sampling on, top-K merge, Philox all live at 255
+    registers); [64, 64] and [32, 128] at 8 warps do not. fp32 hidden states take IEEE fp32 dots (FMA, no MMA),
+    whose operands need twice the registers: at most [32, 128] with BLOCK_D 32 (the [64, 128] tile spilled 0.5 KB
+    on sm_90 and 11.7 KB on sm_80)."""
     if not target.gpu:
         return block_r or 16, block_v or 32, block_d or 32
+    if dtype == torch.float32:
+        br = block_r or (16 if n <= 16 else 32)
+        return br, block_v or (64 if br <= 16 else 128), block_d or 32
     br = block_r or (16 if n <= 16 else 32 if n <= 32 else 64)
-    return br, block_v or 128, block_d or 64
+    return br, block_v or (64 if br >= 64 else 128), block_d or 64
+
+
+def _num_warps(br: int, bv: int) -> int:
+    """4 warps up to 2048 logits per tile, else 8 (the [32, 128] tile spilled with 4)."""
+    return 4 if br * bv <= 2048 else 8
 
 
 def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -281,7 +293,7 @@ def fused_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: to
     seed_t = seed_tensor(seed, device) if sample else sup  # a placeholder the kernel never reads
     n = n_flat if rows is None else rows.numel()
     target = launch_target(device)
-    br, bv, bd = _tiles(target, n, hidden.dtype, sample, block_r, block_v, block_d)
+    br, bv, bd = _tiles(target, n, hidden.dtype, block_r, block_v, block_d)
     row_tiles = -(-n // br)
     v_tiles = -(-vocab // bv)
     if v_splits is None:  # about 4 programs per multiprocessor; one split in the interpreter
@@ -324,7 +336,7 @@ def _fused_head_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     meta = dict(HAS_ROWS=rows is not None, HAS_BIAS=bias is not None, SAMPLE=sample,
                 IEEE=hidden.dtype == torch.float32 or interpret, DOT_F32=interpret, K=topk,
                 K_PAD=max(2, triton_next_pow2(topk)), BLOCK_R=br, BLOCK_V=bv, BLOCK_D=bd,
-                num_warps=4 if br * bv <= 4096 else 8)
+                num_warps=_num_warps(br, bv))
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         kernel[(row_tiles, splits)](*common, part, acc, *sizes, REF_PASS=False, **meta)
         stats, big_m, big_z, valid = _combine(part, tok, top, sample)
