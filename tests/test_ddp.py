@@ -5,9 +5,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from upo_fast.distributed import ProcessGroup
 from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
 from upo_fast.training.rollout import Trajectories
-from upo_fast.training.update import ProcessGroup, update_policy
+from upo_fast.training.update import update_policy
 
 S, B, W, D, K = 5, 6, 7, 16, 4
 

@@ -117,3 +117,39 @@ def check_device(device, name: str = "device") -> None:
             raise ValueError(f"{name}={device!r}: MPS is not available on this machine; use cpu")
     elif parsed.type != "cpu":
         raise ValueError(f"{name}={device!r}: upo_fast runs on cpu, cuda or mps")
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def convert_option(name: str, value, annotation: str):
+    """``value`` (from YAML, JSON or a ``key=value`` string) as the type a dataclass field's annotation names
+    (``"float"``, ``"int | None"``, ``"bool"``, ``"str"``), or a ValueError naming the option: strings that
+    spell a number or a boolean are converted, nothing else is guessed."""
+    kinds = [kind.strip() for kind in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    kind = kinds[0]
+    text = value.strip() if isinstance(value, str) else None
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and text.lstrip("+-").isdigit():
+            return int(text)
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if text is not None:
+            try:
+                return float(text)
+            except ValueError:
+                pass
+    elif kind == "str" and isinstance(value, str):
+        return value
+    words = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string", "None": "null"}
+    raise ValueError(f"{name} must be {' or '.join(words.get(k, k) for k in kinds)}, got {value!r}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upo_fast.training.losses import REFERENCE_DIVERGENCE
+from upo_fast.validation import convert_option
 
 REFERENCES = tuple(REFERENCE_DIVERGENCE)
 INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `upo-fast pretrain-policy`)
@@ -115,7 +116,7 @@ class TrainConfig:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-        return cls(**{name: _convert(name, value, fields[name]) for name, value in values.items()})
+        return cls(**{name: convert_option(name, value, fields[name]) for name, value in values.items()})
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
@@ -141,36 +142,3 @@ class TrainConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 
-
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _convert(name: str, value, annotation: str):
-    """``value`` as the type the field's annotation names (``"float"``, ``"int | None"``, ``"bool"``, ...)."""
-    kinds = [kind.strip() for kind in annotation.split("|")]
-    if value is None and "None" in kinds:
-        return None
-    kind = kinds[0]
-    text = value.strip() if isinstance(value, str) else None
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if text is not None and text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
-    elif kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if text is not None and text.lstrip("+-").isdigit():
-            return int(text)
-    elif kind == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if text is not None:
-            try:
-                return float(text)
-            except ValueError:
-                pass
-    elif kind == "str" and isinstance(value, str):
-        return value
-    words = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string", "None": "null"}
-    raise ValueError(f"{name} must be {' or '.join(words.get(k, k) for k in kinds)}, got {value!r}")

@@ -32,6 +32,7 @@ from upo_fast.checkpoints import (
     save_checkpoint,
     truncate_log,
 )
+from upo_fast.distributed import ProcessGroup
 from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
 from upo_fast.models.tiny_mdm import load_saved
 from upo_fast.policy import UnmaskingPolicy
@@ -39,7 +40,7 @@ from upo_fast.tasks import get_task
 from upo_fast.training.config import INITS, TrainConfig
 from upo_fast.training.losses import group_advantages, zero_std_ratio
 from upo_fast.training.rollout import rollout
-from upo_fast.training.update import ProcessGroup, update_policy
+from upo_fast.training.update import update_policy
 
 logger = logging.getLogger(__name__)
 VALIDATION_SEED = 97_531  # validation puzzles; != HELD_OUT_SEED, and training seeds are derived differently

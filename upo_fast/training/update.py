@@ -1,4 +1,4 @@
-"""One GRPO update of the unmasking policy from recorded rollouts, and the process-group plumbing it needs.
+"""One GRPO update of the unmasking policy from recorded rollouts.
 
 ``update_policy`` runs ``inner_iters`` optimizer steps on one rollout batch. The old log-probs are the behavior
 log-probs recorded at rollout time (the policy that sampled, at the temperature it sampled at), read once; they
@@ -11,13 +11,11 @@ step one process takes with all rows.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from upo_fast.checkpoints import all_finite, step_if_finite
+from upo_fast.distributed import SINGLE_PROCESS, ProcessGroup
 from upo_fast.training.losses import (
     REFERENCE_DIVERGENCE,
     grpo_loss,
@@ -29,52 +27,6 @@ from upo_fast.training.losses import (
 from upo_fast.training.rollout import Trajectories
 
 
-@dataclass(frozen=True)
-class ProcessGroup:
-    """rank / world size of this process; ``world == 1`` means no process group (plain single-process training)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, device: str) -> ProcessGroup:
-        """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Elementwise sum over processes (a copy; the input is left alone)."""
-        out = values.clone()
-        if self.world > 1:
-            dist.all_reduce(out)
-        return out
-
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if self.world == 1:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])  # one collective instead of one per tensor
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
 def _row_chunks(rows: int, steps: int, chunk_states: int) -> list[range]:
     per_chunk = max(1, chunk_states // max(steps, 1))
     return [range(i, min(i + per_chunk, rows)) for i in range(0, rows, per_chunk)]
@@ -84,7 +36,7 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
                   position_temperature: float, clip_eps: float = 0.2, clip_eps_high: float | None = None,
                   inner_iters: int = 1, grad_clip: float = 1.0, kl_mode: str = "exact", topk: int = 5,
                   chunk_states: int = 2048, certain_threshold: float = 0.999, certain_keep: float = 1.0,
-                  seed: int = 0, rows: torch.Tensor | None = None, group: ProcessGroup = ProcessGroup()) -> dict:
+                  seed: int = 0, rows: torch.Tensor | None = None, group: ProcessGroup = SINGLE_PROCESS) -> dict:
     """``inner_iters`` clipped-GRPO steps on one rollout batch; returns float metrics of the last step.
 
     traj: this process's recorded rollouts ([S, B, ...]); advantages: [B], one per row (its group's r - mean);
