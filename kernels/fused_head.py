@@ -222,22 +222,24 @@ def _combine(part: torch.Tensor, tok: torch.Tensor, top: torch.Tensor, sample: b
 def _tiles(target, n: int, dtype: torch.dtype, block_r, block_v, block_d) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_V, BLOCK_D) for ``n`` rows: the given ones, else small tiles in the interpreter (its tl.dot
     is slow), and on the GPU the largest tiles that ptxas compiles without register spills for sm_80 and sm_90 at
-    every flag combination (``benchmarks/results/compile_table_*``; tests/test_kernels_compile.py keeps it so).
-    The [64, 128] tile with 8 warps spilled 16-48 bytes (sampling on, top-K merge, Philox all live at 255
-    registers); [64, 64] and [32, 128] at 8 warps do not. fp32 hidden states take IEEE fp32 dots (FMA, no MMA),
-    whose operands need twice the registers: at most [32, 128] with BLOCK_D 32 (the [64, 128] tile spilled 0.5 KB
-    on sm_90 and 11.7 KB on sm_80)."""
+    every flag combination (``benchmarks/results/compile_table/``; tests/test_kernels_compile.py keeps it so). The
+    earlier tiles spilled 16-48 bytes at 255 registers (sampling, the top-K merge and Philox live together):
+    [64, 128] with 8 warps and [32, 128] with 4; [64, 64] and [32, 128] with 8 warps do not. fp32 hidden states
+    take IEEE fp32 dots (FMA, no MMA), whose operands need twice the registers: [16 or 32, 128] with BLOCK_D 32
+    (the [64, 128, 64] tile spilled 0.5 KB on sm_90 and 11.7 KB on sm_80; [16, 64, 32] 8 bytes on sm_80)."""
     if not target.gpu:
         return block_r or 16, block_v or 32, block_d or 32
     if dtype == torch.float32:
-        br = block_r or (16 if n <= 16 else 32)
-        return br, block_v or (64 if br <= 16 else 128), block_d or 32
+        return block_r or (16 if n <= 16 else 32), block_v or 128, block_d or 32
     br = block_r or (16 if n <= 16 else 32 if n <= 32 else 64)
     return br, block_v or (64 if br >= 64 else 128), block_d or 64
 
 
-def _num_warps(br: int, bv: int) -> int:
-    """4 warps up to 2048 logits per tile, else 8 (the [32, 128] tile spilled with 4)."""
+def _num_warps(br: int, bv: int, dtype: torch.dtype, ref_pass: bool) -> int:
+    """4 warps up to 2048 logits per tile, else 8 (the [32, 128] first pass spilled with 4); but the bf16/fp16
+    [32, 128] reference pass takes 4 (with 8, ptxas spilled 20 bytes on sm_90 at 80 registers)."""
+    if ref_pass and (br, bv) == (32, 128) and dtype != torch.float32:
+        return 4
     return 4 if br * bv <= 2048 else 8
 
 
@@ -335,14 +337,15 @@ def _fused_head_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
              n_sup, n_exc, logit_scale, max(temperature, 1e-30) if sample else 0.0, 1.0 / ref_tau, seed)
     meta = dict(HAS_ROWS=rows is not None, HAS_BIAS=bias is not None, SAMPLE=sample,
                 IEEE=hidden.dtype == torch.float32 or interpret, DOT_F32=interpret, K=topk,
-                K_PAD=max(2, triton_next_pow2(topk)), BLOCK_R=br, BLOCK_V=bv, BLOCK_D=bd,
-                num_warps=_num_warps(br, bv))
+                K_PAD=max(2, triton_next_pow2(topk)), BLOCK_R=br, BLOCK_V=bv, BLOCK_D=bd)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        kernel[(row_tiles, splits)](*common, part, acc, *sizes, REF_PASS=False, **meta)
+        kernel[(row_tiles, splits)](*common, part, acc, *sizes, REF_PASS=False,
+                                    num_warps=_num_warps(br, bv, hidden.dtype, False), **meta)
         stats, big_m, big_z, valid = _combine(part, tok, top, sample)
         if need_ref:
             mz = torch.stack([big_m, big_z])
-            kernel[(row_tiles, splits)](*common, mz, acc, *sizes, REF_PASS=True, **meta)
+            kernel[(row_tiles, splits)](*common, mz, acc, *sizes, REF_PASS=True,
+                                        num_warps=_num_warps(br, bv, hidden.dtype, True), **meta)
             ref = (1.0 / (big_z * ref_tau)) + torch.log(acc.sum(0))
             ref = torch.where(valid, ref, torch.full_like(ref, float("nan")))
         else:
