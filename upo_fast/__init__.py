@@ -8,6 +8,8 @@ Public API (see the README):
     upo_fast.dream_generate(model, input_ids, ...)  # drop-in for Dream's diffusion_generate()
     upo_fast.load_model(path, dtype=..., attn=...)  # a local LLaDA / Dream / TinyMDM folder, no remote code
     upo_fast.load_tokenizer(path)                   # its tokenizer, left padding
+    upo_fast.patch(model) / upo_fast.unpatch(model)  # model.generate / diffusion_generate run upo_fast's sampler
+    upo_fast.mc_loglikelihood(model, prefix, target) # LLaDA's Monte-Carlo likelihood estimate
 
 Imports are lazy so that ``import upo_fast`` stays cheap and submodules (tasks, models) can be used alone.
 """
@@ -23,6 +25,9 @@ _EXPORTS = {
     "dream_generate": "upo_fast.dream",
     "load_model": "upo_fast.models.loading",
     "load_tokenizer": "upo_fast.models.loading",
+    "patch": "upo_fast.patching",
+    "unpatch": "upo_fast.patching",
+    "mc_loglikelihood": "upo_fast.likelihood",
     "MDMAdapter": "upo_fast.adapters",
     "wrap_model": "upo_fast.adapters",
     "SCORERS": "upo_fast.scorers",

@@ -316,12 +316,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop here; the lr schedule still spans --steps")
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=cmd_pretrain_mdm)
+    command("lm-eval", add_help=False, help="lm-evaluation-harness with the upo_fast model registered; every "
+            "lm-eval option passes through (needs: pip install -e '.[eval]')")
     return parser
+
+
+def run_lm_eval(argv: list[str], debug: bool = False) -> int:
+    """``upo-fast lm-eval ARGS``: lm-evaluation-harness's own command line with the ``upo_fast`` model registered."""
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        import upo_fast.integrations.lm_eval  # noqa: F401 - registers the model
+    except ImportError as err:
+        return report_error("lm-eval", ValueError(str(err)), debug)
+    saved, sys.argv = sys.argv, ["lm-eval", *argv]
+    try:
+        cli_evaluate()
+    except SystemExit as done:  # lm-eval's argparse: --help, or its own one-line usage error
+        return done.code if isinstance(done.code, int) else 2
+    except Exception as err:  # noqa: BLE001 - e.g. a bad --model_args: one line, as for every other command
+        return report_error("lm-eval", err, debug)
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def main(argv=None) -> int:
     """Run ``upo-fast`` with ``argv`` (default: sys.argv) and return its exit code: 0, 2 for bad input (one line
     on stderr), 1 for an unexpected error, 130 when interrupted."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = argv[:1] == ["--debug"]
+    if argv[debug:debug + 1] == ["lm-eval"]:  # lm-eval parses its own options
+        return run_lm_eval(argv[debug + 1:], debug)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a bad argument (argparse has printed its one line)

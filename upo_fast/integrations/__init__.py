@@ -1,0 +1,2 @@
+"""Integrations with the tools LLaDA and Dream users already run: lm-evaluation-harness (``lm_eval.py``, needs the
+optional ``eval`` extra) and a one-line patch for a model loaded elsewhere (``upo_fast.patch``)."""

@@ -1,0 +1,209 @@
+"""An lm-evaluation-harness model, registered as ``upo_fast``: LLaDA, Dream or a TinyMDM with a tokenizer, sampled
+by ``upo_fast.generate`` with any unmasking order (a learned policy included) and scored by LLaDA's Monte-Carlo
+likelihood estimate (``upo_fast.likelihood``).
+
+    upo-fast lm-eval --model upo_fast --model_args pretrained=DIR,scorer=margin,gen_length=256,steps=256 \\
+        --tasks gsm8k --batch_size 8 --output_path OUT
+
+``model_args`` are the fields of :class:`HarnessOptions`. Like LLaDA's own harness model, generation uses the
+model arguments' length and sampler options; of a task's ``gen_kwargs`` only ``until`` (the stop strings) is used.
+Data parallel runs under ``torchrun`` / ``accelerate launch`` (one process per GPU, gloo on CPU): lm-eval shards the
+requests by ``rank`` and gathers the results through :mod:`upo_fast.distributed`.
+
+Needs the optional extra: ``pip install -e ".[eval]"`` (``lm-eval >= 0.4``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError('upo_fast.integrations.lm_eval needs lm-evaluation-harness: pip install -e ".[eval]"') from err
+from tqdm.auto import tqdm
+
+from upo_fast.distributed import ProcessGroup
+from upo_fast.integrations.lm_eval_generate import generate_texts, request_seed, stop_token_ids
+from upo_fast.validation import check_device, convert_option
+
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class HarnessOptions:
+    """``--model_args`` of the ``upo_fast`` lm-eval model (and ``--batch_size``, ``--device``)."""
+
+    pretrained: str  # a local LLaDA, Dream or TinyMDM folder with its tokenizer
+    dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on the CPU
+    device: str | None = None  # default: cuda when there is one (cuda:LOCAL_RANK under torchrun), else cpu
+    attn: str = "auto"
+    trust_remote_code: bool = False
+    batch_size: int = 8  # prompts per generate call; rows per Monte-Carlo batch of a likelihood
+    # sampling (upo_fast.generate)
+    scorer: str = "max_confidence"
+    policy: str | None = None  # a saved UnmaskingPolicy folder, for scorer=policy
+    gen_length: int = 256
+    block_length: int = 32
+    steps: int | None = None  # MDM forwards per answer (default gen_length)
+    temperature: float = 0.0
+    position_temperature: float = 0.0  # a policy's order temperature (0 = greedy)
+    topk: int = 5
+    cfg_scale: float = 0.0
+    threshold: float | None = None  # parallel unmasking: confidence threshold
+    factor: float | None = None  # parallel unmasking: Fast-dLLM's factor rule
+    mask_id: int | None = None
+    max_length: int | None = None  # prompt + answer; longer prompts lose their left end (default: the model's)
+    add_bos_token: bool | None = None  # None: the tokenizer's default, off once a chat template was applied
+    seed: int = 1234
+    # likelihoods (upo_fast.likelihood)
+    mc_num: int = 128
+    cfg: float = 0.0
+    check_greedy: bool = False  # lm-eval's is_greedy (LLaDA's harness recommends off: it unmasks every target)
+
+    @classmethod
+    def from_model_args(cls, values: dict) -> HarnessOptions:
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k != "max_batch_size"}  # lm-eval passes it to every model
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown model_args {', '.join(unknown)} for the upo_fast model; valid: "
+                             f"{', '.join(sorted(fields))}")
+        if "pretrained" not in values:
+            raise ValueError("model_args needs pretrained=DIR (a local LLaDA, Dream or TinyMDM folder)")
+        if values.get("batch_size") in ("auto",) or str(values.get("batch_size", "")).startswith("auto:"):
+            raise ValueError("batch_size must be an integer for the upo_fast model (no 'auto')")
+        return cls(**{k: convert_option(k, v, fields[k]) for k, v in values.items()})
+
+
+@register_model("upo_fast")
+class UpoFastLM(LM):
+    """lm-eval model: see the module docstring and :class:`HarnessOptions`."""
+
+    def __init__(self, **model_args):
+        super().__init__()
+        from upo_fast.adapters import wrap_model
+        from upo_fast.models.loading import load_model, load_tokenizer
+
+        self.options = opts = HarnessOptions.from_model_args(model_args)
+        device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_device(device, "device")
+        self.group = ProcessGroup.from_env(device)
+        if torch.device(device).type == "cuda" and self.group.world > 1:
+            device = f"cuda:{self.group.local_rank}"
+        self._rank, self._world_size, self._device = self.group.rank, self.group.world, torch.device(device)
+        if opts.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
+        dtype = DTYPES[opts.dtype] or (torch.bfloat16 if self._device.type == "cuda" else torch.float32)
+        self.model = load_model(opts.pretrained, dtype=dtype, device=self._device, attn=opts.attn,
+                                trust_remote_code=opts.trust_remote_code)
+        self.tokenizer = load_tokenizer(opts.pretrained, trust_remote_code=opts.trust_remote_code)
+        self.adapter = wrap_model(self.model, mask_id=opts.mask_id)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # LLaDA's recipe: left padding with EOS
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self.policy = self._load_policy()
+        self.sampler = self._sampler_options()
+        self.chat_template_applied = False
+
+    def _load_policy(self):
+        if self.options.scorer != "policy":
+            return None
+        if not self.options.policy:
+            raise ValueError("scorer=policy needs policy=DIR (a saved UnmaskingPolicy folder)")
+        from upo_fast.evaluation import load_policy
+
+        return load_policy(self.options.policy, None, self.model)
+
+    def _sampler_options(self) -> dict:
+        """The keyword arguments of ``upo_fast.generate``, checked once here by a dry validation."""
+        from upo_fast.sampler import check_sampling_options
+
+        o = self.options
+        options = dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.steps or o.gen_length,
+                       scorer=o.scorer, temperature=o.temperature, cfg_scale=o.cfg_scale, threshold=o.threshold,
+                       factor=o.factor, topk=o.topk, position_temperature=o.position_temperature, policy=self.policy)
+        check_sampling_options(temperature=o.temperature, cfg_scale=o.cfg_scale, threshold=o.threshold, topk=o.topk,
+                               factor=o.factor, position_temperature=o.position_temperature)
+        return options
+
+    # ---- what lm-eval reads -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def max_length(self) -> int:
+        if self.options.max_length is not None:
+            return self.options.max_length
+        config = self.model.config
+        for name in ("max_sequence_length", "max_position_embeddings"):
+            if isinstance(getattr(config, name, None), int):
+                return getattr(config, name)
+        return 4096
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", self.options.pretrained).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) or "" if chat_template else None
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        self.chat_template_applied = True  # the template holds the special tokens: do not add them again
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.group.all_gather(tensor)
+
+    def gather_object(self, obj, dst: int = 0):
+        return self.group.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        self.group.barrier()
+
+    # ---- requests ---------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        add = self.options.add_bos_token
+        add = (not self.chat_template_applied) if add is None else add
+        return self.tokenizer(text, add_special_tokens=add)["input_ids"]
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        return generate_texts(self, [req.args for req in requests], progress=not disable_tqdm and self.group.main)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        from upo_fast.likelihood import greedy_reproduces, mc_loglikelihood
+
+        o, out = self.options, []
+        for req in tqdm(requests, desc="upo_fast loglikelihood", disable=disable_tqdm or not self.group.main):
+            context, continuation = req.args[0], req.args[1]
+            prefix, target = self.encode_pair(context, continuation)
+            generator = torch.Generator().manual_seed(request_seed(o.seed, context, continuation))
+            ll = mc_loglikelihood(self.adapter, prefix, target, mc_num=o.mc_num, batch_size=o.batch_size,
+                                  cfg_scale=o.cfg, generator=generator)
+            greedy = o.check_greedy and greedy_reproduces(self.adapter, prefix, target, cfg_scale=o.cfg)
+            out.append((ll, bool(greedy)))
+            self.cache_hook.add_partial("loglikelihood", (context, continuation), out[-1])
+        return out
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of (context, continuation) as lm-eval's models split them: trailing spaces of the context
+        move to the continuation, and the continuation is what the whole text adds to the context's tokens."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole, prefix = self.encode(context + continuation), self.encode(context)
+        if not whole[len(prefix):]:
+            raise ValueError(f"the continuation {continuation!r} adds no token to its context")
+        return torch.tensor(prefix, dtype=torch.long), torch.tensor(whole[len(prefix):], dtype=torch.long)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(
+            "loglikelihood_rolling (perplexity tasks such as wikitext) is not implemented for masked diffusion "
+            "models, as in LLaDA's harness: use generate_until tasks (gsm8k, math500, ...) or loglikelihood / "
+            "multiple-choice tasks (mc_num samples of LLaDA's likelihood estimate)")
