@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     records = run_processes(arches, args.matrix, args.timeout)
     records.sort(key=lambda r: (r["arch"], r["kernel"], r.get("dtype", ""), r.get("config", "")))
     issues = problems(records)
-    meta = dict(matrix=args.matrix, command="python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    script = Path(sys.argv[0]).resolve().relative_to(REPO)
+    meta = dict(matrix=args.matrix, command=" ".join(["python", str(script), *sys.argv[1:]]),
                 machine=f"{platform.machine()}, {os.cpu_count()} CPU cores (compiling only: no GPU is used)",
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), commit=git_commit(),
                 triton=package_version("triton"), torch=package_version("torch"), compiles=len(records),
