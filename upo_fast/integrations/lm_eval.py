@@ -96,6 +96,8 @@ class UpoFastLM(LM):
         if torch.device(device).type == "cuda" and self.group.world > 1:
             device = f"cuda:{self.group.local_rank}"
         self._rank, self._world_size, self._device = self.group.rank, self.group.world, torch.device(device)
+X
+            self.accelerator = _Accelerator(self.group)
         if opts.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
         dtype = DTYPES[opts.dtype] or (torch.bfloat16 if self._device.type == "cuda" else torch.float32)
@@ -207,3 +209,16 @@ class UpoFastLM(LM):
             "loglikelihood_rolling (perplexity tasks such as wikitext) is not implemented for masked diffusion "
             "models, as in LLaDA's harness: use generate_until tasks (gsm8k, math500, ...) or loglikelihood / "
             "multiple-choice tasks (mc_num samples of LLaDA's likelihood estimate)")
+
+
+class _Accelerator:
+    """The two ``accelerate.Accelerator`` methods older lm-eval versions call on ``lm.accelerator``."""
+
+    def __init__(self, group: ProcessGroup):
+        self.group = group
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.group.all_gather(tensor)
+
+    def wait_for_everyone(self) -> None:
+        self.group.barrier()
