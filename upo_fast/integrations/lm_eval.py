@@ -96,7 +96,7 @@ class UpoFastLM(LM):
         if torch.device(device).type == "cuda" and self.group.world > 1:
             device = f"cuda:{self.group.local_rank}"
         self._rank, self._world_size, self._device = self.group.rank, self.group.world, torch.device(device)
-X
+        if self.group.world > 1:  # older lm-eval versions gather through `lm.accelerator` (accelerate's API)
             self.accelerator = _Accelerator(self.group)
         if opts.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
