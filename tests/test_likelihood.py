@@ -11,9 +11,12 @@ from upo_fast.adapters import wrap_model
 from upo_fast.likelihood import greedy_reproduces, mc_loglikelihood, stratified_masks
 from upo_fast.sampler import unmask
 
+SMALL = dict(vocab_size=400, mask_id=397)  # small vocabularies keep the tests fast
 FACTORIES = {
-    "llada-native": make_native_llada, "llada-standin": make_llada_like, "dream-native": make_native_dream,
-    "dream-standin": make_dream_like, "llada-tied": lambda: make_llada_like(weight_tying=True),
+    "llada-native": lambda: make_native_llada(**SMALL), "llada-standin": lambda: make_llada_like(**SMALL),
+    "dream-native": lambda: make_native_dream(**SMALL, pad_id=396),
+    "dream-standin": lambda: make_dream_like(**SMALL, pad_id=396),
+    "llada-tied": lambda: make_llada_like(**SMALL, weight_tying=True),
 }
 
 
@@ -81,7 +84,7 @@ def test_stratified_masks():
 
 
 def test_deterministic_under_a_seed_and_checked():
-    model = make_native_llada()
+    model = make_native_llada(**SMALL)
     prefix, target = ids(1, 2, 3), ids(4, 5, 6, 7)
     first = mc_loglikelihood(model, prefix, target, mc_num=8, batch_size=4, generator=torch.Generator().manual_seed(3))
     again = mc_loglikelihood(model, prefix, target, mc_num=8, batch_size=4, generator=torch.Generator().manual_seed(3))
