@@ -223,10 +223,11 @@ def _tiles(target, n: int, dtype: torch.dtype, block_r, block_v, block_d) -> tup
     """(BLOCK_R, BLOCK_V, BLOCK_D) for ``n`` rows: the given ones, else small tiles in the interpreter (its tl.dot
     is slow), and on the GPU the largest tiles that ptxas compiles without register spills for sm_80 and sm_90 at
     every flag combination (``benchmarks/results/compile_table/``; tests/test_kernels_compile.py keeps it so). The
-    earlier tiles spilled 16-48 bytes at 255 registers (sampling, the top-K merge and Philox live together):
-    [64, 128] with 8 warps and [32, 128] with 4; [64, 64] and [32, 128] with 8 warps do not. fp32 hidden states
-    take IEEE fp32 dots (FMA, no MMA), whose operands need twice the registers: [16 or 32, 128] with BLOCK_D 32
-    (the [64, 128, 64] tile spilled 0.5 KB on sm_90 and 11.7 KB on sm_80; [16, 64, 32] 8 bytes on sm_80)."""
+    earlier tiles spilled with sampling on (the top-K merge and Philox live beside the tile): [64, 128] with 8
+    warps 16 bytes on sm_90 and 372 on sm_80 (20 in its reference pass), [32, 128] with 4 warps 36-48 bytes on
+    sm_90; [64, 64] and [32, 128] with 8 warps do not. fp32 hidden states take IEEE fp32 dots (FMA, no MMA),
+    whose operands need twice the registers: [16 or 32, 128] with BLOCK_D 32 (BLOCK_D 64 spilled 44-552 bytes on
+    sm_90 and up to 11.7 KB on sm_80; [16, 64, 32] 8 bytes on sm_80)."""
     if not target.gpu:
         return block_r or 16, block_v or 32, block_d or 32
     if dtype == torch.float32:

@@ -59,7 +59,7 @@ def test_ci_subset_compiles_for_sm90_and_sm80_without_spills():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("UPO_COMPILE_FULL"), reason="the full matrix takes ~20 min on 2 cores: "
+@pytest.mark.skipif(not os.environ.get("UPO_COMPILE_FULL"), reason="the full matrix takes ~7 min on 2 cores: "
                     "set UPO_COMPILE_FULL=1 (or run benchmarks/compile_table.py)")
 def test_full_matrix_compiles_without_spills():
     assert problems(_compile("full", timeout=3600)) == []
