@@ -25,8 +25,6 @@ from upo_fast.cli_args import (
 from upo_fast.cli_eval import _grid_task, _grid_task_name, _task, _task_name, cmd_eval, cmd_parallel_curve, cmd_viz
 from upo_fast.scorers import resolve_scorer
 
-DEMO_PUZZLES = 200
-
 
 def cmd_train(args) -> dict:
     from upo_fast.training.config import TrainConfig
@@ -83,9 +81,12 @@ _TRAIN_OPTIONS = {
 
 
 def cmd_demo(args) -> dict:
-    from upo_fast.demo import run_demo
+    from upo_fast.demo import FULL, QUICK, run_demo
 
-    return run_demo(args.num_puzzles, args.model, args.out, args.json)
+    plan = FULL if args.full else QUICK
+    if args.num_puzzles is not None:
+        plan = plan.with_puzzles(args.num_puzzles)
+    return run_demo(plan, args.model, args.out, args.json)
 
 
 def cmd_sample(args) -> None:
@@ -174,11 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[debug], **options)
 
 
-    demo = command("demo", help="every order on held-out Sudoku and Zebra with the shipped TinyMDMs (CPU)")
-    demo.add_argument("--num-puzzles", type=positive_int, default=DEMO_PUZZLES)
+    demo = command("demo", help="what the unmasking order does, on held-out Sudoku and Zebra with the shipped "
+                   "TinyMDMs (CPU, about 2 minutes; --full: every order, longer)")
+    demo.add_argument("--full", action="store_true",
+                      help="every order on 200 puzzles per task, Pass@k on 200 (about 10 minutes on 2 CPU cores)")
+    demo.add_argument("--num-puzzles", type=positive_int, default=None,
+                      help="puzzles per task (default: 200 Sudoku, 100 Zebra; Pass@k on the first 50 of them)")
     demo.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped sudoku9 model)")
-    demo.add_argument("--out", default="demo_out", help="folder for the pictures")
-    demo.add_argument("--json", default=None)
+    demo.add_argument("--out", default="demo_out", help="folder for the pictures and demo.json")
+    demo.add_argument("--json", default=None, help="the report's path (default: OUT/demo.json)")
     demo.set_defaults(func=cmd_demo)
 
     ev = command("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
@@ -211,19 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None)
     ev.set_defaults(func=cmd_eval)
 
-    vz = command("viz", help="heat maps of when each cell is unmasked, and one trajectory as text")
+    vz = command("viz", help="pictures of unmasking orders: puzzles with each blank labelled by the step that "
+                 "filled it, side by side per order, the same over many puzzles, and trajectories as text")
     vz.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     vz.add_argument("--scorer", action="append", help="repeatable; default max_confidence, margin, policy")
     vz.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
-    vz.add_argument("--data", default=None)
-    vz.add_argument("--num-puzzles", type=positive_int, default=100)
+    vz.add_argument("--puzzle", action="append", type=nonneg_int, default=None,
+                    help="repeatable: the puzzle (0-based, in --data or the held-out set) to draw; default 0, 1, 2")
+    vz.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON); default: "
+                    "generated held-out puzzles")
+    vz.add_argument("--num-puzzles", type=positive_int, default=100,
+                    help="held-out puzzles to generate (the aggregate picture covers all of them)")
     vz.add_argument("--blanks", type=positive_int, default=None)
-    vz.add_argument("--limit", type=positive_int, default=None)
+    vz.add_argument("--limit", type=positive_int, default=None, help="keep the first N puzzles (of --data)")
     vz.add_argument("--model", default=None)
     vz.add_argument("--topk", type=positive_int, default=5)
     vz.add_argument("--seed", type=int, default=0)
     vz.add_argument("--device", default="cpu", type=device_name)
-    vz.add_argument("--out", default="viz_out", help="folder for <task>_order.png and <task>_trajectory.txt")
+    vz.add_argument("--out", default="viz_out",
+                    help="folder for <task>_orders.png, <task>_order_stats.png and <task>_trajectory.txt")
     vz.set_defaults(func=cmd_viz)
 
     tr = command("train", help="UPO: train an unmasking policy with KL-regularized GRPO")

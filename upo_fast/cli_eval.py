@@ -144,12 +144,28 @@ def _write_json(path, report: dict) -> None:
 
 
 def cmd_viz(args) -> dict:
-    from upo_fast.evaluation import load_model, load_policy
-    from upo_fast.viz import write_order_pictures
+    from upo_fast.evaluation import load_model
+    from upo_fast.viz import record_order, write_order_pictures
 
     task = _grid_task(args.task)
     model = load_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
+    indices = args.puzzle or list(range(min(3, len(puzzles))))
+    outside = [i for i in indices if i >= len(puzzles)]
+    if outside:
+        raise ValueError(f"--puzzle {outside[0]}: there are {len(puzzles)} puzzles, numbered 0 to {len(puzzles) - 1} "
+                         "(--num-puzzles / --limit set how many)")
+    records = [record_order(model, task, puzzles, solutions, name, seed=args.seed, **options)
+               for name, options in _viz_scorers(args, task, model).items()]
+    paths = write_order_pictures(task, puzzles, solutions, records, indices, args.out)
+    print("\n".join(str(p) for p in paths))
+    return {"pictures": [str(p) for p in paths]}
+
+
+def _viz_scorers(args, task, model) -> dict[str, dict]:
+    """Scorer name -> sampler options; the default list skips the policy when none ships."""
+    from upo_fast.evaluation import load_policy
+
     scorers = {}
     for name in [resolve_scorer(s) for s in (args.scorer or ["max_confidence", "margin", "policy"])]:
         if name == "policy":
@@ -158,12 +174,10 @@ def cmd_viz(args) -> dict:
             except ValueError as err:
                 if args.policy or args.scorer:  # asked for explicitly: an error
                     raise
-                print(f"(no policy map: {err})")
+                print(f"(no policy pictures: {err})")
         else:
             scorers[name] = {"topk": args.topk}
-    paths = write_order_pictures(model, task, puzzles, solutions, scorers, args.out, seed=args.seed)
-    print("\n".join(str(p) for p in paths))
-    return {"pictures": [str(p) for p in paths]}
+    return scorers
 
 
 def cmd_parallel_curve(args) -> dict:

@@ -1,6 +1,6 @@
 """Pictures: reward-vs-step and validation curves of UPO runs (``upo-fast plot-runs``), steps-vs-solved curves of
-parallel unmasking (``upo-fast parallel-curve``), Pass@k curves (``upo-fast eval --pass-at``) and heat maps of
-unmasking orders (``upo-fast viz``)."""
+parallel unmasking (``upo-fast parallel-curve``), Pass@k curves (``upo-fast eval --pass-at``, the demo) and
+pictures of unmasking orders (``upo-fast viz``, the demo)."""
 
 from __future__ import annotations
 
@@ -69,45 +69,109 @@ def plot_parallel_curve(curves: dict[str, list[dict]], out: str | Path, title: s
     return _finish(plt, fig, (ax,), out)
 
 
-def plot_pass_at(curves: dict[str, dict[str, float]], out: str | Path, title: str = "") -> Path:
-    """Pass@k against k (log scale), one line per scorer; ``curves[scorer]`` is ``{"1": p1, "2": p2, ...}``."""
+def plot_pass_at(curves: dict[str, dict[str, float]], out: str | Path, title: str = "",
+                 bands: dict[str, dict[str, tuple[float, float]]] | None = None) -> Path:
+    """Pass@k against k (log scale), one line per scorer; ``curves[scorer]`` is ``{"1": p1, "2": p2, ...}``;
+    ``bands[scorer]`` (optional) the same keys with (low, high) 95% intervals, drawn as a shaded band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for scorer, points in curves.items():
         ks = sorted(int(k) for k in points)
-        ax.plot(ks, [points[str(k)] for k in ks], marker="o", ms=3, label=scorer)
+        line, = ax.plot(ks, [points[str(k)] for k in ks], marker="o", ms=3, label=scorer)
+        if bands and scorer in bands:
+            low, high = zip(*(bands[scorer][str(k)] for k in ks))
+            ax.fill_between(ks, low, high, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
     ax.set(xlabel="k (samples per puzzle)", ylabel="Pass@k (solved)", title=title or "Pass@k")
     return _finish(plt, fig, (ax,), out)
 
 
-def plot_order_maps(maps: dict[str, np.ndarray], out: str | Path, title: str = "", row_labels=None,
-                    col_labels=None) -> Path:
-    """Side-by-side heat maps (one per scorer) of when each cell is unmasked (``upo_fast.viz.mean_step_map``: 0 =
-    first, 1 = last), each cell annotated; shared colour scale, early = dark."""
+def plot_puzzle_orders(rows: list[list], out: str | Path, title: str = "", *, row_names: list[str] | None = None,
+                       axis_labels=(None, None), box: int | None = None) -> Path:
+    """A grid of puzzle pictures: one row per puzzle, one column per order (``upo_fast.viz.PuzzlePanel``s). Each
+    blank shows the step at which it was filled, coloured by it (early = light, late = dark); givens are grey with
+    their value; a wrong fill gets a red frame. ``box``: the Sudoku box size, drawn as thick lines."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps) + 0.8, 3.8), squeeze=False,
-                             gridspec_kw={"wspace": 0.45})  # room for the row labels of the next panel
+    n_rows, n_cols = len(rows), len(rows[0])
+    height, width = rows[0][0].labels.shape
+    size = 0.42 * max(height, width) + 0.9
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols * width / max(height, width) + 1.6,
+                                                      size * n_rows * height / max(height, width) + 1.0),
+                             squeeze=False, layout="constrained")
+    last = max(int(p.labels.max()) for row in rows for p in row)
     image = None
-    for ax, (name, grid) in zip(axes[0], maps.items()):
-        image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0)
-        rows, cols = grid.shape
-        if rows * cols <= 100:  # numbers stay readable up to 10x10
-            for (r, c), value in np.ndenumerate(grid):
-                if not np.isnan(value):
-                    ax.text(c, r, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center", fontsize=7,
-                            color="white" if value < 0.5 else "black")
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks(range(cols), col_labels if col_labels is not None else range(1, cols + 1), fontsize=7)
-        ax.set_yticks(range(rows), row_labels if row_labels is not None else range(1, rows + 1), fontsize=7)
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="unmasking step (0 = first, 1 = last)")
+    for r, row in enumerate(rows):
+        for c, panel in enumerate(row):
+            image = _draw_panel(axes[r][c], panel, last, box)
+            ax = axes[r][c]
+            ax.set_title(panel.title, fontsize=10, color="black" if panel.wrong.sum() == 0 else "firebrick")
+            _label_axes(ax, axis_labels, show_rows=c == 0, show_cols=r == n_rows - 1, height=height, width=width)
+            if c == 0 and row_names:
+                ax.set_ylabel(row_names[r], fontsize=11, fontweight="bold")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=min(0.6, 3.0 / n_rows),
+                 label="step at which the cell was filled")
     if title:
-        fig.suptitle(title, fontsize=10)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+        fig.suptitle(title, fontsize=11)
+    return _save(plt, fig, out, tight=False)  # the constrained layout already fits everything
+
+
+def _draw_panel(ax, panel, last: int, box: int | None):
+    import matplotlib.patches as patches
+
+    cmap = _pyplot().get_cmap("YlGnBu").with_extremes(bad="#d9d9d9")  # bad: the givens, masked out of the steps
+    steps = np.ma.masked_where(panel.labels == 0, panel.labels)
+    image = ax.imshow(steps, cmap=cmap, vmin=1, vmax=max(last, 2))
+    height, width = panel.labels.shape
+    for (r, c), label in np.ndenumerate(panel.labels):
+        if label == 0:
+            ax.text(c, r, panel.given_text[r, c], ha="center", va="center", fontsize=8, color="#555555",
+                    in_layout=False)  # inside the axes: measuring hundreds of labels for the layout is slow
+            continue
+        dark = label > 0.55 * last
+        ax.text(c, r, str(label), ha="center", va="center", fontsize=8, fontweight="bold" if panel.wrong[r, c]
+                else "normal", color="white" if dark else "black", in_layout=False)
+        if panel.wrong[r, c]:
+            ax.add_patch(patches.Rectangle((c - 0.44, r - 0.44), 0.88, 0.88, fill=False, edgecolor="red", lw=2.2))
+    for k in range(width + 1):  # thin cell lines, thick box lines
+        ax.axvline(k - 0.5, color="black", lw=1.6 if box and k % box == 0 else 0.4)
+    for k in range(height + 1):
+        ax.axhline(k - 0.5, color="black", lw=1.6 if box and k % box == 0 else 0.4)
+    return image
+
+
+def _label_axes(ax, axis_labels, *, show_rows: bool, show_cols: bool, height: int, width: int) -> None:
+    row_labels, col_labels = axis_labels
+    ax.set_xticks(range(width), (col_labels or range(1, width + 1)) if show_cols else [""] * width, fontsize=7)
+    ax.set_yticks(range(height), (row_labels or range(1, height + 1)) if show_rows else [""] * height, fontsize=7)
+    ax.tick_params(length=0)
+
+
+def plot_order_statistics(stats: dict[str, dict[str, list[float]]], out: str | Path, title: str = "") -> Path:
+    """Three panels over the unmasking steps, one line per order (``upo_fast.viz.order_statistics``): the mean
+    confidence rank of the cell filled (1 = the model's most confident masked cell), the share of fills that took
+    that cell, and the share of puzzles already lost (a wrong fill at or before the step)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    panels = (("mean_rank", "mean confidence rank of the cell filled\n(1 = the most confident masked cell)",
+               "which cell each order fills"),
+              ("top_share", "share of fills that took the most confident cell", "how often it follows confidence"),
+              ("lost", "share of puzzles with a wrong fill so far\n(at the last step: the share not solved)",
+               "when puzzles are lost"))
+    for ax, (key, ylabel, panel_title) in zip(axes, panels):
+        for name, values in stats.items():
+            ax.plot(values["step"], values[key], marker="o", ms=2.5, lw=1.3, label=name)
+        ax.set(xlabel="unmasking step", ylabel=ylabel, title=panel_title)
+    axes[0].set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 1, 2, 3 rather than 10^0, 2x10^0
+    axes[0].yaxis.set_major_formatter(plain)
+    axes[0].yaxis.set_minor_formatter(plain)
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[2].set_ylim(-0.02, 1.02)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _finish(plt, fig, axes, out)
 
 
 def _pyplot():
@@ -124,8 +188,12 @@ def _finish(plt, fig, axes, out) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return _save(plt, fig, out)
+
+
+def _save(plt, fig, out, tight: bool = True) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return out
