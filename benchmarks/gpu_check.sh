@@ -47,7 +47,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/nvi
 ARCH=$("$PYTHON" -c 'import torch; major, minor = torch.cuda.get_device_capability(); print(major * 10 + minor)')
 
 if [ "$ARCH" = 90 ] || [ "$ARCH" = 80 ]; then
-    step compile_check 90 "$PYTHON" benchmarks/compile_table.py --arch "$ARCH" --matrix ci --out "$OUT"
+    step compile_check 110 "$PYTHON" benchmarks/compile_table.py --arch "$ARCH" --matrix ci --out "$OUT"
 else
     echo "compile check: sm_$ARCH is not in the checked arches (sm_90, sm_80); skipped" | tee "$OUT/compile_check.log"
 fi
@@ -55,8 +55,8 @@ step gpu_tests 50 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider --junitxml="
 step kernel_tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml" \
     tests/test_vocab_stats_triton.py tests/test_fused_head.py tests/test_position_policy.py \
     tests/test_torch_library.py tests/test_sampler_kernels.py
-step bench_kernels 100 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" --compile-budget-s 50
+step bench_kernels 90 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" --compile-budget-s 45
 step bench_position_ops 30 "$PYTHON" benchmarks/bench_position_ops.py --out "$OUT" --compile-budget-s 15
-step bench_sampler 70 "$PYTHON" benchmarks/bench_sampler.py --out "$OUT"
+step bench_sampler 60 "$PYTHON" benchmarks/bench_sampler.py --out "$OUT"
 step bench_trainer 50 "$PYTHON" benchmarks/bench_trainer.py --out "$OUT"
 finish
