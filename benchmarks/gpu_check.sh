@@ -54,7 +54,7 @@ fi
 step gpu_tests 50 "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml"
 step kernel_tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT/kernel_tests.xml" \
     tests/test_vocab_stats_triton.py tests/test_fused_head.py tests/test_position_policy.py \
-    tests/test_torch_library.py tests/test_sampler_kernels.py
+    tests/test_torch_library.py tests/test_sampler_kernels.py tests/test_kernels_cuda_config.py
 step bench_kernels 90 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" --compile-budget-s 45
 step bench_position_ops 30 "$PYTHON" benchmarks/bench_position_ops.py --out "$OUT" --compile-budget-s 15
 step bench_sampler 60 "$PYTHON" benchmarks/bench_sampler.py --out "$OUT"

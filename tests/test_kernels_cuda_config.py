@@ -5,6 +5,7 @@ kernels' bisection path), on small shapes that cross every tile boundary (V and 
 last partial row block, a last partial V split), compared with the references. One difference is left: the
 interpreter's bf16/fp16 tl.dot is wrong (triton 3.9), so there the dots run on fp32 copies of the inputs; the
 products of bf16/fp16 values are exact in fp32, as in the GPU's MMA, so the sums are the same up to their order.
+On a GPU (benchmarks/gpu_check.sh) the same tests run the CUDA configuration natively.
 
 Also: the three random kernels draw the same Gumbel noise for the same seed and counter (triton_support's shared
 helper)."""
@@ -19,8 +20,8 @@ from upo_fast.kernels.position_select import select_positions, select_positions_
 from upo_fast.kernels.triton_support import LaunchTarget, force_launch_target, launch_target
 from upo_fast.kernels.vocab_stats import vocab_stats_ref, vocab_stats_triton
 
-pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # numpy overflow on padded rows
-              pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU the CUDA configuration runs in the other tests")]
+# On a GPU the same tests run the CUDA configuration for real (forcing changes nothing for CUDA tensors).
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy overflow on padded rows (interpreter)
 CUDA_IN_INTERPRETER = LaunchTarget(gpu=True, sm_count=1, interpreter=True)
 
 
@@ -74,12 +75,12 @@ def test_fused_head_cuda_tiles_sample_what_vocab_stats_samples(chosen_tiles):
     logits = head_logits(hidden, weight, b)
     want = vocab_stats_triton(logits, rows, topk=8, temperature=1.0, seed=11, need_ref=False)
     assert torch.equal(got.token, want.token)
-    assert not torch.equal(got.token, logits[rows].argmax(-1))
+    assert not torch.equal(got.token, logits[rows].argmax(-1))  # (sampling did happen)
 
 
 def test_vocab_stats_cuda_block_crosses_tiles():
     # the launcher picks BLOCK_V = min(next_pow2(V), 1024) on every device: V = 1061 is a full and a partial tile
-    logits = (torch.randn(5, 1061, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16)
+    logits = (torch.randn(5, 1061, generator=torch.Generator().manual_seed(0)) * 3).to(DEVICE, torch.bfloat16)
     got = vocab_stats_triton(logits, topk=8)
     want = vocab_stats_ref(logits.float(), topk=8)
     assert torch.equal(got.token, want.token)
@@ -90,9 +91,9 @@ def test_vocab_stats_cuda_block_crosses_tiles():
 @pytest.mark.parametrize("length", [40, 300])  # BLOCK_L 64 (pairwise ranks) and 512 (bisection, partial block)
 def test_position_kernels_at_block_edges(length):
     g = torch.Generator().manual_seed(length)
-    scores = torch.randn(3, length, generator=g)
-    cand = torch.rand(3, length, generator=g) < 0.7
-    k = torch.tensor([0, 5, length], dtype=torch.int64)
+    scores = torch.randn(3, length, generator=g).to(DEVICE)
+    cand = (torch.rand(3, length, generator=g) < 0.7).to(DEVICE)
+    k = torch.tensor([0, 5, length], dtype=torch.int64, device=DEVICE)
     for kw in (dict(k=k, temperature=0.0), dict(threshold=0.02, temperature=0.5)):
         got = select_positions(scores, cand, backend="triton", **kw)
         assert torch.equal(got, select_positions_ref(scores, cand, **kw))
@@ -102,10 +103,10 @@ def test_the_three_kernels_draw_the_same_noise_for_the_same_seed_and_counter():
     """Zero logits: each draw is the argmax of the Gumbel noise itself, keyed by (seed, row * V + v) in vocab_stats
     and the fused head and by (seed, row * L + position) in select_positions: with V = L the same counters."""
     rows, width = 24, 48
-    zeros = torch.zeros(rows, width)
-    hidden, weight = torch.zeros(rows, 16), torch.zeros(width, 16)
-    cand = torch.ones(rows, width, dtype=torch.bool)
-    one = torch.ones(rows, dtype=torch.int64)
+    zeros = torch.zeros(rows, width, device=DEVICE)
+    hidden, weight = torch.zeros(rows, 16, device=DEVICE), torch.zeros(width, 16, device=DEVICE)
+    cand = torch.ones(rows, width, dtype=torch.bool, device=DEVICE)
+    one = torch.ones(rows, dtype=torch.int64, device=DEVICE)
     draws = {}
     for seed in (5, 6):
         a = vocab_stats_triton(zeros, topk=2, temperature=1.0, seed=seed, need_ref=False).token
