@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--full", action="store_true",
                       help="every order on 200 puzzles per task, Pass@k on 200 (about 10 minutes on 2 CPU cores)")
     demo.add_argument("--num-puzzles", type=positive_int, default=None,
-                      help="puzzles per task (default: 200 Sudoku, 100 Zebra; Pass@k on the first 50 of them)")
+                      help="puzzles per task (default: sized to run in about two minutes; --full: 200); Pass@k "
+                      "runs on the first ones")
     demo.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped sudoku9 model)")
     demo.add_argument("--out", default="demo_out", help="folder for the pictures and demo.json")
     demo.add_argument("--json", default=None, help="the report's path (default: OUT/demo.json)")

@@ -82,6 +82,9 @@ def plot_pass_at(curves: dict[str, dict[str, float]], out: str | Path, title: st
             low, high = zip(*(bands[scorer][str(k)] for k in ks))
             ax.fill_between(ks, low, high, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
+    ks = sorted({int(k) for points in curves.values() for k in points})
+    ax.set_xticks([k for k in ks if k & (k - 1) == 0], [str(k) for k in ks if k & (k - 1) == 0])  # 1, 2, 4, 8
+    ax.set_ylim(-0.02, 1.02)
     ax.set(xlabel="k (samples per puzzle)", ylabel="Pass@k (solved)", title=title or "Pass@k")
     return _finish(plt, fig, (ax,), out)
 
