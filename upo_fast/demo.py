@@ -237,8 +237,11 @@ def _pictures(runs: dict, pass_at: dict | None, out_dir: Path, plan: DemoPlan) -
         names = _picture_orders(run["orders"])
         records = [run["orders"][name].record for name in names]
         indices = pick_puzzles(records, plan.picture_puzzles)
+        differ = [i for i in indices if len({bool(r.solved[i]) for r in records}) > 1]
+        note = (f"puzzles {', '.join(map(str, differ))}: one of these orders solves it and another does not"
+                if differ else "the first held-out puzzles (these orders solve the same ones)")
         written += write_order_pictures(run["task"], run["puzzles"], run["solutions"], records, indices, out_dir,
-                                        note="held-out puzzles on which these orders' outcomes differ come first")
+                                        note=note)
     if pass_at is not None:
         versus = pass_at["vs_max_confidence"]
         title = (f"sudoku9: Pass@k over {pass_at['puzzles']} held-out puzzles (bands: 95% intervals)\n"
