@@ -261,14 +261,32 @@ def _shipped_zebra():
     return zebra
 
 
+def _busy_cores(window: float = 0.3) -> float | None:
+    """Cores kept busy by other processes right now: the non-idle share of /proc/stat's CPU time over ``window``
+    seconds (Linux), times the core count; None where there is no /proc/stat. The load average would lag by
+    minutes after a job ends."""
+    def sample():
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    share = 1.0 - (idle1 - idle0) / max(total1 - total0, 1e-9)
+    return share * (os.cpu_count() or 1)
+
+
 def _free_threads() -> int:
-    """Torch threads for the demo: its default, less the cores other processes keep busy (1-minute load). On a
-    2-core machine with another job running, two threads run several times slower than one (CONTRIBUTING)."""
+    """Torch threads for the demo: its default, less the cores other processes keep busy. On a 2-core machine
+    with another job running, two threads run several times slower than one (CONTRIBUTING)."""
     default = torch.get_num_threads()
-    if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
-        return default  # the user chose, or no load figure to go by
-    busy = round(os.getloadavg()[0])
-    return max(1, min(default, (os.cpu_count() or 1) - busy))
+    busy = None if os.environ.get("OMP_NUM_THREADS") else _busy_cores()
+    if busy is None:
+        return default  # the user chose, or nothing to go by
+    return max(1, min(default, (os.cpu_count() or 1) - round(busy)))
 
 
 def run_demo(plan: DemoPlan = QUICK, model_path=None, out_dir: str | Path = "demo_out", json_path=None) -> dict:
