@@ -198,3 +198,20 @@ def test_demo_plans():
     assert QUICK.with_puzzles(10).pass_at_puzzles == min(10, QUICK.pass_at_puzzles)
     many = QUICK.with_puzzles(500)
     assert many.pass_at_puzzles == QUICK.pass_at_puzzles and many.sudoku_puzzles == many.zebra_puzzles == 500
+
+
+def test_demo_threads_leave_busy_cores_alone(monkeypatch):
+    import os
+
+    from upo_fast import demo
+
+    busy = demo._busy_cores(window=0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(demo, "_busy_cores", lambda: float(os.cpu_count() or 1))  # every core busy: one thread
+    assert demo._free_threads() == 1
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 0.0)  # idle: torch's own default
+    assert demo._free_threads() == torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user chose: never overridden
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 99.0)
+    assert demo._free_threads() == torch.get_num_threads()
