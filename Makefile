@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   creates .venv on first use, installs the package, runs `upo-fast demo` (CPU, a few minutes)
+#   make demo   creates .venv on first use, installs the package, runs `upo-fast demo` (CPU, ~1.5 min on 2 idle cores)
 #   make test   creates .venv on first use, installs the package with its dev and eval (lm-eval) extras, runs
 #               the tests
 #   make test-compat   creates .venv-tf449 on first use, installs the package with transformers==4.49.0 (the
