@@ -21,3 +21,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sudoku4_mdm_dir(tmp_path_factory) -> str:
+    """A saved random 4x4-Sudoku TinyMDM (one layer, width 32): what the CLI, trainer and run-folder tests load."""
+    from upo_fast.models import TinyMDM, TinyMDMConfig
+
+    torch.manual_seed(0)
+    config = TinyMDMConfig(vocab_size=6, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=16, position_embedding="grid", grid_size=4,
+                           mask_token_id=5, pad_token_id=0)
+    path = tmp_path_factory.mktemp("sudoku4_mdm")
+    TinyMDM(config).save_pretrained(path)
+    return str(path)

@@ -4,25 +4,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from upo_fast.cli import main
-from upo_fast.models import TinyMDM, TinyMDMConfig
-from upo_fast.tasks import get_task
 
 SHARED_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sudoku4x4_test_upo.csv"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    task = get_task("sudoku4")
-    torch.manual_seed(0)
-    config = TinyMDMConfig(vocab_size=task.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=16, position_embedding="grid",
-                           grid_size=4, mask_token_id=task.mask_id)
-    path = tmp_path_factory.mktemp("tiny4")
-    TinyMDM(config).save_pretrained(path)
-    return path
+def model_dir(sudoku4_mdm_dir):
+    return Path(sudoku4_mdm_dir)
 
 
 def test_eval_writes_the_json_report(model_dir, tmp_path, capsys):

@@ -9,21 +9,12 @@ import pytest
 import torch
 
 from upo_fast.cli import main
-from upo_fast.models import TinyMDM, TinyMDMConfig
 from upo_fast.policy import UnmaskingPolicy
-from upo_fast.tasks import get_task
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    task = get_task("sudoku4")
-    torch.manual_seed(0)
-    config = TinyMDMConfig(vocab_size=task.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=16, position_embedding="grid",
-                           grid_size=4, mask_token_id=task.mask_id)
-    path = tmp_path_factory.mktemp("tiny4")
-    TinyMDM(config).save_pretrained(path)
-    return path
+def model_dir(sudoku4_mdm_dir):
+    return Path(sudoku4_mdm_dir)
 
 
 @pytest.fixture(scope="module")

@@ -209,14 +209,8 @@ def test_pretraining_steps_to_non_finite_parameters_are_undone(tmp_path, caplog,
 
 
 @pytest.fixture(scope="module")
-def sudoku4_mdm(tmp_path_factory):
-    torch.manual_seed(0)
-    config = TinyMDMConfig(vocab_size=6, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=16, position_embedding="grid", grid_size=4,
-                           mask_token_id=5, pad_token_id=0)
-    path = tmp_path_factory.mktemp("mdm")
-    TinyMDM(config).save_pretrained(path)
-    return str(path)
+def sudoku4_mdm(sudoku4_mdm_dir):
+    return sudoku4_mdm_dir
 
 
 def upo_config(mdm_dir, out, **overrides):

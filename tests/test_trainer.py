@@ -8,21 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from upo_fast.models import TinyMDM, TinyMDMConfig
 from upo_fast.training import trainer as trainer_module
 from upo_fast.training.config import TrainConfig
 from upo_fast.training.trainer import train
 
 
 @pytest.fixture(scope="module")
-def mdm_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = TinyMDMConfig(vocab_size=6, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=16, position_embedding="grid", grid_size=4,
-                           mask_token_id=5, pad_token_id=0)
-    path = tmp_path_factory.mktemp("mdm")
-    TinyMDM(config).save_pretrained(path)
-    return str(path)
+def mdm_dir(sudoku4_mdm_dir):
+    return sudoku4_mdm_dir
 
 
 def small_config(mdm_dir, out, **overrides):

@@ -30,36 +30,26 @@ def _number(text: str, kind, name: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int, "an integer >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
+def _at_least(kind, low, what: str, *, strict: bool = False):
+    """An argparse type: ``kind`` (int or float) of the text, refused unless it is >= ``low`` (> with strict)."""
+
+    def parse(text: str):
+        value = _number(text, kind, what)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    value = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+positive_int = _at_least(int, 1, "an integer >= 1")
+nonneg_int = _at_least(int, 0, "an integer >= 0")
+nonneg_float = _at_least(float, 0.0, "a number >= 0")
+positive_float = _at_least(float, 0.0, "a number > 0", strict=True)
 
 
 def finite_float(text: str) -> float:
     return _number(text, float, "a number")
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(text, float, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value:g}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a number > 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value:g}")
-    return value
 
 
 def device_name(text: str) -> str:
