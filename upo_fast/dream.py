@@ -28,7 +28,14 @@ from transformers.utils import ModelOutput
 
 from upo_fast.adapters import MDMAdapter
 from upo_fast.schedules import dream_timesteps
-from upo_fast.validation import check_attention_mask, check_finite, check_pad_not_mask, check_token_ids
+from upo_fast.validation import (
+    check_attention_mask,
+    check_finite,
+    check_pad_not_mask,
+    check_token_ids,
+    non_finite_logits_error,
+    record_first_step,
+)
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 DEFAULTS = {  # DreamGenerationConfig's defaults
@@ -108,19 +115,16 @@ def token_confidence(logits, alg, temperature=0.0, top_p=None, top_k=None):
     return confidence, token
 
 
-def _flag(bad_step: torch.Tensor, per_row: torch.Tensor, step: int) -> torch.Tensor:
-    """bad_step, set to ``step`` if it is unset (-1) and ``per_row`` (a confidence or the max logit of each masked
-    row) is non-finite somewhere: either is exactly when the row's logits hold a NaN or +inf or are all -inf. No
-    host sync."""
-    bad = ~torch.isfinite(per_row).all()
-    return torch.where(bad & (bad_step < 0), step, bad_step)
+def _flag(bad_step: torch.Tensor, per_row: torch.Tensor, step: int) -> None:
+    """Record ``step`` in ``bad_step`` if ``per_row`` (a confidence or the max logit of each masked row) is
+    non-finite somewhere: either is exactly when the row's logits hold a NaN or +inf or are all -inf."""
+    record_first_step(bad_step, ~torch.isfinite(per_row).all(), step)
 
 
 def _raise_if_bad(bad_step: torch.Tensor) -> None:
     first = int(bad_step)
     if first >= 0:
-        raise ValueError(f"the model returned non-finite logits (NaN, +inf, or every logit -inf) at a masked "
-                         f"position at step {first} (counting from 0)")
+        raise non_finite_logits_error(first)
 
 
 @contextlib.contextmanager
@@ -130,7 +134,8 @@ def _naming_step(bad_step: torch.Tensor, logits: torch.Tensor, step: int):
     try:
         yield
     except ValueError:
-        _raise_if_bad(_flag(bad_step, logits.amax(dim=-1), step))
+        _flag(bad_step, logits.amax(dim=-1), step)
+        _raise_if_bad(bad_step)
         raise
 
 
@@ -202,7 +207,7 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
             p_transfer = 1 - s / t if i < steps - 1 else 1
             transfer = torch.rand(flat_idx.shape[0], device=device) < p_transfer
             # every masked row, transferred now or not (as unmask checks every candidate): NaN, +inf, all -inf
-            bad_step = _flag(bad_step, mask_logits.amax(dim=-1), i)
+            _flag(bad_step, mask_logits.amax(dim=-1), i)
             x0 = torch.full_like(flat_idx, mask_id)
             if bool(transfer.any()):
                 rows = mask_logits[transfer]
@@ -214,7 +219,7 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
             with _naming_step(bad_step, mask_logits, i):
                 confidence, x0 = token_confidence(mask_logits, alg, opts["temperature"], opts["top_p"],
                                                   opts["top_k"])
-            bad_step = _flag(bad_step, confidence, i)
+            _flag(bad_step, confidence, i)
             if opts["alg_temp"] is not None and opts["alg_temp"] != 0:  # multinomial must not meet NaN
                 confidence = confidence.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
             mean_masks = mask_index.sum() / batch

@@ -53,16 +53,14 @@ def _target_logits(adapter: MDMAdapter, noisy: torch.Tensor, start: int, rows: t
         uncond[:, :start] = mask_id
         inputs = torch.cat([noisy, uncond])
     prepared = adapter.prepare_attention(None, *inputs.shape)
+    picked = torch.cat([rows, rows]) if cfg_scale > 0 else rows  # conditional rows first, then unconditional
     head = adapter.fused_head()
     if head is not None:
-        hidden = adapter.final_hidden(inputs, prepared)[:, start:]
         weight, bias = head
-        picked = torch.cat([h[rows] for h in hidden.chunk(2)]) if cfg_scale > 0 else hidden[rows]
-        out = F.linear(picked.to(weight.dtype), weight, bias).float() * adapter.logit_scale()
+        hidden = adapter.final_hidden(inputs, prepared)[:, start:][picked]
+        out = F.linear(hidden.to(weight.dtype), weight, bias).float() * adapter.logit_scale()
     else:
-        logits = adapter.logits(inputs, prepared)[:, start:]
-        out = torch.cat([h[rows] for h in logits.chunk(2)]) if cfg_scale > 0 else logits[rows]
-        out = out.float()
+        out = adapter.logits(inputs, prepared)[:, start:][picked].float()
     if cfg_scale > 0:
         cond, uncond = out.chunk(2)
         out = uncond + (cfg_scale + 1) * (cond - uncond)

@@ -16,7 +16,15 @@ import torch.nn.functional as F
 
 from upo_fast.adapters import LLADA_MASK_ID, MDMAdapter
 from upo_fast.schedules import llada_block_counts
-from upo_fast.validation import check_attention_mask, check_finite, check_pad_not_mask, check_token_ids, check_vocab_id
+from upo_fast.validation import (
+    check_attention_mask,
+    check_finite,
+    check_pad_not_mask,
+    check_token_ids,
+    check_vocab_id,
+    non_finite_logits_error,
+    record_first_step,
+)
 
 LLADA_EOS_ID = 126081  # <|endoftext|>
 LLADA_EOT_ID = 126348  # <|eot_id|>
@@ -116,7 +124,7 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
                 full_conf = torch.rand(x.shape, device=device)
                 full_conf[:, block_end:] = float("-inf")
             bad = (mask_index[:, start:block_end] & ~finite).any()
-            bad_step = torch.where(bad & (bad_step < 0), block * steps_per_block + step, bad_step)
+            record_first_step(bad_step, bad, block * steps_per_block + step)
             confidence = torch.where(mask_index & (positions < block_end), full_conf, float("-inf"))
             k = counts[step]
             if k == 0:
@@ -127,8 +135,5 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
             region.scatter_(1, select - start, proposal.gather(1, select - start))
     first_bad = int(bad_step)  # the one host read of the check
     if first_bad >= 0:
-        raise ValueError(f"the model returned non-finite logits (NaN, +inf, or every logit -inf) at a masked "
-                         f"position at step {first_bad} (counting from 0 over all blocks)"
-                         + (f"; with cfg_scale={cfg_scale} the guided logits may have overflowed" if cfg_scale > 0
-                            else ""))
+        raise non_finite_logits_error(first_bad, cfg_scale)
     return x

@@ -17,7 +17,14 @@ from upo_fast.kernels.triton_support import seed_tensor, use_triton
 from upo_fast.kernels.vocab_stats import MAX_TEMPERATURE, VocabStats
 from upo_fast.schedules import row_counts
 from upo_fast.scorers import SCORERS, ScoringContext, resolve_scorer
-from upo_fast.validation import check_attention_mask, check_finite, check_pad_not_mask, check_token_ids
+from upo_fast.validation import (
+    check_attention_mask,
+    check_finite,
+    check_pad_not_mask,
+    check_token_ids,
+    non_finite_logits_error,
+    record_first_step,
+)
 
 FEATURE_TOPK = 8  # top-k probabilities per position, a policy feature
 
@@ -47,8 +54,7 @@ class _Loop:
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
         self.scorer = resolve_scorer(scorer)
-        check_sampling_options(temperature=temperature, cfg_scale=cfg_scale, threshold=threshold, topk=topk,
-                               factor=factor, position_temperature=position_temperature)
+        # the numeric options were checked by unmask / generate (check_sampling_options) before the input
         self.temperature, self.cfg_scale, self.threshold, self.factor = temperature, cfg_scale, threshold, factor
         self.parallel = threshold is not None or factor is not None  # may finish before the schedule does
         self.row_steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # forwards a row took part in
@@ -141,7 +147,7 @@ class _Loop:
             candidates &= self.valid[:, start:end]
         self.row_steps += candidates.any(-1)
         # NaN logits, or a row with nothing finite, at a position we may unmask: reported after the loop
-        self._flag(self.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any())
+        record_first_step(self.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any(), self.step_index)
         order = stats.confidence  # what the factor rule walks down when the scorer gives no ranking (origin)
         if self.scorer == "origin":
             draw = torch.rand(candidates.shape, device=x.device, generator=self.generator)
@@ -154,7 +160,8 @@ class _Loop:
             if scored.candidates is not None:
                 candidates = scored.candidates
             if self.scorer == "policy":  # a trained policy's scores are finite; NaN or inf would rank at random
-                self._flag(self.policy_bad_step, (candidates & ~torch.isfinite(scored.scores)).any())
+                record_first_step(self.policy_bad_step, (candidates & ~torch.isfinite(scored.scores)).any(),
+                                  self.step_index)
             noise = dict(seed=self.position_seed) if self.kernels else dict(generator=self.generator)
             position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
             select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
@@ -169,20 +176,13 @@ class _Loop:
         x[:, start:end] = torch.where(select, stats.token, region)
         self.step_index.add_(1)
 
-    def _flag(self, first_step: torch.Tensor, bad: torch.Tensor) -> None:
-        """Record the current step in ``first_step`` (in place, no sync) if ``bad`` and nothing was recorded."""
-        first_step.copy_(torch.where(bad & (first_step < 0), self.step_index, first_step))
-
     def remaining(self, start: int, end: int) -> bool:
         return bool((self.x[:, start:end] == self.adapter.mask_id).any())
 
     def finish(self) -> torch.Tensor:
         bad_step, policy_bad_step = torch.stack([self.bad_step, self.policy_bad_step]).tolist()  # one host read
         if bad_step >= 0:
-            hint = (f"; with cfg_scale={self.cfg_scale} the guided logits may have overflowed"
-                    if self.cfg_scale > 0 else "")
-            raise ValueError(f"the model returned non-finite logits (NaN, +inf, or every logit -inf) at a masked "
-                             f"position at step {bad_step} (counting from 0 over the whole call){hint}")
+            raise non_finite_logits_error(bad_step, self.cfg_scale)
         if policy_bad_step >= 0:
             raise ValueError(f"the policy's scores were non-finite (NaN or +-inf) at a candidate position at step "
                              f"{policy_bad_step} (counting from 0 over the whole call); a policy must return finite "

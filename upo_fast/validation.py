@@ -54,6 +54,20 @@ def describe_range(low=None, low_inclusive: bool = True, high=None, high_inclusi
     return what
 
 
+def record_first_step(first_step: torch.Tensor, bad: torch.Tensor, step) -> None:
+    """Set ``first_step`` (a 0-dim long device tensor, -1 = nothing yet) to ``step`` if ``bad`` holds and nothing was
+    recorded: in place and without a host sync, so a sampling loop (or a captured CUDA graph) never waits; the
+    loop reads it once at the end."""
+    first_step.copy_(torch.where(bad & (first_step < 0), step, first_step))
+
+
+def non_finite_logits_error(step: int, cfg_scale: float = 0.0) -> ValueError:
+    """The error of a sampler whose model gave NaN, +inf or all -inf logits at a masked position at ``step``."""
+    hint = f"; with cfg_scale={cfg_scale} the guided logits may have overflowed" if cfg_scale > 0 else ""
+    return ValueError(f"the model returned non-finite logits (NaN, +inf, or every logit -inf) at a masked position "
+                      f"at step {step} (counting from 0 over the whole call){hint}")
+
+
 def check_vocab_id(value: int, name: str, vocab_size: int | None) -> None:
     if not isinstance(value, int) or value < 0 or (vocab_size is not None and value >= vocab_size):
         limit = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
