@@ -48,6 +48,7 @@ from upo_fast.checkpoint_files import (
     write_checksums,
     write_state,
 )
+from upo_fast.validation import first_non_finite
 
 CHECKPOINT_LINK = "checkpoint-last"
 LEGACY_TRAINER_STATE = "trainer_state.pt"  # older checkpoints (torch.save); read with weights_only=True only
@@ -244,8 +245,8 @@ def load_model_weights(model, checkpoint: Path, device) -> None:
     from safetensors.torch import load_file
 
     state = load_file(str(Path(checkpoint) / MODEL_WEIGHTS), device=str(device))
-    if not all_finite(list(state.values())):
-        bad = next(k for k, v in state.items() if not bool(torch.isfinite(v).all()))
+    bad = first_non_finite(state)
+    if bad is not None:
         raise ValueError(f"{checkpoint}: {MODEL_WEIGHTS} holds a non-finite value (NaN or inf) in {bad}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     params = dict(model.named_parameters(remove_duplicate=False))

@@ -54,6 +54,15 @@ def describe_range(low=None, low_inclusive: bool = True, high=None, high_inclusi
     return what
 
 
+def first_non_finite(named: dict) -> str | None:
+    """The name of the first floating tensor of ``named`` ({name: tensor}) holding NaN or inf, or None; one host
+    read when all are finite (weights loaded from a file are checked with it before use)."""
+    floats = {k: t for k, t in named.items() if t.is_floating_point()}
+    if not floats or bool(torch.stack([torch.isfinite(t).all() for t in floats.values()]).all()):
+        return None
+    return next(k for k, t in floats.items() if not bool(torch.isfinite(t).all()))
+
+
 def record_first_step(first_step: torch.Tensor, bad: torch.Tensor, step) -> None:
     """Set ``first_step`` (a 0-dim long device tensor, -1 = nothing yet) to ``step`` if ``bad`` holds and nothing was
     recorded: in place and without a host sync, so a sampling loop (or a captured CUDA graph) never waits; the

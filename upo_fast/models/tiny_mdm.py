@@ -18,6 +18,8 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from upo_fast.validation import first_non_finite
+
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init
 except ImportError:  # transformers 4.x: plain torch init is fine there
@@ -427,7 +429,7 @@ def load_saved(model_cls, path, device="cpu"):
     problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if problems:
         raise ValueError(f"{path}: weights do not match the config: {problems}")
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{path}: model.safetensors holds non-finite values (NaN or inf) in {name}")
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        raise ValueError(f"{path}: model.safetensors holds non-finite values (NaN or inf) in {bad}")
     return model.to(device).eval()
