@@ -22,7 +22,16 @@ from upo_fast.cli_args import (
     positive_int,
     report_error,
 )
-from upo_fast.cli_eval import _grid_task, _grid_task_name, _task, _task_name, cmd_eval, cmd_parallel_curve, cmd_viz
+from upo_fast.cli_eval import (
+    _grid_task,
+    _grid_task_name,
+    _task,
+    _task_name,
+    cmd_eval,
+    cmd_parallel_curve,
+    cmd_viz,
+    policy_options,
+)
 from upo_fast.scorers import resolve_scorer
 
 
@@ -99,7 +108,7 @@ def cmd_sample(args) -> None:
         model = load_model(args.model, task, args.device)
         scorer = resolve_scorer(args.scorer)
         out = unmask(model, task.encode(grid[None]).to(args.device), scorer=scorer, topk=args.topk,
-                     **_policy_options(args, scorer, task, model))
+                     **policy_options(args, scorer, task, model))
         filled = task.decode(out)[0]
         print(task.format_grid(filled))
         ok = bool(task.is_valid_solution(filled[None])[0]) and bool(np.all((grid == 0) | (filled == grid)))
@@ -116,18 +125,8 @@ def cmd_sample(args) -> None:
     model, tokenizer = load_text_model(args.model, args.device, args.trust_remote_code)
     ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(args.device)
     out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
-                   scorer=scorer, topk=args.topk, **_policy_options(args, scorer, None, model))
+                   scorer=scorer, topk=args.topk, **policy_options(args, scorer, None, model))
     print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-
-
-def _policy_options(args, scorer: str, task, model) -> dict:
-    """``policy`` and ``position_temperature`` for ``--scorer policy`` (the shipped policy of a grid task when
-    ``--policy`` is not given); nothing for the heuristics."""
-    if scorer != "policy":
-        return {}
-    from upo_fast.evaluation import load_policy
-
-    return {"policy": load_policy(args.policy, task, model), "position_temperature": args.position_temperature}
 
 
 def cmd_pretrain_mdm(args) -> None:

@@ -44,6 +44,17 @@ def _grid_task(name: str):
     return _task(name)
 
 
+def policy_options(args, scorer: str, task, model) -> dict:
+    """``policy`` and ``position_temperature`` (the command's ``--position-temperature``, else 0 = greedy) for
+    ``--scorer policy``, the shipped policy of a grid task when ``--policy`` is not given; nothing for heuristics."""
+    if scorer != "policy":
+        return {}
+    from upo_fast.evaluation import load_policy
+
+    return {"policy": load_policy(args.policy, task, model),
+            "position_temperature": getattr(args, "position_temperature", 0.0)}
+
+
 def _puzzles(args, task):
     if args.data:
         puzzles, solutions = task.load(args.data)
@@ -60,8 +71,6 @@ def cmd_eval(args) -> dict:
     from upo_fast.evaluation import evaluate, format_table, load_model, load_policy, pass_at
     from upo_fast.tasks import TEXT_TASKS
 
-    if args.pass_at < 1:
-        raise ValueError(f"--pass-at must be >= 1, got {args.pass_at}")
     if args.task in TEXT_TASKS:
         return _eval_text(args)
     task = _task(args.task)
@@ -164,13 +173,11 @@ def cmd_viz(args) -> dict:
 
 def _viz_scorers(args, task, model) -> dict[str, dict]:
     """Scorer name -> sampler options; the default list skips the policy when none ships."""
-    from upo_fast.evaluation import load_policy
-
     scorers = {}
     for name in [resolve_scorer(s) for s in (args.scorer or ["max_confidence", "margin", "policy"])]:
         if name == "policy":
             try:
-                scorers[name] = {"policy": load_policy(args.policy, task, model), "position_temperature": 0.0}
+                scorers[name] = policy_options(args, name, task, model)
             except ValueError as err:
                 if args.policy or args.scorer:  # asked for explicitly: an error
                     raise
@@ -181,7 +188,7 @@ def _viz_scorers(args, task, model) -> dict[str, dict]:
 
 
 def cmd_parallel_curve(args) -> dict:
-    from upo_fast.evaluation import evaluate, load_model, load_policy
+    from upo_fast.evaluation import evaluate, load_model
     from upo_fast.plots import plot_parallel_curve
 
     task = _task(args.task)
@@ -195,8 +202,7 @@ def cmd_parallel_curve(args) -> dict:
         raise ValueError(f"--thresholds must be comma-separated numbers in (0, 1], got {args.thresholds!r}")
     curves = {}
     for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
-        options = dict(policy=load_policy(args.policy, task, model), position_temperature=0.0) \
-            if scorer == "policy" else {}
+        options = policy_options(args, scorer, task, model)
         curves[scorer] = []
         for threshold in [None, *thresholds]:  # None: one position per step
             r = evaluate(model, task, puzzles, solutions, [scorer], progress=False, threshold=threshold,
