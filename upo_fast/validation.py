@@ -176,3 +176,15 @@ def convert_option(name: str, value, annotation: str):
         return value
     words = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string", "None": "null"}
     raise ValueError(f"{name} must be {' or '.join(words.get(k, k) for k in kinds)}, got {value!r}")
+
+
+def options_from_dict(cls, values: dict, what: str):
+    """A ``cls`` (a dataclass of options) from ``values``: unknown names are a ValueError listing the valid ones
+    ("unknown {what} ..."), and each value is converted to its field's type by :func:`convert_option`."""
+    import dataclasses
+
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    return cls(**{name: convert_option(name, value, fields[name]) for name, value in values.items()})

@@ -15,7 +15,6 @@ Needs the optional extra: ``pip install -e ".[eval]"`` (``lm-eval >= 0.4``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from upo_fast.distributed import ProcessGroup
 from upo_fast.integrations.lm_eval_generate import generate_texts, request_seed, stop_token_ids
-from upo_fast.validation import check_device, convert_option
+from upo_fast.validation import check_device, options_from_dict
 
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -67,17 +66,12 @@ class HarnessOptions:
 
     @classmethod
     def from_model_args(cls, values: dict) -> HarnessOptions:
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k != "max_batch_size"}  # lm-eval passes it to every model
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown model_args {', '.join(unknown)} for the upo_fast model; valid: "
-                             f"{', '.join(sorted(fields))}")
         if "pretrained" not in values:
             raise ValueError("model_args needs pretrained=DIR (a local LLaDA, Dream or TinyMDM folder)")
         if values.get("batch_size") in ("auto",) or str(values.get("batch_size", "")).startswith("auto:"):
             raise ValueError("batch_size must be an integer for the upo_fast model (no 'auto')")
-        return cls(**{k: convert_option(k, v, fields[k]) for k, v in values.items()})
+        return options_from_dict(cls, values, "model_args")
 
 
 @register_model("upo_fast")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upo_fast.training.losses import REFERENCE_DIVERGENCE
-from upo_fast.validation import convert_option
+from upo_fast.validation import options_from_dict
 
 REFERENCES = tuple(REFERENCE_DIVERGENCE)
 INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `upo-fast pretrain-policy`)
@@ -112,11 +112,7 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         """A config from option -> value; values are converted to the field's type (a YAML ``lr: 1e-4`` is a
         string to PyYAML, ``tensorboard: "no"`` a string) or refused with a ValueError naming the option."""
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-        return cls(**{name: convert_option(name, value, fields[name]) for name, value in values.items()})
+        return options_from_dict(cls, values, "training option(s)")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
