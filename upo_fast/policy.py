@@ -10,6 +10,11 @@ Body: optional width projection d -> policy_dim, plus a Linear embedding of the 
 the MDM's last block); ``extra_blocks`` more fresh blocks (default 0); a final RMSNorm; a 3-layer MLP (Linear, SiLU,
 LayerNorm) to one score per position.
 
+Lighter bodies (issue 13: the paper's policy is < 2% of its 8B MDM, but a block at the MDM's width costs about a
+quarter of a 4-layer TinyMDM; ``upo_fast.flops`` measures it): ``policy_dim`` runs the block at a narrower width
+("narrow"), and ``body="features"`` drops the transformer block: the per-position MLP reads the (projected) hidden
+state plus the features embedding only, and nothing compares positions.
+
 Why extra blocks: a copied block ends where the MDM's own prediction is formed, so after it only the per-position
 MLP is left, and no layer can compare the predictions of *different* positions (two cells of a Sudoku row both
 about to be filled with a 5). An extra block attends across positions after the prediction exists. Its output
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 ANCHORS = ("none", "confidence")
 BLOCK_INITS = ("fresh", "copy")
+BODIES = ("block", "features")  # block: one transformer block (+ extra_blocks); features: no block (per position)
 
 
 def _positive_int(name: str, value) -> None:
@@ -57,7 +63,9 @@ class UnmaskingPolicyConfig(PretrainedConfig):
     """Configuration of :class:`UnmaskingPolicy`. Records the MDM it fits (``mdm_family``, ``mdm_hidden_size``).
 
     ``policy_dim=None`` (or equal to ``mdm_hidden_size``) runs the block at the MDM's width; otherwise a Linear
-    projects d -> policy_dim first. ``intermediate_size=None`` means 4 * policy width. ``candidate_topk=K`` (set for
+    projects d -> policy_dim first. ``intermediate_size=None`` means 4 * policy width. ``body="features"``: no
+    transformer block (``block_init`` must be "fresh", ``extra_blocks`` 0); a saved config without ``body`` is a
+    "block" policy. ``candidate_topk=K`` (set for
     policies trained against the Top-K reference) makes the sampler offer only the K most confident candidates.
     """
 
@@ -77,6 +85,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         block_init: str = "fresh",
         extra_blocks: int = 0,
         candidate_topk: int | None = None,
+        body: str = "block",
         rms_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         **kwargs,
@@ -99,8 +108,13 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         for name, value in [("anchor_tau", anchor_tau), ("rms_norm_eps", rms_norm_eps),
                             ("initializer_range", initializer_range)]:
             _positive_float(name, value)
+        if body not in BODIES:
+            raise ValueError(f"body must be one of {', '.join(BODIES)}, got {body!r}")
+        if body == "features" and (block_init != "fresh" or extra_blocks):
+            raise ValueError("body='features' has no transformer block: it needs block_init='fresh' and "
+                             f"extra_blocks=0, got block_init={block_init!r}, extra_blocks={extra_blocks!r}")
         width = policy_dim if policy_dim is not None else mdm_hidden_size
-        if width % num_heads != 0:
+        if body == "block" and width % num_heads != 0:
             raise ValueError(f"num_heads={num_heads} must divide the policy width {width} (policy_dim or "
                              "mdm_hidden_size)")
         self.mdm_family = mdm_family
@@ -114,6 +128,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         self.anchor_tau = float(anchor_tau)
         self.block_init = block_init
         self.extra_blocks = extra_blocks
+        self.body = body
         self.candidate_topk = candidate_topk  # trained against Top-K: choose among the K most confident only
         self.rms_norm_eps = float(rms_norm_eps)
         self.initializer_range = float(initializer_range)
@@ -121,7 +136,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
 
     @property
     def width(self) -> int:
-        """The width the transformer block runs at."""
+        """The width the body runs at (the transformer block's, or the MLP head's input with body="features")."""
         return self.policy_dim if self.policy_dim is not None else self.mdm_hidden_size
 
     @property
@@ -165,7 +180,7 @@ class UnmaskingPolicy(PreTrainedModel):
         self.input_proj = nn.Linear(config.mdm_hidden_size, width) if config.projects_input else None
         # 1 candidate flag + the top-k probabilities, embedded at the block's width and added to the hidden state
         self.feature_proj = nn.Linear(1 + config.feature_topk, width)
-        self.block = TinyMDMBlock(config.block_config())
+        self.block = TinyMDMBlock(config.block_config()) if config.body == "block" else None
         self.extra_blocks = nn.ModuleList(TinyMDMBlock(config.block_config()) for _ in range(config.extra_blocks))
         self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
         m = config.mlp_hidden
@@ -314,10 +329,11 @@ class UnmaskingPolicy(PreTrainedModel):
         if self.input_proj is not None:
             x = self.input_proj(x)
         x = x + self.feature_proj(features)
-        mask = self._block_mask(attention_mask)
-        x = self.block(x, mask)
-        for block in self.extra_blocks:
-            x = block(x, mask)
+        if self.block is not None:  # body="features": per position, nothing to mask
+            mask = self._block_mask(attention_mask)
+            x = self.block(x, mask)
+            for block in self.extra_blocks:
+                x = block(x, mask)
         x = self.norm(x)
         scores = self.head(x).squeeze(-1).float()  # [B, W]
         if cfg.anchor == "confidence":
@@ -339,4 +355,4 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
-__all__ = ["UnmaskingPolicyConfig", "UnmaskingPolicy", "ANCHORS", "BLOCK_INITS"]
+__all__ = ["UnmaskingPolicyConfig", "UnmaskingPolicy", "ANCHORS", "BLOCK_INITS", "BODIES"]

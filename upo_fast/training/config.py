@@ -27,7 +27,10 @@ class TrainConfig:
     init: str = "anchor"  # anchor: score = confidence / anchor_tau + a zero-initialized correction; or a path
     anchor_tau: float = 0.1
     block_init: str = "copy"  # the policy's transformer block: a copy of the MDM's last block, or "fresh"
-    policy_dim: int | None = None
+    policy_dim: int | None = None  # a narrower block: hidden states projected d -> policy_dim (block_init fresh)
+    # "block": one transformer block (+ extra_blocks) before the MLP head; "features": no block, the per-position
+    # MLP reads the hidden state and the features only (cheaper; see upo_fast.flops and UnmaskingPolicyConfig)
+    policy_body: str = "block"
     mlp_hidden: int = 128
     extra_blocks: int = 0  # fresh transformer blocks after the first (they compare positions' predictions)
     topk: int = 5  # K of the Top-K reference (its policy chooses among the K most confident masked positions)
@@ -65,6 +68,7 @@ class TrainConfig:
     tensorboard: bool = True  # also log to TensorBoard when it is installed
 
     def validate(self) -> TrainConfig:
+        from upo_fast.policy import BODIES  # lazily, like the tasks: reading the fields needs neither
         from upo_fast.tasks import TASKS, is_grid_task
         from upo_fast.validation import check_device
 
@@ -81,6 +85,11 @@ class TrainConfig:
             if isinstance(value, float):
                 check(math.isfinite(value), f.name, "a finite number")
         check(self.block_init in ("copy", "fresh"), "block_init", "'copy' or 'fresh'")
+        check(self.policy_body in BODIES, "policy_body", f"one of {', '.join(BODIES)}")
+        check(self.policy_body == "block" or (self.init != "copy" and self.extra_blocks == 0), "policy_body",
+              "'block' with init='copy' or extra_blocks > 0 (body 'features' has no transformer block)")
+        check(self.policy_dim is None or (isinstance(self.policy_dim, int) and self.policy_dim >= 1), "policy_dim",
+              "None or an int >= 1")
         check(self.reward in REWARDS, "reward", f"one of {', '.join(REWARDS)}")
         check(self.kl_mode in KL_MODES, "kl_mode", f"one of {', '.join(KL_MODES)}")
         check(not (self.kl_mode == "sequence" and self.reference == "max_confidence" and self.beta > 0), "kl_mode",

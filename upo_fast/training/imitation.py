@@ -52,6 +52,8 @@ class ImitationConfig:
     block_init: str = "copy"
     mlp_hidden: int = 128
     extra_blocks: int = 0  # see UnmaskingPolicyConfig
+    policy_dim: int | None = None  # a narrower block (needs block_init="fresh"); see TrainConfig
+    policy_body: str = "block"  # or "features": no transformer block; see TrainConfig
     topk: int = 5  # K of the topk reference
     candidate_topk: int | None = None  # the policy re-ranks the K most confident candidates only
     rounds: int = 1  # round 0: reference rollouts; rounds 1..: the policy's own greedy rollouts (DAgger)
@@ -188,7 +190,8 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
     mdm = load_model(cfg.model, task).eval().requires_grad_(False)
     train_cfg = TrainConfig(task=cfg.task, reference=cfg.reference, model=cfg.model, init=cfg.init,
                             block_init=cfg.block_init, mlp_hidden=cfg.mlp_hidden, topk=cfg.topk,
-                            extra_blocks=cfg.extra_blocks).validate()
+                            extra_blocks=cfg.extra_blocks, policy_dim=cfg.policy_dim,
+                            policy_body=cfg.policy_body).validate()
     policy = make_policy(train_cfg, mdm)
     policy.config.candidate_topk = cfg.candidate_topk or policy.config.candidate_topk
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)

@@ -63,8 +63,8 @@ def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
     if cfg.init in INITS:
         block_init = "copy" if cfg.init == "copy" else cfg.block_init
         fields = dict(anchor="confidence" if cfg.init == "anchor" else "none", anchor_tau=cfg.anchor_tau,
-                      block_init=block_init, mlp_hidden=cfg.mlp_hidden, policy_dim=cfg.policy_dim,
-                      extra_blocks=cfg.extra_blocks)
+                      block_init=block_init if cfg.policy_body == "block" else "fresh", mlp_hidden=cfg.mlp_hidden,
+                      policy_dim=cfg.policy_dim, extra_blocks=cfg.extra_blocks, body=cfg.policy_body)
         policy = UnmaskingPolicy.for_mdm(mdm, **fields)
     else:
         policy = load_saved(UnmaskingPolicy, cfg.init, next(mdm.parameters()).device)
