@@ -272,30 +272,52 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(finite_flag(tensors))
 
 
-def step_if_finite(optimizer, agree=None) -> bool:
-    """``optimizer.step()``, undone when it leaves a NaN or inf in a parameter: the parameters and the optimizer
-    state are restored to what they were before. Returns whether the step was kept.
+def step_where_finite(optimizer, ok: torch.Tensor | None = None, agree=None) -> torch.Tensor:
+    """``optimizer.step()``, kept only where it is safe, decided on the device: no host read (CUDA-graph and
+    overlap friendly). Returns a 0-dim bool tensor, True when the step was kept.
 
-    The parameters and the optimizer state are copied before every step, so this suits small models (the
-    policy, TinyMDM). ``agree(ok: bool tensor) -> bool`` lets several processes take the same decision.
+    The step is undone (parameters and tensor optimizer state put back with ``torch.where``) when ``ok`` (e.g.
+    "the loss and the gradients were finite") is False or when it leaves a NaN or inf in a parameter.
+    ``agree(kept) -> kept`` makes several processes take the same decision (an all-reduce of the flag). Optimizer
+    state that did not exist before the step is zeroed when undone, which for AdamW is the same as no state.
+    Parameters and state are copied before every step, so this suits small models (the policy, TinyMDM).
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
     before = [p.detach().clone() for p in params]
     state = {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in optimizer.state[p].items()}
              for p in params if p in optimizer.state}
     optimizer.step()
-    ok = finite_flag(params)
-    if bool(agree(ok) if agree is not None else ok):
-        return True
+    kept = finite_flag(params)
+    if ok is not None:
+        kept = kept & ok.to(kept.device)
+    if agree is not None:
+        kept = agree(kept)
+    on_host = None  # read at most once, only for state that lives elsewhere (e.g. AdamW's CPU step count)
     with torch.no_grad():
         for p, saved in zip(params, before):
-            p.copy_(saved)
-    for p in params:
-        if p in state:
-            optimizer.state[p] = state[p]
-        else:
-            optimizer.state.pop(p, None)
-    return False
+            p.copy_(torch.where(kept.to(p.device), p, saved))
+        for p in params:
+            for key, value in optimizer.state.get(p, {}).items():
+                old = state.get(p, {}).get(key)
+                if torch.is_tensor(value) and value.device == kept.device:
+                    value.copy_(torch.where(kept, value, old if old is not None else torch.zeros_like(value)))
+                    continue
+                on_host = bool(kept) if on_host is None else on_host
+                if not on_host:
+                    fresh = torch.zeros_like(value) if torch.is_tensor(value) else value
+                    optimizer.state[p][key] = old if old is not None else fresh
+    return kept
+
+
+def step_if_finite(optimizer, agree=None) -> bool:
+    """:func:`step_where_finite` with one host read: returns whether the step was kept, and an undone first step
+    leaves no optimizer state behind. ``agree(ok: bool tensor) -> bool tensor`` as there."""
+    had_state = {p for p in optimizer.state}
+    kept = bool(step_where_finite(optimizer, agree=agree))
+    if not kept:
+        for p in [p for p in optimizer.state if p not in had_state]:
+            optimizer.state.pop(p)
+    return kept
 
 
 def changed_settings(saved: dict, given: dict, may_change: frozenset[str], *, where: str = "the checkpoint"

@@ -10,11 +10,11 @@ step one process takes with all rows.
 
 from __future__ import annotations
 
-import math
+from typing import NamedTuple
 
 import torch
 
-from upo_fast.checkpoints import all_finite, step_if_finite
+from upo_fast.checkpoints import finite_flag, step_where_finite
 from upo_fast.distributed import SINGLE_PROCESS, ProcessGroup
 from upo_fast.training.losses import (
     REFERENCE_DIVERGENCE,
@@ -27,9 +27,61 @@ from upo_fast.training.losses import (
 from upo_fast.training.rollout import Trajectories
 
 
+class _Chunk(NamedTuple):
+    """The states of a few whole rows that the loss uses, gathered once per update (index, constants and the
+    reference's terms); only the hidden states and features are read from the rollout's buffers per inner step."""
+
+    index: tuple[torch.Tensor, torch.Tensor]  # (steps, rows) of the used states, [n] each
+    row_local: torch.Tensor  # [n] row within the chunk (the sequence KL's trajectory id)
+    rows: int
+    candidates: torch.Tensor  # [n, W]
+    chosen: torch.Tensor  # [n]
+    old_logp: torch.Tensor  # [n] behavior log-probs recorded at rollout
+    advantages: torch.Tensor  # [n]
+    weight: torch.Tensor  # [n]
+    share: torch.Tensor  # 0-dim: this chunk's weight over the global step count
+    g_ref: torch.Tensor | None  # [n, W] reference distribution (beta > 0)
+    ref_candidates: torch.Tensor | None  # [n, W] the reference's action set (beta > 0)
+
+
 def _row_chunks(rows: int, steps: int, chunk_states: int) -> list[range]:
     per_chunk = max(1, chunk_states // max(steps, 1))
     return [range(i, min(i + per_chunk, rows)) for i in range(0, rows, per_chunk)]
+
+
+def _step_weights(traj: Trajectories, rows, kl_mode: str, certain_keep: float, certain_threshold: float,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(active [S, B] bool: the steps the token mean runs over, weight [S, B]: each step's weight in it)."""
+    active = traj.active if rows is None else traj.active & rows.to(traj.active.device)[None, :]
+    weight = active.float()
+    if certain_keep < 1 and kl_mode == "exact":
+        best = torch.where(traj.candidates, traj.confidence, torch.zeros_like(traj.confidence)).amax(-1)
+        certain = active & (best >= certain_threshold)
+        draw = torch.rand(*active.shape, generator=torch.Generator().manual_seed(seed)).to(weight.device)
+        weight = torch.where(certain, (draw < certain_keep).float() / certain_keep, weight)
+    return active, weight
+
+
+def _prepare_chunks(traj: Trajectories, weight: torch.Tensor, advantages: torch.Tensor, total_steps: float,
+                    chunk_states: int, reference: str, beta: float, topk: int) -> list[_Chunk]:
+    """Everything of the loss that does not depend on the policy's parameters, once per update (one host read per
+    chunk, for its state count)."""
+    S, B = weight.shape
+    chunks = []
+    for rows in _row_chunks(B, S, chunk_states):
+        rows_t = torch.arange(rows.start, rows.stop, device=weight.device)
+        step_idx, row_local = (weight[:, rows_t] > 0).nonzero(as_tuple=True)
+        if step_idx.numel() == 0:
+            continue
+        index = (step_idx, rows_t[row_local])
+        cand, w = traj.candidates[index], weight[index]
+        g_ref = cand_ref = None
+        if beta > 0:
+            g_ref, cand_ref = reference_for(reference, cand, confidence=traj.confidence[index],
+                                            ref_logsumexp=traj.ref_logsumexp[index], K=topk)
+        chunks.append(_Chunk(index, row_local, len(rows), cand, traj.chosen[index], traj.behavior_logp[index],
+                             advantages[index[1]], w, w.sum() / total_steps, g_ref, cand_ref))
+    return chunks
 
 
 def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tensor, *, reference: str, beta: float,
@@ -44,7 +96,8 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
     carry no advantage: DAPO's dynamic sampling); the token mean runs over the steps of these rows.
     An inner step whose loss or gradients are not finite is skipped (parameters and optimizer state untouched);
     ``skipped_nonfinite`` counts them. An optimizer step that leaves a non-finite parameter is undone (parameters
-    and optimizer state restored to before it); ``undone_nonfinite`` counts those.
+    and optimizer state restored to before it); ``undone_nonfinite`` counts those. Both are decided on the device:
+    the inner steps hold no host read; the metrics are read once, at the end.
 
     Forced moves: at a step where the MDM is certain of some candidate (its confidence >= ``certain_threshold``),
     the order among the certain cells barely matters, yet such steps are most of a Sudoku rollout. With
@@ -58,83 +111,63 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
     if advantages.shape != (B,):
         raise ValueError(f"advantages must be [B={B}] (one per recorded row), got {tuple(advantages.shape)}")
     params = [p for p in policy.parameters() if p.requires_grad]
-    active = traj.active if rows is None else traj.active & rows.to(traj.active.device)[None, :]
-    counts = group.sum(torch.stack([active.sum().double(), active.any(0).sum().double()]))
-    total_steps, total_rows = float(counts[0]), float(counts[1])
+    active, weight = _step_weights(traj, rows, kl_mode, certain_keep, certain_threshold, seed)
+    counts = group.sum(torch.stack([active.sum(), active.any(0).sum(), (weight > 0).sum()]).double())
+    total_steps, total_rows, used = (float(c) for c in counts)  # the one host read before the inner steps
     if total_steps == 0:  # nothing to learn from on any process (e.g. every group had equal rewards)
         return dict(loss=0.0, policy_loss=0.0, clip_ratio=0.0, divergence=0.0, ratio_mean=1.0, grad_norm=0.0,
                     skipped_nonfinite=0, undone_nonfinite=0, update_steps=0, update_rows=0, update_states_used=0)
-    weight = active.float()
-    if certain_keep < 1 and kl_mode == "exact":
-        best = torch.where(traj.candidates, traj.confidence, torch.zeros_like(traj.confidence)).amax(-1)
-        certain = active & (best >= certain_threshold)
-        draw = torch.rand(S, B, generator=torch.Generator().manual_seed(seed)).to(weight.device)
-        weight = torch.where(certain, (draw < certain_keep).float() / certain_keep, weight)
-    used = float(group.sum((weight > 0).sum().double().view(1)))
-    chunks = _row_chunks(B, S, chunk_states)
+    chunks = _prepare_chunks(traj, weight, advantages, total_steps, chunk_states, reference, beta, topk)
+    loss_options = dict(beta=beta, temperature=position_temperature, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
+                        kl_mode=kl_mode, reference=reference, world=group.world)
+    agree = (lambda kept: group.sum(kept.double().view(1)).squeeze(0) == group.world) if group.world > 1 else None
+    had_state = set(optimizer.state)
     policy.train()
-    metrics: dict[str, float] = {}
-    skipped_steps = undone_steps = 0
+    counters = torch.zeros(2, dtype=torch.long, device=weight.device)  # skipped, undone
     for _ in range(inner_iters):
         optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(5, dtype=torch.float64)  # loss, policy loss, clip count, divergence, ratio (weighted)
-        for rows in chunks:
-            sums += _accumulate(policy, traj, weight, advantages, rows, reference, beta, position_temperature,
-                                clip_eps, clip_eps_high, kl_mode, topk, total_steps, group.world)
+        sums = torch.zeros(5, dtype=torch.float64, device=weight.device)
+        for chunk in chunks:
+            sums = sums + _chunk_backward(policy, traj, chunk, **loss_options)
         group.average_gradients(params)
         sums = group.sum(sums)
-        grads_ok = all_finite([p.grad for p in params if p.grad is not None])
-        skipped = not (grads_ok and math.isfinite(float(sums[0])))
-        grad_norm = float("nan")
-        if not skipped:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
-            # A step that leaves NaN / inf in a parameter (e.g. a huge lr) is undone: params + optimizer state.
-            # All processes decide together (they hold the same parameters; a disagreement must not split them).
-            if not step_if_finite(optimizer, agree=lambda ok: bool(group.sum(ok.double().view(1)) == group.world)):
-                undone_steps += 1
+        grads_ok = finite_flag([p.grad for p in params if p.grad is not None]) & torch.isfinite(sums[0])
+        max_norm = grad_clip if grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        kept = step_where_finite(optimizer, ok=grads_ok, agree=agree)
         optimizer.zero_grad(set_to_none=True)
-        skipped_steps += int(skipped)
-        metrics = dict(loss=float(sums[0]), policy_loss=float(sums[1]), clip_ratio=float(sums[2]),
-                       divergence=float(sums[3]), ratio_mean=float(sums[4]), grad_norm=grad_norm,
-                       skipped_nonfinite=skipped_steps, undone_nonfinite=undone_steps,
-                       update_steps=int(total_steps), update_rows=int(total_rows), update_states_used=int(used))
+        counters += torch.stack([~grads_ok, grads_ok & ~kept]).to(counters.device).long()
+        grad_norm = torch.where(grads_ok, grad_norm.to(grads_ok.device), torch.full_like(grad_norm, float("nan")))
     policy.eval()
-    return metrics
+    last = torch.cat([sums.double().cpu(), grad_norm.double().view(1).cpu(), counters.double().cpu()]).tolist()
+    if last[6] + last[7] == inner_iters:  # no step kept: leave no optimizer state the update created (zeroed)
+        for p in [p for p in optimizer.state if p not in had_state]:
+            optimizer.state.pop(p)
+    return dict(loss=last[0], policy_loss=last[1], clip_ratio=last[2], divergence=last[3], ratio_mean=last[4],
+                grad_norm=last[5], skipped_nonfinite=int(last[6]), undone_nonfinite=int(last[7]),
+                update_steps=int(total_steps), update_rows=int(total_rows), update_states_used=int(used))
 
 
-def _accumulate(policy, traj, weight, advantages, rows, reference, beta, temperature, clip_eps, clip_eps_high,
-                kl_mode, topk, total_steps, world) -> torch.Tensor:
-    """Backward of this chunk's share of the global loss; returns its weighted metric sums (float64 [5])."""
-    rows_t = torch.arange(rows.start, rows.stop, device=traj.active.device)
-    step_idx, row_local = (weight[:, rows_t] > 0).nonzero(as_tuple=True)
-    row_idx = rows_t[row_local]
-    n = step_idx.numel()
-    if n == 0:
-        return torch.zeros(5, dtype=torch.float64)
-    index = (step_idx, row_idx)
-    cand = traj.candidates[index]
-    scores = policy(traj.hidden[index], traj.stats(index), cand)
-    chosen = traj.chosen[index]
-    new_logp = step_log_probs(scores, cand, chosen, temperature, check=False)
+def _chunk_backward(policy, traj: Trajectories, chunk: _Chunk, *, beta, temperature, clip_eps, clip_eps_high,
+                    kl_mode, reference, world) -> torch.Tensor:
+    """Backward of this chunk's share of the global loss; returns its weighted metric sums (float64 [5], on the
+    device: loss, policy loss, clip ratio, divergence, ratio mean)."""
+    scores = policy(traj.hidden[chunk.index], traj.stats(chunk.index), chunk.candidates)
+    new_logp = step_log_probs(scores, chunk.candidates, chunk.chosen, temperature, check=False)
     divergence, seq_term = None, None
-    if beta > 0:
-        g_ref, cand_ref = reference_for(reference, cand, confidence=traj.confidence[index],
-                                        ref_logsumexp=traj.ref_logsumexp[index], K=topk)
-        if kl_mode == "exact":
-            divergence = reference_divergence(reference, scores, cand_ref, g_ref, temperature)
-        else:
-            ref_logp = g_ref.gather(1, chosen[:, None]).squeeze(1).clamp_min(1e-30).log()
-            seq = sequence_kl_surrogate(new_logp, ref_logp, row_local, len(rows), old_logp=traj.behavior_logp[index],
-                                        check=False)
-            seq_term = seq.sum()
-    w = weight[index]
-    loss, m = grpo_loss(new_logp, traj.behavior_logp[index], advantages[row_idx], divergence, w, clip_eps=clip_eps,
+    if beta > 0 and kl_mode == "exact":
+        divergence = reference_divergence(reference, scores, chunk.ref_candidates, chunk.g_ref, temperature)
+    elif beta > 0:
+        ref_logp = chunk.g_ref.gather(1, chunk.chosen[:, None]).squeeze(1).clamp_min(1e-30).log()
+        seq_term = sequence_kl_surrogate(new_logp, ref_logp, chunk.row_local, chunk.rows, old_logp=chunk.old_logp,
+                                         check=False).sum()
+    loss, m = grpo_loss(new_logp, chunk.old_logp, chunk.advantages, divergence, chunk.weight, clip_eps=clip_eps,
                         beta=beta if divergence is not None else 0.0, clip_eps_high=clip_eps_high)
-    share = float(w.sum()) / total_steps  # token-level mean over every step of every process
     if seq_term is not None:  # the per-trajectory KL sums over steps: per-step scale like the exact mode
+        n = chunk.weight.numel()
         loss = loss + beta * seq_term / n
         m["divergence"] = seq_term.detach() / n
-    (loss * share * world).backward()  # DDP-style gradient averaging divides by world again
+    (loss * chunk.share * world).backward()  # DDP-style gradient averaging divides by world again
     with torch.no_grad():
         parts = [loss, m["policy_loss"], m["clip_ratio"], m["divergence"], m["ratio_mean"]]
-        return torch.stack([p.detach().double().cpu() for p in parts]) * share
+        return torch.stack([p.detach().double() for p in parts]) * chunk.share.double()
