@@ -8,31 +8,26 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from upo_fast.cli_args import (
     OneLineParser,
     check_outputs,
+    check_scorers,
     device_name,
     finite_float,
+    grid_task_name,
     nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
     report_error,
 )
-from upo_fast.cli_eval import (
-    _grid_task,
-    _grid_task_name,
-    _task,
-    _task_name,
-    cmd_eval,
-    cmd_parallel_curve,
-    cmd_viz,
-    policy_options,
-)
-from upo_fast.scorers import resolve_scorer
+from upo_fast.cli_eval import _grid_task, _task, parser_eval, parser_parallel_curve, parser_viz, policy_options
+from upo_fast.cli_eval import cmd_eval as cmd_eval  # the commands stay reachable as upo_fast.cli.cmd_*
+from upo_fast.cli_eval import cmd_parallel_curve as cmd_parallel_curve
+from upo_fast.cli_eval import cmd_viz as cmd_viz
+
+# torch, numpy and the modules that import them load inside the commands, after parsing: `upo-fast --help` and a
+# bad argument answer at once (tests/test_cli_startup.py checks that parsing imports none of them)
 
 
 def cmd_train(args) -> dict:
@@ -99,37 +94,53 @@ def cmd_demo(args) -> dict:
 
 
 def cmd_sample(args) -> None:
-    if args.grid is not None:
-        from upo_fast.evaluation import load_model
-        from upo_fast.sampler import unmask
-
-        task = _task(args.task)
-        grid = task.parse_grid(args.grid)
-        model = load_model(args.model, task, args.device)
-        scorer = resolve_scorer(args.scorer)
-        out = unmask(model, task.encode(grid[None]).to(args.device), scorer=scorer, topk=args.topk,
-                     **policy_options(args, scorer, task, model))
-        filled = task.decode(out)[0]
-        print(task.format_grid(filled))
-        ok = bool(task.is_valid_solution(filled[None])[0]) and bool(np.all((grid == 0) | (filled == grid)))
-        print("solved" if ok else "not a valid solution")
-        return
-    if args.prompt is None or args.model is None:
+    if args.grid is None and (args.prompt is None or args.model is None):
         raise ValueError("sample needs --grid (Sudoku, shipped model) or --model DIR with --prompt TEXT")
+    import torch
+
+    from upo_fast.scorers import resolve_scorer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    scorer = resolve_scorer(args.scorer)
+    if args.grid is not None:
+        _sample_grid(args, scorer, device)
+    else:
+        _sample_text(args, scorer, device)
+
+
+def _sample_grid(args, scorer: str, device: str) -> None:
+    import numpy as np
+
+    from upo_fast.evaluation import load_model
+    from upo_fast.sampler import unmask
+
+    task = _task(args.task)
+    grid = task.parse_grid(args.grid)
+    model = load_model(args.model, task, device)
+    out = unmask(model, task.encode(grid[None]).to(device), scorer=scorer, topk=args.topk,
+                 **policy_options(args, scorer, task, model))
+    filled = task.decode(out)[0]
+    print(task.format_grid(filled))
+    ok = bool(task.is_valid_solution(filled[None])[0]) and bool(np.all((grid == 0) | (filled == grid)))
+    print("solved" if ok else "not a valid solution")
+
+
+def _sample_text(args, scorer: str, device: str) -> None:
     from upo_fast.models.loading import load_text_model
     from upo_fast.sampler import generate
 
-    scorer = resolve_scorer(args.scorer)
     if scorer == "policy" and not args.policy:
         raise ValueError("--scorer policy with --prompt needs --policy DIR: no policy ships for LLaDA/Dream")
-    model, tokenizer = load_text_model(args.model, args.device, args.trust_remote_code)
-    ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(args.device)
+    model, tokenizer = load_text_model(args.model, device, args.trust_remote_code)
+    ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(device)
     out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
                    scorer=scorer, topk=args.topk, **policy_options(args, scorer, None, model))
     print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 
 
 def cmd_pretrain_mdm(args) -> None:
+    import torch
+
     from upo_fast.evaluation import HELD_OUT_SEED, evaluate
     from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, pretrain_mdm
 
@@ -163,17 +174,7 @@ def cmd_pretrain_mdm(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="upo-fast", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-
-    def command(name: str, **options) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[debug], **options)
-
-
+def _parser_demo(command) -> None:
     demo = command("demo", help="what the unmasking order does, on held-out Sudoku and Zebra with the shipped "
                    "TinyMDMs (CPU, about 2 minutes; --full: every order, longer)")
     demo.add_argument("--full", action="store_true",
@@ -186,57 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", default=None, help="the report's path (default: OUT/demo.json)")
     demo.set_defaults(func=cmd_demo)
 
-    ev = command("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
-    ev.add_argument("--task", default="sudoku9", type=_task_name,
-                    help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500 (LLaDA/Dream)")
-    ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
-                    "gsm8k/math500, a local JSON/JSONL/parquet test set; default for puzzles: generated held-out")
-    ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
-    ev.add_argument("--limit", type=positive_int, default=None)
-    ev.add_argument("--num-puzzles", type=positive_int, default=200)
-    ev.add_argument("--blanks", type=positive_int, default=None)
-    ev.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task); "
-                    "for gsm8k/math500 a local LLaDA/Dream folder")
-    ev.add_argument("--topk", type=positive_int, default=5, help="K of the topk scorer")
-    ev.add_argument("--batch-size", type=positive_int, default=250)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="cpu", type=device_name)
-    ev.add_argument("--trust-remote-code", action="store_true",
-                    help="gsm8k/math500 with a model that is neither LLaDA nor Dream: run the folder's own code")
-    ev.add_argument("--policy", default=None, help="a saved policy folder for --scorer policy (default: shipped)")
-    ev.add_argument("--position-temperature", type=nonneg_float, default=None,
-                    help="order temperature of sampled orders (policy default: 0 = greedy, 1 with --pass-at > 1)")
-    ev.add_argument("--temperature", type=nonneg_float, default=0.0, help="token temperature (0 = argmax)")
-    ev.add_argument("--pass-at", type=positive_int, default=1,
-                    help="N sampled trajectories per problem: Pass@k for k <= N")
-    ev.add_argument("--plot", default=None, help="PNG path of the Pass@k curves (default: next to --json)")
-    ev.add_argument("--gen-length", type=positive_int, default=256, help="gsm8k/math500: tokens to generate")
-    ev.add_argument("--block-length", type=positive_int, default=32, help="gsm8k/math500: semi-autoregressive block")
-    ev.add_argument("--steps", type=positive_int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
-    ev.add_argument("--json", default=None)
-    ev.set_defaults(func=cmd_eval)
 
-    vz = command("viz", help="pictures of unmasking orders: puzzles with each blank labelled by the step that "
-                 "filled it, side by side per order, the same over many puzzles, and trajectories as text")
-    vz.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
-    vz.add_argument("--scorer", action="append", help="repeatable; default max_confidence, margin, policy")
-    vz.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
-    vz.add_argument("--puzzle", action="append", type=nonneg_int, default=None,
-                    help="repeatable: the puzzle (0-based, in --data or the held-out set) to draw; default 0, 1, 2")
-    vz.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON); default: "
-                    "generated held-out puzzles")
-    vz.add_argument("--num-puzzles", type=positive_int, default=100,
-                    help="held-out puzzles to generate (the aggregate picture covers all of them)")
-    vz.add_argument("--blanks", type=positive_int, default=None)
-    vz.add_argument("--limit", type=positive_int, default=None, help="keep the first N puzzles (of --data)")
-    vz.add_argument("--model", default=None)
-    vz.add_argument("--topk", type=positive_int, default=5)
-    vz.add_argument("--seed", type=int, default=0)
-    vz.add_argument("--device", default="cpu", type=device_name)
-    vz.add_argument("--out", default="viz_out",
-                    help="folder for <task>_orders.png, <task>_order_stats.png and <task>_trajectory.txt")
-    vz.set_defaults(func=cmd_viz)
-
+def _parser_train(command) -> None:
     tr = command("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
     tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields; options below override")
     tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one, "
@@ -245,29 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     tr.set_defaults(func=cmd_train)
 
+
+def _parser_plot_runs(command) -> None:
     pr = command("plot-runs", help="reward-vs-step and validation curves of training runs (PNG)")
     pr.add_argument("--run", action="append", required=True, help="LABEL=RUN_FOLDER, repeatable")
     pr.add_argument("--out", required=True, help="PNG path")
     pr.add_argument("--window", type=positive_int, default=10, help="moving-average window of the reward curve")
     pr.set_defaults(func=cmd_plot_runs)
 
-    pc = command("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
-    pc.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
-    pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
-    pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
-    pc.add_argument("--thresholds", default="0.999,0.99,0.95,0.9,0.8,0.7")
-    pc.add_argument("--data", default=None)
-    pc.add_argument("--num-puzzles", type=positive_int, default=200)
-    pc.add_argument("--blanks", type=positive_int, default=None)
-    pc.add_argument("--limit", type=positive_int, default=None)
-    pc.add_argument("--model", default=None)
-    pc.add_argument("--device", default="cpu", type=device_name)
-    pc.add_argument("--json", default=None)
-    pc.add_argument("--out", default=None, help="PNG path")
-    pc.set_defaults(func=cmd_parallel_curve)
 
+def _parser_pretrain_policy(command) -> None:
     pp = command("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
-    pp.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
+    pp.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pp.add_argument("--reference", default="max_confidence")
     pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
                     help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
@@ -291,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out", required=True)
     pp.set_defaults(func=cmd_pretrain_policy)
 
+
+def _parser_sample(command) -> None:
     sa = command("sample", help="fill one Sudoku grid, or generate from a prompt with a local LLaDA/Dream")
     sa.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
     sa.add_argument("--grid", default=None, help="n*n digits, 0 or . for blanks")
@@ -304,13 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--gen-length", type=positive_int, default=128)
     sa.add_argument("--block-length", type=positive_int, default=32)
     sa.add_argument("--steps", type=positive_int, default=128)
-    sa.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name)
+    sa.add_argument("--device", default=None, type=device_name, help="default: cuda when there is one, else cpu")
     sa.add_argument("--trust-remote-code", action="store_true",
                     help="a model that is neither LLaDA nor Dream: run the folder's own code")
     sa.set_defaults(func=cmd_sample)
 
+
+def _parser_pretrain_mdm(command) -> None:
     pt = command("pretrain-mdm", help="train a TinyMDM on a task (MDM objective)")
-    pt.add_argument("--task", default="sudoku9", type=_grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
+    pt.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pt.add_argument("--out", required=True)
     pt.add_argument("--steps", type=positive_int, default=1200)
     pt.add_argument("--batch-size", type=positive_int, default=128)
@@ -327,6 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop here; the lr schedule still spans --steps")
     pt.add_argument("--seed", type=int, default=0)
     pt.set_defaults(func=cmd_pretrain_mdm)
+
+
+# the subcommands in the order --help lists them
+PARSERS = (_parser_demo, parser_eval, parser_viz, _parser_train, _parser_plot_runs, parser_parallel_curve,
+           _parser_pretrain_policy, _parser_sample, _parser_pretrain_mdm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="upo-fast", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+    def command(name: str, **options) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[debug], **options)
+
+    for add in PARSERS:
+        add(command)
     command("lm-eval", add_help=False, help="lm-evaluation-harness with the upo_fast model registered; every "
             "lm-eval option passes through (needs: pip install -e '.[eval]')")
     return parser
@@ -364,6 +328,7 @@ def main(argv=None) -> int:
     except SystemExit as done:  # --help, or a bad argument (argparse has printed its one line)
         return done.code if isinstance(done.code, int) else 2
     try:
+        check_scorers(args)  # before any work (and before torch loads): an unknown --scorer
         check_outputs(args)  # before any work: a run must not fail at its end for want of a writable --json
         args.func(args)
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """Argument types and up-front checks of the ``upo-fast`` command line: bad input is one line that names the
 argument and what would be valid (exit code 2), found before any work starts, never a traceback.
 
-Nothing here imports torch at module level, so ``upo-fast --help`` stays quick.
+Nothing here imports torch, numpy or transformers (only the standard library and ``upo_fast.names``), so
+``upo-fast --help`` and a bad argument answer at once; ``tests/test_cli_startup.py`` checks it.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
+
+from upo_fast import names
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,15 +56,46 @@ def finite_float(text: str) -> float:
     return _number(text, float, "a number")
 
 
-def device_name(text: str) -> str:
-    """A device this machine has: ``cpu``, ``cuda`` / ``cuda:N`` with a CUDA device present, ``mps`` on Apple."""
-    from upo_fast.validation import check_device
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
 
-    try:
-        check_device(text, "device")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix("device=")) from None
+
+def device_name(text: str) -> str:
+    """A device this machine has: ``cpu``, ``cuda`` / ``cuda:N`` with a CUDA device present, ``mps`` on Apple.
+    The name is checked here; torch, which knows whether a CUDA or MPS device is present, is imported for those
+    names only."""
+    match = _DEVICE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device upo_fast runs on; use cpu, cuda, cuda:N or mps")
+    if match.group(1) != "cpu":
+        from upo_fast.validation import check_device
+
+        try:
+            check_device(text, "device")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix("device=")) from None
     return text
+
+
+def task_name(name: str) -> str:
+    """A grid task (``sudoku4``, ``sudoku9``, ``zebra``, ``zebraHxA``) or a text task (``gsm8k``, ``math500``)."""
+    if name not in names.TEXT_TASKS and not names.is_grid_task(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a task: sudoku4, sudoku9, zebra, zebraHxA or "
+                                         f"{', '.join(names.TEXT_TASKS)}")
+    return name
+
+
+def grid_task_name(name: str) -> str:
+    if not names.is_grid_task(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a grid task: sudoku4, sudoku9, zebra or zebraHxA")
+    return name
+
+
+def check_scorers(args) -> None:
+    """Refuse an unknown ``--scorer`` (one name, or the list of a repeatable option) before any work: a
+    ValueError, so ``--debug`` shows where it came from. The commands resolve the names again when they run."""
+    given = getattr(args, "scorer", None)
+    for name in [given] if isinstance(given, str) else given or ():
+        names.check_scorer(name)
 
 
 # Where each command writes: (attribute, flag, "dir" for a folder it creates | "file" for a file it writes)

@@ -1,16 +1,17 @@
 """The commands that evaluate and draw unmasking orders: ``eval`` (grid puzzles with TinyMDM, GSM8K/MATH500 with
-LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``. Argument parsing lives in ``upo_fast.cli``."""
+LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``, with their options (``parser_eval`` ...; ``upo_fast.cli``
+builds the whole command line).
+
+torch and the modules that import it load inside the commands, after the arguments are parsed and checked, so that
+``upo-fast --help`` and a bad argument answer at once."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from upo_fast.scorers import resolve_scorer
-from upo_fast.tasks import TEXT_TASKS
+from upo_fast.cli_args import device_name, grid_task_name, nonneg_float, nonneg_int, positive_int, task_name
+from upo_fast.names import TEXT_TASKS
 
 
 def _task(name: str):
@@ -19,29 +20,17 @@ def _task(name: str):
     return get_task(name)
 
 
-def _grid_task_name(name: str) -> str:
-    from upo_fast.tasks import is_grid_task
-
-    if not is_grid_task(name):
-        raise argparse.ArgumentTypeError(f"{name!r} is not a grid task: sudoku4, sudoku9, zebra or zebraHxA")
-    return name
-
-
-def _task_name(name: str) -> str:
-    from upo_fast.tasks import is_grid_task
-
-    if name not in TEXT_TASKS and not is_grid_task(name):
-        raise argparse.ArgumentTypeError(f"{name!r} is not a task: sudoku4, sudoku9, zebra, zebraHxA or "
-                                         f"{', '.join(TEXT_TASKS)}")
-    return name
-
-
 def _grid_task(name: str):
-    from upo_fast.tasks import TEXT_TASKS
-
     if name in TEXT_TASKS:
         raise ValueError(f"--task {name} is a text task: this command works on grid tasks (Sudoku, Zebra)")
     return _task(name)
+
+
+def _scorers(args, default: list[str]) -> list[str]:
+    """The canonical names of the command's ``--scorer`` options (``default`` when none is given)."""
+    from upo_fast.scorers import resolve_scorer
+
+    return [resolve_scorer(s) for s in (args.scorer or default)]
 
 
 def policy_options(args, scorer: str, task, model) -> dict:
@@ -68,13 +57,14 @@ def _puzzles(args, task):
 
 
 def cmd_eval(args) -> dict:
-    from upo_fast.evaluation import evaluate, format_table, load_model, load_policy, pass_at
-    from upo_fast.tasks import TEXT_TASKS
-
     if args.task in TEXT_TASKS:
         return _eval_text(args)
+    import torch
+
+    from upo_fast.evaluation import evaluate, format_table, load_model, load_policy, pass_at
+
     task = _task(args.task)
-    scorers = [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]
+    scorers = _scorers(args, ["max_confidence"])
     model = load_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
     torch.manual_seed(args.seed)
@@ -103,13 +93,13 @@ def cmd_eval(args) -> dict:
     return report
 
 
-def _plot_pass_at(args, task_name: str, n: int, results: dict) -> Path:
+def _plot_pass_at(args, name: str, n: int, results: dict) -> Path:
     from upo_fast.plots import plot_pass_at
 
     path = args.plot or (Path(args.json).with_suffix("").as_posix() + "_pass_at.png" if args.json
-                         else f"{task_name}_pass_at.png")
+                         else f"{name}_pass_at.png")
     curves = {scorer: r["pass_at"] for scorer, r in results.items()}
-    return plot_pass_at(curves, path, f"{task_name}: Pass@k over {n} puzzles")
+    return plot_pass_at(curves, path, f"{name}: Pass@k over {n} puzzles")
 
 
 def _eval_text(args) -> dict:
@@ -124,7 +114,7 @@ def _eval_text(args) -> dict:
     problems = load_problems(args.data, args.task, limit=args.limit)
     model, tokenizer = load_text_model(args.model, args.device, args.trust_remote_code)
     report = {"task": args.task, "n": len(problems), "results": {}}
-    for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
+    for scorer in _scorers(args, ["max_confidence"]):
         policy = None
         if scorer == "policy":
             from upo_fast.evaluation import load_policy
@@ -174,7 +164,7 @@ def cmd_viz(args) -> dict:
 def _viz_scorers(args, task, model) -> dict[str, dict]:
     """Scorer name -> sampler options; the default list skips the policy when none ships."""
     scorers = {}
-    for name in [resolve_scorer(s) for s in (args.scorer or ["max_confidence", "margin", "policy"])]:
+    for name in _scorers(args, ["max_confidence", "margin", "policy"]):
         if name == "policy":
             try:
                 scorers[name] = policy_options(args, name, task, model)
@@ -201,7 +191,7 @@ def cmd_parallel_curve(args) -> dict:
     if not thresholds or any(not 0 < t <= 1 for t in thresholds):
         raise ValueError(f"--thresholds must be comma-separated numbers in (0, 1], got {args.thresholds!r}")
     curves = {}
-    for scorer in [resolve_scorer(s) for s in (args.scorer or ["max_confidence"])]:
+    for scorer in _scorers(args, ["max_confidence"]):
         options = policy_options(args, scorer, task, model)
         curves[scorer] = []
         for threshold in [None, *thresholds]:  # None: one position per step
@@ -216,3 +206,75 @@ def cmd_parallel_curve(args) -> dict:
     if args.out:
         print(plot_parallel_curve(curves, args.out, f"{task.name}: {len(puzzles)} held-out puzzles"))
     return report
+
+
+def parser_eval(command) -> None:
+    ev = command("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
+    ev.add_argument("--task", default="sudoku9", type=task_name,
+                    help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500 (LLaDA/Dream)")
+    ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
+                    "gsm8k/math500, a local JSON/JSONL/parquet test set; default for puzzles: generated held-out")
+    ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
+    ev.add_argument("--limit", type=positive_int, default=None)
+    ev.add_argument("--num-puzzles", type=positive_int, default=200)
+    ev.add_argument("--blanks", type=positive_int, default=None)
+    ev.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task); "
+                    "for gsm8k/math500 a local LLaDA/Dream folder")
+    ev.add_argument("--topk", type=positive_int, default=5, help="K of the topk scorer")
+    ev.add_argument("--batch-size", type=positive_int, default=250)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="cpu", type=device_name)
+    ev.add_argument("--trust-remote-code", action="store_true",
+                    help="gsm8k/math500 with a model that is neither LLaDA nor Dream: run the folder's own code")
+    ev.add_argument("--policy", default=None, help="a saved policy folder for --scorer policy (default: shipped)")
+    ev.add_argument("--position-temperature", type=nonneg_float, default=None,
+                    help="order temperature of sampled orders (policy default: 0 = greedy, 1 with --pass-at > 1)")
+    ev.add_argument("--temperature", type=nonneg_float, default=0.0, help="token temperature (0 = argmax)")
+    ev.add_argument("--pass-at", type=positive_int, default=1,
+                    help="N sampled trajectories per problem: Pass@k for k <= N")
+    ev.add_argument("--plot", default=None, help="PNG path of the Pass@k curves (default: next to --json)")
+    ev.add_argument("--gen-length", type=positive_int, default=256, help="gsm8k/math500: tokens to generate")
+    ev.add_argument("--block-length", type=positive_int, default=32, help="gsm8k/math500: semi-autoregressive block")
+    ev.add_argument("--steps", type=positive_int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
+    ev.add_argument("--json", default=None)
+    ev.set_defaults(func=cmd_eval)
+
+
+def parser_viz(command) -> None:
+    vz = command("viz", help="pictures of unmasking orders: puzzles with each blank labelled by the step that "
+                 "filled it, side by side per order, the same over many puzzles, and trajectories as text")
+    vz.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
+    vz.add_argument("--scorer", action="append", help="repeatable; default max_confidence, margin, policy")
+    vz.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
+    vz.add_argument("--puzzle", action="append", type=nonneg_int, default=None,
+                    help="repeatable: the puzzle (0-based, in --data or the held-out set) to draw; default 0, 1, 2")
+    vz.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON); default: "
+                    "generated held-out puzzles")
+    vz.add_argument("--num-puzzles", type=positive_int, default=100,
+                    help="held-out puzzles to generate (the aggregate picture covers all of them)")
+    vz.add_argument("--blanks", type=positive_int, default=None)
+    vz.add_argument("--limit", type=positive_int, default=None, help="keep the first N puzzles (of --data)")
+    vz.add_argument("--model", default=None)
+    vz.add_argument("--topk", type=positive_int, default=5)
+    vz.add_argument("--seed", type=int, default=0)
+    vz.add_argument("--device", default="cpu", type=device_name)
+    vz.add_argument("--out", default="viz_out",
+                    help="folder for <task>_orders.png, <task>_order_stats.png and <task>_trajectory.txt")
+    vz.set_defaults(func=cmd_viz)
+
+
+def parser_parallel_curve(command) -> None:
+    pc = command("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
+    pc.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
+    pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
+    pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
+    pc.add_argument("--thresholds", default="0.999,0.99,0.95,0.9,0.8,0.7")
+    pc.add_argument("--data", default=None)
+    pc.add_argument("--num-puzzles", type=positive_int, default=200)
+    pc.add_argument("--blanks", type=positive_int, default=None)
+    pc.add_argument("--limit", type=positive_int, default=None)
+    pc.add_argument("--model", default=None)
+    pc.add_argument("--device", default="cpu", type=device_name)
+    pc.add_argument("--json", default=None)
+    pc.add_argument("--out", default=None, help="PNG path")
+    pc.set_defaults(func=cmd_parallel_curve)

@@ -1,0 +1,33 @@
+"""Task and scorer names, with the standard library only, so that the command line checks them before it loads
+anything heavy (``upo-fast --help`` and a bad argument must answer in well under a second; torch alone takes
+seconds to import).
+
+The names' homes are ``upo_fast.tasks`` (``TASKS``, ``TEXT_TASKS``, ``is_grid_task``) and ``upo_fast.scorers``
+(``SCORERS``, ``ALIASES``, ``resolve_scorer``), which import torch and numpy. ``tests/test_cli_startup.py`` checks
+that the lists here equal theirs: a new task or scorer is added in both places.
+"""
+
+from __future__ import annotations
+
+import re
+
+GRID_TASKS = ("sudoku4", "sudoku9", "zebra")
+TEXT_TASKS = ("gsm8k", "math500")
+_ZEBRA_SIZE = re.compile(r"zebra(\d+)x(\d+)")
+
+SCORERS = ("random", "max_confidence", "margin", "entropy", "topk", "softmax_confidence", "origin", "policy")
+SCORER_ALIASES = {"low_confidence": "max_confidence", "topk_margin": "margin", "maskgit_plus": "max_confidence"}
+
+
+def is_grid_task(name: str) -> bool:
+    """``sudoku4``, ``sudoku9``, ``zebra`` or ``zebraHxA`` (H houses, A attributes)."""
+    return name in GRID_TASKS or bool(isinstance(name, str) and _ZEBRA_SIZE.fullmatch(name))
+
+
+def check_scorer(name: str) -> str:
+    """The canonical scorer name, or the ValueError ``upo_fast.scorers.resolve_scorer`` raises."""
+    canonical = SCORER_ALIASES.get(name, name)
+    if canonical not in SCORERS:
+        valid = sorted(set(SCORERS) | set(SCORER_ALIASES))
+        raise ValueError(f"unknown scorer {name!r}; valid scorers: {', '.join(valid)}")
+    return canonical
