@@ -1,14 +1,23 @@
-"""Time and peak memory of one GRPO iteration (rollouts + update) on the Sudoku TinyMDM: upo_fast's trainer pieces
-against a paraphrase of the paper code's loop, same model, same puzzles, same process.
+"""Time and peak memory of one GRPO iteration (rollouts + update) against its floor and against a paraphrase of the
+paper code's loop: same model, same puzzles, same policy, measured by this script in one run.
 
-    paper_loop   one trajectory at a time (batch size 1); per step a full forward, two full-vocabulary softmaxes,
-                 the policy over every position, bf16 Gumbel noise at position temperature 0.8, a clone of the
-                 state and hidden states stacked per step; the update recomputes the old log-probs (at
-                 temperature 1) in every inner iteration and backpropagates trajectory by trajectory
-    upo_fast     rollout() of all P x G trajectories as one batch with preallocated recording, then
-                 update_policy() (old log-probs recorded once, chunked forward/backward)
+    upo_fast      the trainer's iteration: rollout() of all P x G trajectories as one batch with preallocated
+                  recording, then update_policy() with the trainer's defaults (2 inner steps, CE to
+                  max-confidence, forced moves subsampled at certain_keep = 0.1)
+    upo_fast_all  the same with every recorded state in the loss (certain_keep = 1): the paraphrase's work
+    floor         what the iteration cannot avoid, timed here at the same shapes: the bare MDM forwards the rollout
+                  needs + the policy's forwards in the rollout + one policy forward and backward per inner step over
+                  the states the loss uses (upo_fast's states)
+    paper_loop    one trajectory at a time (batch size 1); per step a full forward, two full-vocabulary softmaxes,
+                  the policy over every position, bf16 Gumbel noise at position temperature 0.8, a clone of the
+                  state and hidden states stacked per step; the update recomputes the old log-probs (at
+                  temperature 1) in every inner step and backpropagates trajectory by trajectory
 
-Usage:  python benchmarks/bench_trainer.py --out DIR [--prompts 8 --group 8]   (CPU or GPU)
+Each measurement runs in its own process (so that its peak memory is its own: CUDA max allocated on a GPU, the
+growth of the resident set's high-water mark on the CPU), warmup 1, median of ``--repeats``.
+
+Usage:  python benchmarks/bench_trainer.py --out DIR [--tasks sudoku4,sudoku9] [--shapes 16x8,64x8]
+            [--paper-shapes 16x8] [--repeats 3] [--threads 1] [--config JSON]
         python benchmarks/bench_trainer.py --quick --out DIR                   (smoke run)
 Writes DIR/bench_trainer.{json,csv}.
 """
@@ -16,111 +25,240 @@ Writes DIR/bench_trainer.{json,csv}.
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure, metadata, write_results  # noqa: E402
-from upo_fast.kernels.vocab_stats import VocabStats  # noqa: E402
+from common import metadata, write_results  # noqa: E402
+from paper_loop import paper_iteration  # noqa: E402
 
-from upo_fast.adapters import MDMAdapter  # noqa: E402
 from upo_fast.evaluation import HELD_OUT_SEED, load_model  # noqa: E402
-from upo_fast.policy import UnmaskingPolicy  # noqa: E402
+from upo_fast.flops import policy_cost  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
+from upo_fast.training.config import TrainConfig  # noqa: E402
 from upo_fast.training.losses import group_advantages  # noqa: E402
 from upo_fast.training.rollout import rollout  # noqa: E402
+from upo_fast.training.trainer import make_policy  # noqa: E402
 from upo_fast.training.update import update_policy  # noqa: E402
 
-
-def _paper_scores(mdm, adapter, policy, x, mask_id):
-    logits = mdm(x).logits
-    probs = F.softmax(logits, dim=-1)
-    no_mask = probs.clone()
-    no_mask[..., mask_id] = 0.0
-    top8 = no_mask.topk(min(8, probs.shape[-1]), dim=-1).values
-    ref = torch.logsumexp(F.softmax(logits, dim=-1) / 0.05, dim=-1)
-    zeros = torch.zeros_like(ref)
-    stats = VocabStats(no_mask.argmax(-1), top8[..., 0], zeros, zeros, top8, ref)
-    masked = x == mask_id
-    scores = policy(hidden=adapter.last_hidden, stats=stats, candidates=masked)
-    return scores.masked_fill(~masked, -1e9), no_mask.argmax(-1), adapter.last_hidden, stats, masked
+IMPLS = ("upo_fast", "upo_fast_all", "floor", "paper_loop")
 
 
-def paper_iteration(mdm, adapter, policy, optimizer, x_all, mask_id, group, inner_iters=2):
-    trajectories = []
+class Clock:
+    """Wall time of a block; on a GPU the device is synchronized at both ends (only at the ends)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.ms = device, 0.0
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self):
+        self._sync()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.ms = 1e3 * (time.perf_counter() - self.t0)
+
+
+def _setup(spec: dict) -> SimpleNamespace:
+    device = torch.device(spec["device"])
+    task = get_task(spec["task"])
+    mdm = load_model(None, task, str(device)).eval().requires_grad_(False)
+    cfg = TrainConfig(task=spec["task"], device=str(device), **spec.get("config", {}))
+    torch.manual_seed(0)
+    policy = make_policy(cfg, mdm)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    puzzles, _ = task.make_puzzles(spec["prompts"], cfg.blanks, seed=HELD_OUT_SEED)
+    x = task.encode(puzzles).to(device).repeat_interleave(spec["group"], 0)
+    return SimpleNamespace(device=device, task=task, mdm=mdm, cfg=cfg, policy=policy, optimizer=optimizer, x=x,
+                           group=spec["group"])
+
+
+def _update_options(cfg: TrainConfig, certain_keep: float) -> dict:
+    return dict(reference=cfg.reference, beta=cfg.beta, position_temperature=cfg.position_temperature,
+                clip_eps=cfg.clip_eps, inner_iters=cfg.inner_iters, grad_clip=cfg.grad_clip, topk=cfg.topk,
+                chunk_states=cfg.update_chunk, certain_threshold=cfg.certain_threshold, certain_keep=certain_keep)
+
+
+def _rollout(setup, seed: int):
+    gen = torch.Generator(device=setup.device).manual_seed(seed)
+    return rollout(setup.mdm, setup.x, policy=setup.policy, position_temperature=setup.cfg.position_temperature,
+                   generator=gen)[1]
+
+
+def upo_iteration(setup, certain_keep: float, seed: int) -> dict:
+    with Clock(setup.device) as roll:
+        traj = _rollout(setup, seed)
+    rewards = torch.rand(setup.x.shape[0], generator=torch.Generator().manual_seed(seed)).view(-1, setup.group)
+    adv = group_advantages(rewards).flatten().to(setup.device)
+    with Clock(setup.device) as upd:
+        metrics = update_policy(setup.policy, setup.optimizer, traj, adv, seed=seed,
+                                **_update_options(setup.cfg, certain_keep))
+    return dict(rollout_ms=roll.ms, update_ms=upd.ms, total_ms=roll.ms + upd.ms, steps=traj.active.shape[0],
+                states_used=metrics["update_states_used"], states=metrics["update_steps"])
+
+
+def floor_iteration(setup, seed: int) -> dict:
+    """The floor's parts at the shapes of one upo_fast iteration (its rollout's steps, its update's used states)."""
+    from upo_fast.training.update import _step_weights  # the states the update uses, drawn the same way
+
+    cfg, policy = setup.cfg, setup.policy
+    traj = _rollout(setup, seed)
+    S = traj.active.shape[0]
+    _, weight = _step_weights(traj, None, cfg.kl_mode, cfg.certain_keep, cfg.certain_threshold, seed)
+    index = (weight > 0).nonzero(as_tuple=True)
     with torch.no_grad():
-        for b in range(x_all.shape[0]):  # batch size 1
-            x = x_all[b:b + 1].clone()
-            states = []
-            while (x == mask_id).any():
-                scores, tokens, hidden, stats, masked = _paper_scores(mdm, adapter, policy, x, mask_id)
-                u = torch.rand_like(scores, dtype=torch.bfloat16).float().clamp(1e-6, 1 - 1e-6)
-                pos = int((scores / 0.8 - torch.log(-torch.log(u))).argmax())  # bf16 Gumbel at T = 0.8
-                states.append((hidden.clone(), stats, masked.clone(), pos))
-                x[0, pos] = tokens[0, pos]
-            trajectories.append((x, states))
-    rewards = torch.rand(len(trajectories)).view(-1, group)  # the reward function is not what is measured
-    adv = group_advantages(rewards).flatten()
-    for _ in range(inner_iters):
-        optimizer.zero_grad()
-        for (_final, states), a in zip(trajectories, adv):
-            hidden = torch.stack([s[0] for s in states])[:, 0]
-            stats = VocabStats(*(torch.stack([s[1][i] for s in states])[:, 0] for i in range(6)))
-            masked = torch.stack([s[2] for s in states])[:, 0]
-            chosen = torch.tensor([s[3] for s in states], device=hidden.device)
-            with torch.no_grad():  # old log-probs recomputed every inner iteration, at temperature 1
-                old = torch.log_softmax(policy(hidden=hidden, stats=stats, candidates=masked).masked_fill(
-                    ~masked, -1e9), -1).gather(1, chosen[:, None])
-            new = torch.log_softmax(policy(hidden=hidden, stats=stats, candidates=masked).masked_fill(
-                ~masked, -1e9), -1).gather(1, chosen[:, None])
-            loss = -(torch.exp(new - old) * a).mean()
-            loss.backward()
-        optimizer.step()
+        with Clock(setup.device) as mdm_clock:
+            for _ in range(S):
+                setup.mdm(setup.x)
+        with Clock(setup.device) as pol_clock:
+            for s in range(S):
+                policy(traj.hidden[s], traj.stats((s,)), traj.candidates[s])
+    chunk = max(1, cfg.update_chunk)
+    with Clock(setup.device) as upd_clock:
+        for _ in range(cfg.inner_iters):
+            for i in range(0, index[0].numel(), chunk):
+                part = (index[0][i:i + chunk], index[1][i:i + chunk])
+                policy(traj.hidden[part], traj.stats(part), traj.candidates[part]).sum().backward()
+    policy.zero_grad(set_to_none=True)
+    return dict(rollout_ms=mdm_clock.ms + pol_clock.ms, update_ms=upd_clock.ms,
+                total_ms=mdm_clock.ms + pol_clock.ms + upd_clock.ms, mdm_forward_ms=mdm_clock.ms,
+                policy_forward_ms=pol_clock.ms, policy_fwd_bwd_ms=upd_clock.ms, steps=S,
+                states_used=int(index[0].numel()))
 
 
-def upo_fast_iteration(mdm, policy, optimizer, x_all, group, inner_iters=2):
-    _, traj = rollout(mdm, x_all, policy=policy, position_temperature=0.8,
-                      generator=torch.Generator(device=x_all.device).manual_seed(0))
-    rewards = torch.rand(x_all.shape[0]).view(-1, group)
-    adv = group_advantages(rewards).flatten().to(x_all.device)
-    update_policy(policy, optimizer, traj, adv, reference="max_confidence", beta=0.01, position_temperature=0.8,
-                  inner_iters=inner_iters)
+def paper_timed(setup, seed: int) -> dict:
+    torch.manual_seed(seed)
+    with Clock(setup.device) as clock:
+        paper_iteration(setup.mdm, setup.policy, setup.optimizer, setup.x, setup.task.mask_id, setup.group,
+                        setup.cfg.inner_iters)
+    return dict(total_ms=clock.ms)
+
+
+def _peak_reset(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    _read_status("VmHWM")  # the CPU high-water mark cannot be reset: the growth above the current RSS is reported
+    return _read_status("VmRSS")
+
+
+def _peak_mb(device: torch.device, base: int) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return max(_read_status("VmHWM") - base, 0) / 2**20
+
+
+def _read_status(field: str) -> int:
+    """Bytes of a /proc/self/status field (Linux); 0 where it does not exist."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def child(spec: dict) -> dict:
+    """One implementation at one shape: warmup, repeats, medians, peak memory (runs in its own process)."""
+    torch.set_num_threads(spec["threads"])
+    setup = _setup(spec)
+    impl = spec["impl"]
+    run = {"upo_fast": lambda s: upo_iteration(setup, setup.cfg.certain_keep, s),
+           "upo_fast_all": lambda s: upo_iteration(setup, 1.0, s),
+           "floor": lambda s: floor_iteration(setup, s), "paper_loop": lambda s: paper_timed(setup, s)}[impl]
+    base = _peak_reset(setup.device)
+    for i in range(spec["warmup"]):
+        run(1000 + i)
+    samples = [run(i) for i in range(spec["repeats"])]
+    row = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+    row["peak_mem_mb"] = _peak_mb(setup.device, base)
+    if impl == "upo_fast":
+        cost = policy_cost(setup.mdm, setup.policy, setup.x)
+        row.update(policy_params=cost.policy_params, mdm_params=cost.mdm_params, policy_mdm_flop_ratio=cost.ratio,
+                   policy_update_mdm_flop_ratio=cost.update_ratio)
+    return row
+
+
+def _run_child(spec: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _summaries(rows: list[dict]) -> list[dict]:
+    """Per (task, shape): the iteration over its floor, and the paraphrase over upo_fast at equal work."""
+    out = []
+    for key in dict.fromkeys((r["task"], r["prompts"], r["group"]) for r in rows):
+        by = {r["impl"]: r for r in rows if (r["task"], r["prompts"], r["group"]) == key and "error" not in r}
+        s = dict(task=key[0], prompts=key[1], group=key[2])
+        if "upo_fast" in by and "floor" in by:
+            s["iteration_over_floor"] = by["upo_fast"]["total_ms"] / by["floor"]["total_ms"]
+            s["rollout_over_floor"] = by["upo_fast"]["rollout_ms"] / by["floor"]["rollout_ms"]
+            s["update_over_floor"] = by["upo_fast"]["update_ms"] / by["floor"]["update_ms"]
+        if "paper_loop" in by and "upo_fast_all" in by:
+            s["speedup_vs_paper_equal_work"] = by["paper_loop"]["total_ms"] / by["upo_fast_all"]["total_ms"]
+            s["peak_mem_ratio_vs_paper"] = by["upo_fast_all"]["peak_mem_mb"] / max(by["paper_loop"]["peak_mem_mb"],
+                                                                                   1e-9)
+        out.append(s)
+    return out
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in part.split("x")) for part in text.split(",") if part]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/local")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--tasks", default="sudoku4,sudoku9")
+    parser.add_argument("--shapes", default="16x8,64x8", help="prompts x group, comma-separated")
+    parser.add_argument("--paper-shapes", default="16x8", help="shapes at which the paraphrase also runs")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement (CPU)")
+    parser.add_argument("--config", default="{}", help="JSON of TrainConfig fields (e.g. the policy body)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    prompts, group = (1, 2) if args.quick else (args.prompts, args.group)
-    task = get_task("sudoku9")
-    mdm = load_model(None, task, str(device)).eval().requires_grad_(False)
-    puzzles, _ = task.make_puzzles(prompts, blanks=10 if args.quick else None, seed=HELD_OUT_SEED)
-    x = task.encode(puzzles).to(device).repeat_interleave(group, 0)
-    torch.manual_seed(0)
-    timing = dict(device=device, warmup=0 if args.quick else 1, repeats=1 if args.quick else args.repeats)
-    fields = dict(model="sudoku9", prompts=prompts, group=group, blanks=int((puzzles == 0).sum(axis=(1, 2))[0]))
-    results = []
-    policy = UnmaskingPolicy.for_mdm(mdm, anchor="confidence", block_init="copy").to(device)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-    adapter = MDMAdapter(mdm)
-    adapter.capture_last_block_input()
-    measure(results, lambda: paper_iteration(mdm, adapter, policy, optimizer, x, task.mask_id, group),
-            op="grpo_iteration", impl="paper_loop", **fields, **timing)
-    adapter.capture_last_block_input(False)
-    measure(results, lambda: upo_fast_iteration(mdm, policy, optimizer, x, group), op="grpo_iteration",
-            impl="upo_fast", **fields, **timing)
-    paper, ours = (r.get("median_ms") for r in results)
-    extra = {"speedup": paper / ours if paper and ours else None}
-    print(extra)
-    paths = write_results(args.out, "bench_trainer", results, {**metadata(device), "quick": args.quick}, extra)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tasks, shapes, paper = args.tasks.split(","), _shapes(args.shapes), set(_shapes(args.paper_shapes))
+    warmup, repeats = 1, args.repeats
+    if args.quick:
+        tasks, shapes, paper, warmup, repeats = ["sudoku4"], [(2, 2)], {(2, 2)}, 0, 1
+    rows = []
+    for task in tasks:
+        for prompts, group in shapes:
+            for impl in IMPLS:
+                if impl == "paper_loop" and (prompts, group) not in paper:
+                    continue
+                spec = dict(task=task, prompts=prompts, group=group, impl=impl, device=device, warmup=warmup,
+                            repeats=repeats, threads=args.threads, config=json.loads(args.config))
+                row = dict(op="grpo_iteration", impl=impl, task=task, prompts=prompts, group=group,
+                           **_run_child(spec))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    summary = _summaries(rows)
+    print(json.dumps(summary, indent=1))
+    meta = {**metadata(device), "quick": args.quick, "threads": args.threads, "config": json.loads(args.config)}
+    paths = write_results(args.out, "bench_trainer", rows, meta, {"summary": summary})
     print("wrote", ", ".join(paths.values()))
     return 0
 

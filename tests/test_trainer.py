@@ -51,6 +51,19 @@ def test_train_logs_checkpoints_and_moves_the_policy(mdm_dir, tmp_path):
     assert any(r["grad_norm"] > 0 for r in log[1:])
 
 
+def test_a_compiled_policy_trains_like_the_eager_one(mdm_dir, tmp_path):
+    """compile_backend: the policy behind torch.compile (aot_eager here: traced and differentiated in seconds)
+    takes the eager run's steps; the saved policy is the plain one."""
+    train(small_config(mdm_dir, tmp_path / "eager", steps=2, eval_every=0), progress=False)
+    train(small_config(mdm_dir, tmp_path / "compiled", steps=2, eval_every=0, compile_backend="aot_eager"),
+          progress=False)
+    eager, compiled = records(tmp_path / "eager"), records(tmp_path / "compiled")
+    for a, b in zip(eager, compiled, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6) and b["ms_step"] > 0
+    a, b = weights(tmp_path / "eager"), weights(tmp_path / "compiled")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
+
+
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(mdm_dir, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(small_config(mdm_dir, straight), progress=False)
@@ -112,7 +125,7 @@ def test_a_loaded_reranker_keeps_its_candidate_topk(mdm_dir, tmp_path):
 @pytest.mark.parametrize("field,value,match", [
     ("group_size", 1, "group_size"), ("beta", -0.1, "beta"), ("reference", "margin", "reference"),
     ("task", "chess", "task"), ("clip_eps", 1.5, "clip_eps"), ("init", "nowhere", "init"),
-    ("certain_keep", 0.0, "certain_keep"),
+    ("certain_keep", 0.0, "certain_keep"), ("compile_backend", "tvm", "compile_backend"),
 ])
 def test_bad_configs_are_named(mdm_dir, tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -80,7 +80,8 @@ _TRAIN_OPTIONS = {
     "group_size": int, "inner_iters": int, "lr": float, "beta": float, "kl_mode": str, "clip_eps": float,
     "position_temperature": float, "reward": str, "topk": int, "anchor_tau": float, "eval_every": int,
     "eval_puzzles": int, "checkpoint_every": int, "seed": int, "device": str, "time_limit_s": float,
-    "stop_at_step": int, "certain_keep": float, "extra_blocks": int,
+    "stop_at_step": int, "certain_keep": float, "extra_blocks": int, "policy_body": str, "policy_dim": int,
+    "mlp_hidden": int, "block_init": str, "update_chunk": int, "compile_backend": str,
 }
 
 

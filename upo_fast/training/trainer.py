@@ -77,6 +77,46 @@ def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
     return policy
 
 
+class CompiledPolicy(torch.nn.Module):
+    """``policy`` behind ``torch.compile`` (dynamic shapes: the update's state count changes every step), with the
+    same parameters and attributes. If compiling fails on the first call (no C++ compiler for inductor, an
+    unsupported op), it warns once and runs eagerly from then on, so a run never stops for it."""
+
+    def __init__(self, policy: UnmaskingPolicy, backend: str):
+        super().__init__()
+        self.policy, self.backend = policy, backend
+        # not a registered submodule: the parameters are listed (and saved) once, as the policy's
+        object.__setattr__(self, "_compiled", torch.compile(policy, backend=backend, dynamic=True))
+
+    def forward(self, *args, **kwargs):
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - torch._dynamo / inductor raise many kinds
+                if not _is_compile_failure(exc):
+                    raise
+                logger.warning("torch.compile(backend=%r) failed (%s): the policy runs eagerly", self.backend,
+                               str(exc).splitlines()[0][:200])
+                object.__setattr__(self, "_compiled", None)
+        return self.policy(*args, **kwargs)
+
+    def __getattr__(self, name):  # config, check_compatible, ...: the policy's own
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.policy, name)
+
+
+def _is_compile_failure(exc: Exception) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("torch._dynamo", "torch._inductor")) or isinstance(exc, (ImportError, OSError))
+
+
+def compiled(policy: UnmaskingPolicy, backend: str | None):
+    """``policy`` itself (``backend`` None) or a :class:`CompiledPolicy` around it."""
+    return policy if backend is None else CompiledPolicy(policy, backend)
+
+
 def rewards_for(task, filled: torch.Tensor, puzzles, solutions: np.ndarray, kind: str) -> np.ndarray:
     """[B] rewards of filled grids (rows = puzzles repeated G times, in order)."""
     pred = task.decode(filled.cpu())
@@ -173,6 +213,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             log.write({"step": 0, **validate(mdm, policy, task, *val)})
 
     local_prompts = cfg.prompts_per_step // group.world
+    runner = compiled(policy, cfg.compile_backend)  # shares the parameters; ``policy`` is what is saved
     started, stopped_early, step = time.perf_counter(), False, start_step
     bar = tqdm(range(start_step + 1, cfg.steps + 1), desc="upo train", disable=not (progress and group.main))
     for step in bar:
@@ -180,10 +221,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         puzzles, solutions = task.make_puzzles(cfg.prompts_per_step, cfg.blanks, seed=seed)
         shard = slice(group.rank * local_prompts, (group.rank + 1) * local_prompts)
         puzzles, solutions = puzzles[shard], solutions[shard]
+        t_step = time.perf_counter()
         x = task.encode(puzzles).to(device).repeat_interleave(cfg.group_size, 0)
         gen = torch.Generator(device=device).manual_seed(seed + group.rank)
         t0 = time.perf_counter()
-        filled, traj = rollout(mdm, x, policy=policy, position_temperature=cfg.position_temperature,
+        filled, traj = rollout(mdm, x, policy=runner, position_temperature=cfg.position_temperature,
                                temperature=cfg.token_temperature, generator=gen)
         t_rollout = time.perf_counter() - t0
         rewards = torch.as_tensor(rewards_for(task, filled, puzzles, solutions, cfg.reward), dtype=torch.float32)
@@ -203,7 +245,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             if cfg.drop_zero_std:
                 learn = (rewards.amax(1) > rewards.amin(1)).repeat_interleave(cfg.group_size).to(device)
             t1 = time.perf_counter()
-            metrics = update_policy(policy, optimizer, traj, advantages, reference=cfg.reference, beta=cfg.beta,
+            metrics = update_policy(runner, optimizer, traj, advantages, reference=cfg.reference, beta=cfg.beta,
                                     position_temperature=cfg.position_temperature, clip_eps=cfg.clip_eps,
                                     clip_eps_high=cfg.clip_eps_high, inner_iters=cfg.inner_iters,
                                     grad_clip=cfg.grad_clip, kl_mode=cfg.kl_mode, topk=cfg.topk,
@@ -218,6 +260,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 record["skipped"] = "non-finite parameters after the optimizer step (undone)"
                 logger.warning("step %d: the optimizer step left non-finite parameters, undone", step)
         record["policy_entropy"] = _mean_surprisal(traj)
+        record["ms_step"] = 1e3 * (time.perf_counter() - t_step)  # puzzles, rollout, rewards, update (no validation)
         if val is not None and step % cfg.eval_every == 0:
             record.update(validate(mdm, policy, task, *val))
             if record["val_solved"] > best["val_solved"]:
