@@ -13,11 +13,11 @@ paper code's loop: same model, same puzzles, same policy, measured by this scrip
                   state and hidden states stacked per step; the update recomputes the old log-probs (at
                   temperature 1) in every inner step and backpropagates trajectory by trajectory
 
-Each measurement runs in its own process (so that its peak memory is its own: CUDA max allocated on a GPU, the
-growth of the resident set's high-water mark on the CPU), warmup 1, median of ``--repeats``.
+Each measurement runs in its own process: warmup 1, median of ``--repeats``, then one more call for its peak
+tensor memory (CUDA max allocated on a GPU; on the CPU the profiler's allocation records: see ``peak_mb``).
 
 Usage:  python benchmarks/bench_trainer.py --out DIR [--tasks sudoku4,sudoku9] [--shapes 16x8,64x8]
-            [--paper-shapes 16x8] [--repeats 3] [--threads 1] [--config JSON]
+            [--paper-shapes 16x8] [--repeats 3] [--warmup 1] [--threads 1] [--config JSON]
         python benchmarks/bench_trainer.py --quick --out DIR                   (smoke run)
 Writes DIR/bench_trainer.{json,csv}.
 """
@@ -146,31 +146,27 @@ def paper_timed(setup, seed: int) -> dict:
     return dict(total_ms=clock.ms)
 
 
-def _peak_reset(device: torch.device) -> int:
+def peak_mb(fn, device: torch.device) -> float:
+    """Peak of the tensor memory ``fn`` allocates above what was live before it: CUDA max allocated on a GPU; on
+    the CPU the running sum of the profiler's allocation and free records (torch's CPU allocator, every tensor
+    counted; the process's resident set would mostly show what the allocator keeps)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    _read_status("VmHWM")  # the CPU high-water mark cannot be reset: the growth above the current RSS is reported
-    return _read_status("VmRSS")
-
-
-def _peak_mb(device: torch.device, base: int) -> float:
-    if device.type == "cuda":
+        fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return max(_read_status("VmHWM") - base, 0) / 2**20
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _read_status(field: str) -> int:
-    """Bytes of a /proc/self/status field (Linux); 0 where it does not exist."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage != 0), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def child(spec: dict) -> dict:
@@ -181,12 +177,11 @@ def child(spec: dict) -> dict:
     run = {"upo_fast": lambda s: upo_iteration(setup, setup.cfg.certain_keep, s),
            "upo_fast_all": lambda s: upo_iteration(setup, 1.0, s),
            "floor": lambda s: floor_iteration(setup, s), "paper_loop": lambda s: paper_timed(setup, s)}[impl]
-    base = _peak_reset(setup.device)
     for i in range(spec["warmup"]):
         run(1000 + i)
     samples = [run(i) for i in range(spec["repeats"])]
     row = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
-    row["peak_mem_mb"] = _peak_mb(setup.device, base)
+    row["peak_mem_mb"] = peak_mb(lambda: run(2000), setup.device)  # one more call, not timed
     if impl == "upo_fast":
         cost = policy_cost(setup.mdm, setup.policy, setup.x)
         row.update(policy_params=cost.policy_params, mdm_params=cost.mdm_params, policy_mdm_flop_ratio=cost.ratio,
@@ -231,6 +226,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default="16x8,64x8", help="prompts x group, comma-separated")
     parser.add_argument("--paper-shapes", default="16x8", help="shapes at which the paraphrase also runs")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement (CPU)")
     parser.add_argument("--config", default="{}", help="JSON of TrainConfig fields (e.g. the policy body)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -240,7 +236,7 @@ def main(argv=None) -> int:
         return 0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tasks, shapes, paper = args.tasks.split(","), _shapes(args.shapes), set(_shapes(args.paper_shapes))
-    warmup, repeats = 1, args.repeats
+    warmup, repeats = args.warmup, args.repeats
     if args.quick:
         tasks, shapes, paper, warmup, repeats = ["sudoku4"], [(2, 2)], {(2, 2)}, 0, 1
     rows = []

@@ -58,5 +58,5 @@ step kernel_tests 90 "$PYTHON" -m pytest -q -p no:cacheprovider --junitxml="$OUT
 step bench_kernels 90 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" --compile-budget-s 45
 step bench_position_ops 30 "$PYTHON" benchmarks/bench_position_ops.py --out "$OUT" --compile-budget-s 15
 step bench_sampler 60 "$PYTHON" benchmarks/bench_sampler.py --out "$OUT"
-step bench_trainer 50 "$PYTHON" benchmarks/bench_trainer.py --out "$OUT"
+step bench_trainer 60 "$PYTHON" benchmarks/bench_trainer.py --out "$OUT" --tasks sudoku4 --shapes 16x8,64x8
 finish
