@@ -112,6 +112,17 @@ def test_pretrain_policy_toward_the_oracle_with_dagger_rounds(model_dir, tmp_pat
     assert config["candidate_topk"] == 3 and config["extra_blocks"] == 1
 
 
+@pytest.mark.parametrize("body", [["--policy-body", "features", "--block-init", "fresh", "--mlp-hidden", "16"],
+                                  ["--policy-dim", "16", "--block-init", "fresh", "--mlp-hidden", "16"]])
+def test_pretrain_policy_builds_the_lighter_bodies(model_dir, tmp_path, body):
+    out = tmp_path / "light"
+    assert main(["pretrain-policy", "--task", "sudoku4", "--model", str(model_dir), "--rounds", "0", "--steps", "1",
+                 "--puzzles-per-round", "4", "--batch-size", "4", "--eval-puzzles", "4", *body, "--out", str(out)]) == 0
+    config = json.loads((out / "last" / "config.json").read_text())
+    assert (config["body"], config["policy_dim"], config["mlp_hidden"]) == (
+        ("features", None, 16) if "features" in body else ("block", 16, 16))
+
+
 def test_plot_runs_writes_a_png(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

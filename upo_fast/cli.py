@@ -56,7 +56,8 @@ def cmd_pretrain_policy(args) -> dict:
                           init=args.init, rounds=args.rounds, puzzles_per_round=args.puzzles_per_round,
                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out, seed=args.seed,
                           topk=args.topk, candidate_topk=args.candidate_topk, keep_rate=args.keep_rate,
-                          eval_puzzles=args.eval_puzzles, extra_blocks=args.extra_blocks)
+                          eval_puzzles=args.eval_puzzles, extra_blocks=args.extra_blocks, policy_body=args.policy_body,
+                          policy_dim=args.policy_dim, block_init=args.block_init, mlp_hidden=args.mlp_hidden)
     summary = pretrain_policy(cfg)
     print(json.dumps(summary, indent=2))
     return summary
@@ -216,6 +217,12 @@ def _parser_pretrain_policy(command) -> None:
     pp.add_argument("--model", default=None)
     pp.add_argument("--init", default="anchor",
                     help="fresh, copy, anchor, or a saved policy folder to go on from (then round 0 rolls out it)")
+    pp.add_argument("--policy-body", default="block",
+                    help="block (one transformer block, the default) or features (no block: cheaper, per position)")
+    pp.add_argument("--policy-dim", type=positive_int, default=None,
+                    help="run the block at this narrower width (with --block-init fresh; default: the MDM's width)")
+    pp.add_argument("--block-init", default="copy", help="copy (the MDM's last block, the default) or fresh")
+    pp.add_argument("--mlp-hidden", type=positive_int, default=128, help="width of the policy's scoring MLP")
     pp.add_argument("--extra-blocks", type=nonneg_int, default=0,
                     help="fresh transformer blocks after the first (they compare the positions' predictions)")
     pp.add_argument("--rounds", type=nonneg_int, default=1,
