@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from upo_fast.kernels.vocab_stats import VocabStats
+from upo_fast.names import SCORER_ALIASES, check_scorer
 
 
 class PositionScores(NamedTuple):
@@ -98,14 +99,11 @@ SCORERS: dict[str, Callable] = {
     "origin": random_order,  # ranking unused: the sampler applies Dream's independent-transfer rule
     "policy": learned_policy,
 }
-ALIASES = {"low_confidence": "max_confidence", "topk_margin": "margin", "maskgit_plus": "max_confidence"}
+ALIASES = SCORER_ALIASES  # the reference samplers' names; one home in names.py (the CLI parses with it)
 HEURISTICS = ("random", "max_confidence", "margin", "entropy", "topk", "softmax_confidence", "origin")
 
 
 def resolve_scorer(name: str) -> str:
-    """Canonical scorer name, or a ValueError listing the valid ones."""
-    canonical = ALIASES.get(name, name)
-    if canonical not in SCORERS:
-        valid = sorted(set(SCORERS) | set(ALIASES))
-        raise ValueError(f"unknown scorer {name!r}; valid scorers: {', '.join(valid)}")
-    return canonical
+    """Canonical scorer name, or a ValueError listing the valid ones (``names.check_scorer``: the registry's names
+    are kept equal to ``names.SCORERS`` by tests/test_cli_startup.py)."""
+    return check_scorer(name)
