@@ -217,11 +217,11 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     started, stopped_early, step = time.perf_counter(), False, start_step
     bar = tqdm(range(start_step + 1, cfg.steps + 1), desc="upo train", disable=not (progress and group.main))
     for step in bar:
+        t_step = time.perf_counter()
         seed = step_seed(cfg.seed, step)
         puzzles, solutions = task.make_puzzles(cfg.prompts_per_step, cfg.blanks, seed=seed)
         shard = slice(group.rank * local_prompts, (group.rank + 1) * local_prompts)
         puzzles, solutions = puzzles[shard], solutions[shard]
-        t_step = time.perf_counter()
         x = task.encode(puzzles).to(device).repeat_interleave(cfg.group_size, 0)
         gen = torch.Generator(device=device).manual_seed(seed + group.rank)
         t0 = time.perf_counter()
