@@ -312,12 +312,18 @@ def step_where_finite(optimizer, ok: torch.Tensor | None = None, agree=None) -> 
 def step_if_finite(optimizer, agree=None) -> bool:
     """:func:`step_where_finite` with one host read: returns whether the step was kept, and an undone first step
     leaves no optimizer state behind. ``agree(ok: bool tensor) -> bool tensor`` as there."""
-    had_state = {p for p in optimizer.state}
+    had_state = set(optimizer.state)
     kept = bool(step_where_finite(optimizer, agree=agree))
     if not kept:
-        for p in [p for p in optimizer.state if p not in had_state]:
-            optimizer.state.pop(p)
+        drop_new_state(optimizer, had_state)
     return kept
+
+
+def drop_new_state(optimizer, had_state: set) -> None:
+    """Forget the optimizer state of parameters that had none in ``had_state`` (after undone steps only: the
+    state :func:`step_where_finite` zeroed, so that nothing shows a step that was never kept)."""
+    for p in [p for p in optimizer.state if p not in had_state]:
+        optimizer.state.pop(p)
 
 
 def changed_settings(saved: dict, given: dict, may_change: frozenset[str], *, where: str = "the checkpoint"

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from upo_fast.checkpoints import finite_flag, step_where_finite
+from upo_fast.checkpoints import drop_new_state, finite_flag, step_where_finite
 from upo_fast.distributed import SINGLE_PROCESS, ProcessGroup
 from upo_fast.training.losses import (
     REFERENCE_DIVERGENCE,
@@ -141,8 +141,7 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
     policy.eval()
     last = torch.cat([sums.double().cpu(), grad_norm.double().view(1).cpu(), counters.double().cpu()]).tolist()
     if last[6] + last[7] == inner_iters:  # no step kept: leave no optimizer state the update created (zeroed)
-        for p in [p for p in optimizer.state if p not in had_state]:
-            optimizer.state.pop(p)
+        drop_new_state(optimizer, had_state)
     return dict(loss=last[0], policy_loss=last[1], clip_ratio=last[2], divergence=last[3], ratio_mean=last[4],
                 grad_norm=last[5], skipped_nonfinite=int(last[6]), undone_nonfinite=int(last[7]),
                 update_steps=int(total_steps), update_rows=int(total_rows), update_states_used=int(used))
