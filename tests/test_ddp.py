@@ -4,37 +4,11 @@ gradients are all-reduced and the token mean is normalized by the global step co
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from update_cases import B, make_policy, synthetic_batch  # the synthetic rollouts of the update-equivalence test
 
 from upo_fast.distributed import ProcessGroup
-from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
 from upo_fast.training.rollout import Trajectories
 from upo_fast.training.update import update_policy
-
-S, B, W, D, K = 5, 6, 7, 16, 4
-
-
-def synthetic_batch() -> tuple[Trajectories, torch.Tensor]:
-    """Recorded-looking rollouts: rows finish at different steps, candidates shrink, chosen is a candidate."""
-    g = torch.Generator().manual_seed(0)
-    cand = torch.rand(S, B, W, generator=g) < 0.7
-    cand[..., 0] = True
-    active = torch.ones(S, B, dtype=torch.bool)
-    active[3:, :2] = False
-    scores = torch.randn(S, B, W, generator=g).masked_fill(~cand, float("-inf"))
-    chosen = scores.argmax(-1)
-    probs = torch.rand(S, B, W, K, generator=g).sort(-1, descending=True).values
-    traj = Trajectories(hidden=torch.randn(S, B, W, D, generator=g), topk_probs=probs, confidence=probs[..., 0],
-                        ref_logsumexp=torch.randn(S, B, W, generator=g), candidates=cand, chosen=chosen,
-                        behavior_logp=torch.log_softmax(scores, -1).gather(-1, chosen[..., None]).squeeze(-1),
-                        active=active, token=torch.zeros(S, B, W, dtype=torch.long))
-    return traj, torch.randn(B, generator=g)
-
-
-def make_policy():
-    torch.manual_seed(3)
-    config = UnmaskingPolicyConfig(mdm_family="tiny_mdm", mdm_hidden_size=D, feature_topk=K, num_heads=2,
-                                   intermediate_size=32, mlp_hidden=8)
-    return UnmaskingPolicy(config)
 
 
 def run_update(policy, traj, adv, group):
