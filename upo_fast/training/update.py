@@ -87,7 +87,7 @@ def _prepare_chunks(traj: Trajectories, weight: torch.Tensor, advantages: torch.
 def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tensor, *, reference: str, beta: float,
                   position_temperature: float, clip_eps: float = 0.2, clip_eps_high: float | None = None,
                   inner_iters: int = 1, grad_clip: float = 1.0, kl_mode: str = "exact", topk: int = 5,
-                  chunk_states: int = 2048, certain_threshold: float = 0.999, certain_keep: float = 1.0,
+                  chunk_states: int = 256, certain_threshold: float = 0.999, certain_keep: float = 1.0,
                   seed: int = 0, rows: torch.Tensor | None = None, group: ProcessGroup = SINGLE_PROCESS) -> dict:
     """``inner_iters`` clipped-GRPO steps on one rollout batch; returns float metrics of the last step.
 
