@@ -111,6 +111,28 @@ def test_topk_scorer_only_picks_among_the_k_most_confident():
     assert firsts == {5, 6, 7}
 
 
+def test_topk_scorer_keeps_exactly_k_candidates_when_confidences_tie():
+    # positions 1..6 tie at the top: the Top-K rule (upo_fast.ops.topk_candidates) keeps K of them, the lower positions
+    table = torch.zeros(8, VOCAB)
+    table[1:7, 0] = 5.0
+    stats = vocab_stats_ref(table)
+    stats = type(stats)(*(t.unsqueeze(0) for t in stats))
+    cand = torch.ones(1, 8, dtype=torch.bool)
+    cand[0, 2] = False
+    scored = SCORERS["topk"](stats, cand, ScoringContext(topk=3, backend="torch"))
+    assert scored.candidates[0].nonzero().flatten().tolist() == [1, 3, 4]
+    assert torch.isfinite(scored.scores).sum() == 3
+    # through the sampler: the first commit is always one of those three
+    model = TableModel(table)
+    firsts = set()
+    for seed in range(30):
+        seen = model.seen = []
+        upo_fast.unmask(model, torch.full((1, 8), MASK), scorer="topk", topk=3, mask_id=MASK, backend="torch",
+                        generator=torch.Generator().manual_seed(seed))
+        firsts.add(int((seen[1] != MASK).nonzero()[0, 1]))
+    assert firsts == {1, 2, 3}
+
+
 def test_left_padding_is_never_unmasked_and_rows_are_independent(tiny_mdm):
     x = masked_batch(batch=2, length=12, seed=3)
     attn = torch.ones_like(x)

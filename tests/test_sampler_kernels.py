@@ -46,6 +46,25 @@ def test_triton_path_gives_the_same_tokens_at_temperature_zero(model, scorer):
                        upo_fast.generate(model, ids, backend="torch", **kwargs))
 
 
+def test_topk_scorer_keeps_exactly_k_tied_candidates_on_both_paths():
+    # the Top-K rule of the topk scorer (upo_fast.ops.topk_candidates, ties to the lower position) on the kernel path
+    from upo_fast.kernels.vocab_stats import vocab_stats_ref
+
+    from upo_fast.scorers import SCORERS, ScoringContext
+
+    table = torch.zeros(2, 8, VOCAB)
+    table[0, 1:7, 0] = 5.0  # row 0: positions 1..6 tie at the top
+    table[1, :, 3] = 2.0  # row 1: every position ties
+    stats = vocab_stats_ref(table.view(16, VOCAB).to(DEVICE))
+    stats = type(stats)(*(t.view(2, 8, *t.shape[1:]) for t in stats))
+    cand = torch.ones(2, 8, dtype=torch.bool, device=DEVICE)
+    cand[0, 2] = cand[1, 0] = False
+    for backend in ("torch", "triton"):
+        scored = SCORERS["topk"](stats, cand, ScoringContext(topk=3, backend=backend))
+        assert [r.nonzero().flatten().tolist() for r in scored.candidates.cpu()] == [[1, 3, 4], [1, 2, 3]]
+        assert torch.isfinite(scored.scores).sum(-1).tolist() == [3, 3]
+
+
 def test_triton_path_sampling_is_reproducible_and_fills_every_mask(model):
     # random positions (the selection kernel's Gumbel-top-k) and sampled tokens (vocab_stats' Gumbel-max)
     x = masked_batch(batch=2, length=8, seed=3)

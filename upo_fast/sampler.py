@@ -85,6 +85,7 @@ class _Loop:
         # inside the loop. On CPU the references draw from ``generator`` directly.
         self.kernels = use_triton(backend, x.device)
         self.backend = "triton" if self.kernels else "torch"
+        self.ctx.backend = self.backend  # the Top-K candidate rule of the topk and policy scorers runs there too
         if self.kernels:
             self.token_seed, self.position_seed = (seed_tensor(None, x.device, generator) for _ in range(2))
         # Fused head: the forward stops at the final hidden states and the statistics come from hidden @ head.T

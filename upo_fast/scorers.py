@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import torch
 
+from upo_fast.kernels.position_select import topk_candidates
 from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.names import SCORER_ALIASES, check_scorer
 
@@ -36,6 +37,7 @@ class ScoringContext:
     policy: Callable | None = None             # learned policy for the ``policy`` scorer
     hidden: torch.Tensor | None = None         # [B, Lb, d] hidden state entering the MDM's last block
     position_temperature: float = 1.0
+    backend: str = "auto"                      # where topk_candidates runs; the sampler passes its own backend
 
 
 def _masked(values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -59,12 +61,10 @@ def random_order(stats: VocabStats, candidates, ctx) -> PositionScores:
 
 
 def topk_uniform(stats: VocabStats, candidates, ctx) -> PositionScores:
-    """Uniform over the K most confident candidates (fewer when fewer remain)."""
-    conf = _masked(stats.confidence, candidates)
-    k = min(ctx.topk, conf.shape[-1])
-    kth = conf.topk(k, dim=-1).values[:, -1:]
-    keep = candidates & (conf >= kth)
-    return PositionScores(_masked(torch.zeros_like(conf), keep), True, keep)
+    """Uniform over the K most confident candidates (fewer when fewer remain): exactly K when confidences tie,
+    ties to the lower position, the Top-K reference's rule (``upo_fast.ops.topk_candidates``)."""
+    keep = topk_candidates(stats.confidence.float(), candidates, ctx.topk, backend=ctx.backend)
+    return PositionScores(_masked(torch.zeros_like(stats.confidence, dtype=torch.float32), keep), True, keep)
 
 
 def softmax_confidence(stats: VocabStats, candidates, ctx) -> PositionScores:
@@ -79,9 +79,7 @@ def learned_policy(stats: VocabStats, candidates, ctx) -> PositionScores:
         raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
     top_k = getattr(getattr(ctx.policy, "config", None), "candidate_topk", None)
     if top_k:
-        from upo_fast.ops import topk_candidates
-
-        candidates = topk_candidates(stats.confidence.float(), candidates, int(top_k))
+        candidates = topk_candidates(stats.confidence.float(), candidates, int(top_k), backend=ctx.backend)
     scores = ctx.policy(hidden=ctx.hidden, stats=stats, candidates=candidates)
     if scores.shape != candidates.shape:
         raise ValueError(f"the policy returned scores of shape {tuple(scores.shape)}, expected "
