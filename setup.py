@@ -8,5 +8,6 @@ setup(
               "upo_fast.assets"],
     package_dir={"upo_fast": "upo_fast", "upo_fast.kernels": "kernels"},
     package_data={"upo_fast.assets": [f"{folder}*.{ext}" for folder in ("*/", "*/*/")
-                                       for ext in ("json", "safetensors", "md", "jsonl", "png")]},
+                                       for ext in ("json", "safetensors", "md", "jsonl", "png")],
+                  "upo_fast.training": ["presets/*.yaml"]},
 )

@@ -83,6 +83,8 @@ _TRAIN_OPTIONS = {
     "eval_puzzles": int, "checkpoint_every": int, "seed": int, "device": str, "time_limit_s": float,
     "stop_at_step": int, "certain_keep": float, "extra_blocks": int, "policy_body": str, "policy_dim": int,
     "mlp_hidden": int, "block_init": str, "update_chunk": int, "compile_backend": str,
+    "drop_zero_std": str, "blanks": int, "select_on": str, "weight_decay": float, "grad_clip": float,
+    "clip_eps_high": float,  # drop_zero_std: a str, converted (true/false/yes/no) and checked by TrainConfig
 }
 
 
@@ -192,7 +194,8 @@ def _parser_demo(command) -> None:
 
 def _parser_train(command) -> None:
     tr = command("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
-    tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields; options below override")
+    tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields, or a shipped preset's "
+                    "name (paper_sudoku); options below override")
     tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one, "
                     "with the run's saved settings unless --config is given")
     for name, kind in _TRAIN_OPTIONS.items():

@@ -40,7 +40,7 @@ def policy_options(args, scorer: str, task, model) -> dict:
         return {}
     from upo_fast.evaluation import load_policy
 
-    return {"policy": load_policy(args.policy, task, model),
+    return {"policy": load_policy(args.policy, task, model, getattr(args, "model", None)),
             "position_temperature": getattr(args, "position_temperature", 0.0)}
 
 
@@ -73,7 +73,7 @@ def cmd_eval(args) -> dict:
         options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk, temperature=args.temperature)
         if scorer == "policy":  # greedy positions unless asked, or sampled ones when Pass@N needs samples
             default = 1.0 if args.pass_at > 1 else 0.0
-            options.update(policy=load_policy(args.policy, task, model),
+            options.update(policy=load_policy(args.policy, task, model, args.model),
                            position_temperature=default if args.position_temperature is None
                            else args.position_temperature)
         elif args.position_temperature is not None:

@@ -17,6 +17,7 @@ INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `u
 REWARDS = ("solved", "cells", "solved+cells")
 KL_MODES = ("exact", "sequence")
 COMPILE_BACKENDS = ("inductor", "aot_eager")  # aot_eager: traced and differentiated, not code-generated
+SELECT_ON = ("solved", "cells")  # the validation metric that picks ``best/``: solved rate or cell accuracy
 
 
 @dataclass
@@ -48,7 +49,9 @@ class TrainConfig:
     beta: float = 0.01  # weight of the reference regularizer; 0 = the ablation without it
     kl_mode: str = "exact"  # exact per-step divergence, or the paper's sequence-level surrogate
     scale_adv_by_std: bool = False
-    drop_zero_std: bool = True  # learn only from groups whose rewards differ (DAPO's dynamic sampling)
+    # the policy gradient averages over the groups whose rewards differ only (DAPO's dynamic sampling); the
+    # regularizer still averages over every group
+    drop_zero_std: bool = True
     position_temperature: float = 1.0  # the temperature positions are sampled at AND scored at
     token_temperature: float = 0.0
     reward: str = "solved"
@@ -64,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 20  # validation (never the held-out test set) every N steps; 0 = off
     eval_puzzles: int = 200
+    select_on: str = "solved"  # best/ = the validated policy with the highest val solved rate or cell accuracy
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     time_limit_s: float | None = None  # checkpoint and stop cleanly after this long
@@ -97,6 +101,9 @@ class TrainConfig:
         check(self.policy_dim is None or (isinstance(self.policy_dim, int) and self.policy_dim >= 1), "policy_dim",
               "None or an int >= 1")
         check(self.reward in REWARDS, "reward", f"one of {', '.join(REWARDS)}")
+        check(self.select_on in SELECT_ON, "select_on", f"one of {', '.join(SELECT_ON)}")
+        check(self.blanks is None or (isinstance(self.blanks, int) and self.blanks >= 1), "blanks",
+              "None (the task's default) or an int >= 1")
         check(self.kl_mode in KL_MODES, "kl_mode", f"one of {', '.join(KL_MODES)}")
         check(not (self.kl_mode == "sequence" and self.reference == "max_confidence" and self.beta > 0), "kl_mode",
               "'exact' with the max_confidence reference (its one-hot g_ref has no finite sequence log-ratio)")
@@ -131,10 +138,9 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
-        """A config from a YAML (.yaml/.yml) or JSON file; ``overrides`` (not None) replace its values."""
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
+        """A config from a YAML (.yaml/.yml) or JSON file, or a preset shipped with the package by name (PRESETS,
+        e.g. ``paper_sudoku``); ``overrides`` (not None) replace its values."""
+        path = config_path(path)
         try:
             text = path.read_text()
             if path.suffix in (".yaml", ".yml"):
@@ -153,3 +159,23 @@ class TrainConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 
+
+
+def presets() -> dict[str, Path]:
+    """The training presets shipped in ``upo_fast/training/presets``: name -> YAML file."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("upo_fast.training").joinpath("presets")))
+    return {f.stem: f for f in sorted(folder.glob("*.yaml"))}
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """An existing config file, else the preset of that name; a ValueError names both kinds of valid value."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = presets()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise ValueError(f"config file {name_or_path} does not exist and is not a preset name; presets: "
+                     f"{', '.join(shipped)}")

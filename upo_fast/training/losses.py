@@ -145,11 +145,18 @@ def _weights(weight, n: int, like: torch.Tensor) -> torch.Tensor:
 
 def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
               divergence: torch.Tensor | None = None, weight: torch.Tensor | None = None, *, clip_eps: float = 0.2,
-              beta: float = 0.0, clip_eps_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              beta: float = 0.0, clip_eps_high: float | None = None, pg_weight: torch.Tensor | None = None,
+              totals: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Token-level clipped surrogate with a reference regularizer; all inputs [N] (one entry per step).
 
-        loss = -sum_n w_n min(rho_n A_n, clip(rho_n, 1 - eps, 1 + eps_high) A_n) / sum_n w_n
+        loss = -sum_n v_n min(rho_n A_n, clip(rho_n, 1 - eps, 1 + eps_high) A_n) / sum_n v_n
                + beta * sum_n w_n D_n / sum_n w_n,            rho_n = exp(new_logp_n - old_logp_n)
+
+    with v = ``pg_weight`` (default: w). A step with v_n = 0 < w_n counts in the regularizer only: the steps of a
+    group whose rewards are all equal carry no advantage, yet the regularizer must still hold them near the
+    reference. ``totals`` = (pg, divergence) replaces the two denominators, e.g. by the global step counts when
+    these N steps are one chunk of a larger batch (then the returned loss and metrics are this chunk's shares).
 
     new_logp: log g_phi(a_n | x_n) (differentiable); old_logp: log g_old at the same action, recorded during the
     rollout (a constant: detached); advantages: A of the step's trajectory (a constant); divergence: D_n
@@ -179,21 +186,24 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
     w = _weights(weight, n, new_logp)
     valid = w > 0
     zero = torch.zeros_like(new_logp)
+    v = w if pg_weight is None else torch.where(valid, _weights(pg_weight, n, new_logp), zero)
     # torch.where (not w * x) so padding's -inf / NaN cannot turn into NaN through 0 * inf, in value or gradient
     new = torch.where(valid, new_logp, zero)
     old = torch.where(valid, old_logp.detach().to(new.dtype), zero)
     adv = torch.where(valid, advantages.detach().to(new.dtype), zero)
-    total = w.sum()
-    denom = torch.where(total > 0, total, torch.ones_like(total))
+    pg_total, div_total = (v.sum(), w.sum()) if totals is None else totals
+    pg_denom, div_denom = (torch.where(t > 0, t, torch.ones_like(t))  # no weight at all: every term is 0
+                           for t in (torch.as_tensor(x, dtype=new.dtype, device=new.device)
+                                     for x in (pg_total, div_total)))
 
     rho = torch.exp(new - old)
     surrogate = torch.minimum(rho * adv, rho.clamp(1 - clip_eps, 1 + eps_high) * adv)
-    policy_loss = -(w * surrogate).sum() / denom
+    policy_loss = -(v * surrogate).sum() / pg_denom
     loss = policy_loss
     div_mean = torch.zeros((), dtype=new.dtype, device=new.device)
     if divergence is not None:
         div = torch.where(valid, divergence.to(new.dtype), zero)
-        div_mean = (w * div).sum() / denom
+        div_mean = (w * div).sum() / div_denom
         if beta > 0:
             loss = loss + beta * div_mean
 
@@ -201,8 +211,8 @@ def grpo_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.
         clipped = ((rho < 1 - clip_eps) & (adv < 0)) | ((rho > 1 + eps_high) & (adv > 0))
         metrics = {
             "policy_loss": policy_loss.detach(),
-            "clip_ratio": (w * clipped.to(w.dtype)).sum() / denom,
-            "ratio_mean": (w * rho).sum() / denom,
+            "clip_ratio": (v * clipped.to(v.dtype)).sum() / pg_denom,
+            "ratio_mean": (v * rho).sum() / pg_denom,
             "divergence": div_mean.detach(),
         }
     return loss, metrics

@@ -187,7 +187,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
     group.barrier()
 
-    start_step, best = 0, {"val_solved": -1.0, "step": 0}
+    best_key = {"solved": "val_solved", "cells": "val_cell_accuracy"}[cfg.select_on]
+    start_step, best = 0, {best_key: -1.0, "step": 0}
     if found is not None:
         ckpt, state = found
         if group.main:
@@ -198,7 +199,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         load_model_weights(policy, ckpt, device)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        start_step, best = state["step"], state.get("best", best)
+        start_step, best = state["step"], {**best, **state.get("best", {})}
         if group.main:
             truncate_log(out_dir / "metrics.jsonl", start_step)
             logger.info("resuming from %s (step %d)", ckpt, start_step)
@@ -250,7 +251,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                                     clip_eps_high=cfg.clip_eps_high, inner_iters=cfg.inner_iters,
                                     grad_clip=cfg.grad_clip, kl_mode=cfg.kl_mode, topk=cfg.topk,
                                     chunk_states=cfg.update_chunk, certain_threshold=cfg.certain_threshold,
-                                    certain_keep=cfg.certain_keep, seed=seed + group.rank, rows=learn,
+                                    certain_keep=cfg.certain_keep, seed=seed + group.rank, pg_rows=learn,
                                     group=group)
             record.update(metrics, ms_update=1e3 * (time.perf_counter() - t1))
             if metrics["skipped_nonfinite"]:
@@ -263,8 +264,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         record["ms_step"] = 1e3 * (time.perf_counter() - t_step)  # puzzles, rollout, rewards, update (no validation)
         if val is not None and step % cfg.eval_every == 0:
             record.update(validate(mdm, policy, task, *val))
-            if record["val_solved"] > best["val_solved"]:
-                best = {"val_solved": record["val_solved"], "step": step}
+            if record[best_key] > best[best_key]:
+                best = {best_key: record[best_key], "step": step}
                 policy.save_pretrained(out_dir / "best")  # the policy to ship: chosen on validation only
         log.write(record)
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get("val_solved", ""))

@@ -38,8 +38,9 @@ class _Chunk(NamedTuple):
     chosen: torch.Tensor  # [n]
     old_logp: torch.Tensor  # [n] behavior log-probs recorded at rollout
     advantages: torch.Tensor  # [n]
-    weight: torch.Tensor  # [n]
-    share: torch.Tensor  # 0-dim: this chunk's weight over the global step count
+    weight: torch.Tensor  # [n] the step's weight in the regularizer's mean
+    pg_weight: torch.Tensor | None  # [n] ... in the policy-gradient mean (None: the same)
+    totals: tuple[torch.Tensor, torch.Tensor]  # the global (policy-gradient, regularizer) step counts
     g_ref: torch.Tensor | None  # [n, W] reference distribution (beta > 0)
     ref_candidates: torch.Tensor | None  # [n, W] the reference's action set (beta > 0)
 
@@ -62,8 +63,9 @@ def _step_weights(traj: Trajectories, rows, kl_mode: str, certain_keep: float, c
     return active, weight
 
 
-def _prepare_chunks(traj: Trajectories, weight: torch.Tensor, advantages: torch.Tensor, total_steps: float,
-                    chunk_states: int, reference: str, beta: float, topk: int) -> list[_Chunk]:
+def _prepare_chunks(traj: Trajectories, weight: torch.Tensor, pg_rows: torch.Tensor | None,
+                    advantages: torch.Tensor, totals: tuple[torch.Tensor, torch.Tensor], chunk_states: int,
+                    reference: str, beta: float, topk: int) -> list[_Chunk]:
     """Everything of the loss that does not depend on the policy's parameters, once per update (one host read per
     chunk, for its state count)."""
     S, B = weight.shape
@@ -75,12 +77,13 @@ def _prepare_chunks(traj: Trajectories, weight: torch.Tensor, advantages: torch.
             continue
         index = (step_idx, rows_t[row_local])
         cand, w = traj.candidates[index], weight[index]
+        pg_w = None if pg_rows is None else w * pg_rows[index[1]]
         g_ref = cand_ref = None
         if beta > 0:
             g_ref, cand_ref = reference_for(reference, cand, confidence=traj.confidence[index],
                                             ref_logsumexp=traj.ref_logsumexp[index], K=topk)
         chunks.append(_Chunk(index, row_local, len(rows), cand, traj.chosen[index], traj.behavior_logp[index],
-                             advantages[index[1]], w, w.sum() / total_steps, g_ref, cand_ref))
+                             advantages[index[1]], w, pg_w, totals, g_ref, cand_ref))
     return chunks
 
 
@@ -88,12 +91,15 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
                   position_temperature: float, clip_eps: float = 0.2, clip_eps_high: float | None = None,
                   inner_iters: int = 1, grad_clip: float = 1.0, kl_mode: str = "exact", topk: int = 5,
                   chunk_states: int = 256, certain_threshold: float = 0.999, certain_keep: float = 1.0,
-                  seed: int = 0, rows: torch.Tensor | None = None, group: ProcessGroup = SINGLE_PROCESS) -> dict:
+                  seed: int = 0, rows: torch.Tensor | None = None, pg_rows: torch.Tensor | None = None,
+                  group: ProcessGroup = SINGLE_PROCESS) -> dict:
     """``inner_iters`` clipped-GRPO steps on one rollout batch; returns float metrics of the last step.
 
     traj: this process's recorded rollouts ([S, B, ...]); advantages: [B], one per row (its group's r - mean);
-    rows: optional [B] bool, the rows to learn from (e.g. without the groups whose rewards are all equal, which
-    carry no advantage: DAPO's dynamic sampling); the token mean runs over the steps of these rows.
+    rows: optional [B] bool, the rows in the loss at all (default every row). pg_rows: optional [B] bool, the rows
+    in the policy-gradient term (e.g. without the groups whose rewards are all equal, which carry no advantage:
+    DAPO's dynamic sampling); its token mean runs over their steps, while the regularizer's runs over every row in
+    the loss, so it still holds the other rows near the reference. With beta = 0 the other rows are left out.
     An inner step whose loss or gradients are not finite is skipped (parameters and optimizer state untouched);
     ``skipped_nonfinite`` counts them. An optimizer step that leaves a non-finite parameter is undone (parameters
     and optimizer state restored to before it); ``undone_nonfinite`` counts those. Both are decided on the device:
@@ -111,13 +117,20 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
     if advantages.shape != (B,):
         raise ValueError(f"advantages must be [B={B}] (one per recorded row), got {tuple(advantages.shape)}")
     params = [p for p in policy.parameters() if p.requires_grad]
+    if pg_rows is not None and beta == 0:  # rows outside the policy gradient would carry nothing
+        rows = pg_rows if rows is None else rows & pg_rows
+        pg_rows = None
+    pg_rows = None if pg_rows is None else pg_rows.to(traj.active.device)
     active, weight = _step_weights(traj, rows, kl_mode, certain_keep, certain_threshold, seed)
-    counts = group.sum(torch.stack([active.sum(), active.any(0).sum(), (weight > 0).sum()]).double())
-    total_steps, total_rows, used = (float(c) for c in counts)  # the one host read before the inner steps
-    if total_steps == 0:  # nothing to learn from on any process (e.g. every group had equal rewards)
+    pg_active = active if pg_rows is None else active & pg_rows[None, :]
+    counts = group.sum(torch.stack([active.sum(), active.any(0).sum(), (weight > 0).sum(), pg_active.sum()]).double())
+    total_steps, total_rows, used, pg_steps = (float(c) for c in counts)  # the one host read before the inner steps
+    if total_steps == 0:  # nothing to learn from on any process (e.g. every group had equal rewards and beta = 0)
         return dict(loss=0.0, policy_loss=0.0, clip_ratio=0.0, divergence=0.0, ratio_mean=1.0, grad_norm=0.0,
-                    skipped_nonfinite=0, undone_nonfinite=0, update_steps=0, update_rows=0, update_states_used=0)
-    chunks = _prepare_chunks(traj, weight, advantages, total_steps, chunk_states, reference, beta, topk)
+                    skipped_nonfinite=0, undone_nonfinite=0, update_steps=0, update_rows=0, update_states_used=0,
+                    update_pg_steps=0)
+    totals = (counts[3].to(weight.device, torch.float32), counts[0].to(weight.device, torch.float32))
+    chunks = _prepare_chunks(traj, weight, pg_rows, advantages, totals, chunk_states, reference, beta, topk)
     loss_options = dict(beta=beta, temperature=position_temperature, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
                         kl_mode=kl_mode, reference=reference, world=group.world)
     agree = (lambda kept: group.sum(kept.double().view(1)).squeeze(0) == group.world) if group.world > 1 else None
@@ -144,12 +157,13 @@ def update_policy(policy, optimizer, traj: Trajectories, advantages: torch.Tenso
         drop_new_state(optimizer, had_state)
     return dict(loss=last[0], policy_loss=last[1], clip_ratio=last[2], divergence=last[3], ratio_mean=last[4],
                 grad_norm=last[5], skipped_nonfinite=int(last[6]), undone_nonfinite=int(last[7]),
-                update_steps=int(total_steps), update_rows=int(total_rows), update_states_used=int(used))
+                update_steps=int(total_steps), update_rows=int(total_rows), update_states_used=int(used),
+                update_pg_steps=int(pg_steps))
 
 
 def _chunk_backward(policy, traj: Trajectories, chunk: _Chunk, *, beta, temperature, clip_eps, clip_eps_high,
                     kl_mode, reference, world) -> torch.Tensor:
-    """Backward of this chunk's share of the global loss; returns its weighted metric sums (float64 [5], on the
+    """Backward of this chunk's share of the global loss; returns its shares of the metrics (float64 [5], on the
     device: loss, policy loss, clip ratio, divergence, ratio mean)."""
     scores = policy(traj.hidden[chunk.index], traj.stats(chunk.index), chunk.candidates)
     new_logp = step_log_probs(scores, chunk.candidates, chunk.chosen, temperature, check=False)
@@ -161,12 +175,12 @@ def _chunk_backward(policy, traj: Trajectories, chunk: _Chunk, *, beta, temperat
         seq_term = sequence_kl_surrogate(new_logp, ref_logp, chunk.row_local, chunk.rows, old_logp=chunk.old_logp,
                                          check=False).sum()
     loss, m = grpo_loss(new_logp, chunk.old_logp, chunk.advantages, divergence, chunk.weight, clip_eps=clip_eps,
-                        beta=beta if divergence is not None else 0.0, clip_eps_high=clip_eps_high)
+                        beta=beta if divergence is not None else 0.0, clip_eps_high=clip_eps_high,
+                        pg_weight=chunk.pg_weight, totals=chunk.totals)
     if seq_term is not None:  # the per-trajectory KL sums over steps: per-step scale like the exact mode
-        n = chunk.weight.numel()
-        loss = loss + beta * seq_term / n
-        m["divergence"] = seq_term.detach() / n
-    (loss * chunk.share * world).backward()  # DDP-style gradient averaging divides by world again
+        loss = loss + beta * seq_term / chunk.totals[1]
+        m["divergence"] = seq_term.detach() / chunk.totals[1]
+    (loss * world).backward()  # DDP-style gradient averaging divides by world again
     with torch.no_grad():
         parts = [loss, m["policy_loss"], m["clip_ratio"], m["divergence"], m["ratio_mean"]]
-        return torch.stack([p.detach().double() for p in parts]) * chunk.share.double()
+        return torch.stack([p.detach().double() for p in parts])
