@@ -2,12 +2,15 @@
 ``upo-fast eval`` and the demo use, never seen in training or validation), plus the runs' training curves.
 
 Usage:  python benchmarks/upo_results.py --run "UPO max-conf=runs/A/best" --run ... --curves "A=runs/A" ...
-            --out benchmarks/results/upo_sudoku9 [--num-puzzles N --seed S]
+            --out benchmarks/results/upo_sudoku9 [--num-puzzles N --seed S | --data CSV] [--model DIR]
+            [--metric solved|cells] [--group "NAME=LABEL,LABEL,..."]
 Writes OUT/upo_results.{json,md} (with device, date, commit and command) and OUT/curves.png. Every order is
-compared with max-confidence and with the best heuristic on the same puzzles: the difference in solved rate with a
-95% interval from the per-puzzle (paired) differences, and the puzzles it solves that the baseline does not (wins)
-and vice versa. The JSON keeps each order's per-puzzle outcomes ("solved_flags", one 0/1 character per puzzle), so
-other pairings can be computed later without a rerun.
+compared with max-confidence and with the best heuristic on the same puzzles: the difference in solved rate and in
+cell accuracy with a 95% interval from the per-puzzle (paired) differences, and the puzzles where it does better
+than the baseline (wins) and worse. ``--metric`` picks the best heuristic and the table's order of columns. A
+``--group`` (e.g. the seeds of one setting) is one more row: the runs' mean ± spread (min to max), compared through
+the per-puzzle mean over its runs. The JSON keeps each order's per-puzzle outcomes ("solved_flags", one 0/1
+character per puzzle; "cells", per-puzzle cell accuracy), so other pairings can be computed later without a rerun.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import metadata  # noqa: E402
 
 from upo_fast.evaluation import HELD_OUT_SEED, load_model, solve_puzzles  # noqa: E402
+from upo_fast.intervals import paired_difference  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
 from upo_fast.scorers import HEURISTICS  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
@@ -59,13 +63,11 @@ class OracleOrder(torch.nn.Module):
         return stats.confidence.float() + 2.0 * (stats.token == self.solution)  # any correct one first
 
 
-def _paired(solved: np.ndarray, base: np.ndarray) -> dict:
-    """Solved-rate difference against ``base`` on the same puzzles, with a normal 95% interval of the mean of the
-    per-puzzle differences, and the counts of puzzles only one of the two solves."""
-    d = solved.astype(float) - base.astype(float)
-    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return {"diff": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)],
-            "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+def _paired(values: np.ndarray, base: np.ndarray) -> dict:
+    """Difference of per-puzzle values (solved flags, cell accuracies) against ``base`` on the same puzzles, with
+    a normal 95% interval of the mean of the per-puzzle differences, and the counts of puzzles where each is
+    ahead."""
+    return paired_difference(values.astype(float), base.astype(float))
 
 
 def _cells(v: dict) -> str:
@@ -74,61 +76,112 @@ def _cells(v: dict) -> str:
     return f"{100 * v['diff']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {v['wins']} / {v['losses']}"
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="sudoku9")
+    parser.add_argument("--model", default=None, help="TinyMDM folder or shipped name (default: the task's)")
     parser.add_argument("--num-puzzles", type=int, default=200)
+    parser.add_argument("--blanks", type=int, default=None, help="blanks of generated puzzles (default: the task's)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="puzzle seed (default: the held-out one)")
+    parser.add_argument("--data", default=None, help="a puzzle file (e.g. the paper's 4x4 CSV) instead of generated")
+    parser.add_argument("--metric", default="solved", choices=["solved", "cells"],
+                        help="what picks the best heuristic and leads the table")
     parser.add_argument("--heuristics", default=",".join(HEURISTICS),
                         help="comma-separated heuristics to run (max_confidence always runs: the baseline)")
     parser.add_argument("--oracle-topk", default="", help="comma-separated K for oracle-bound rows (0: any cell)")
     parser.add_argument("--run", action="append", default=[], help="LABEL=POLICY_FOLDER, repeatable")
+    parser.add_argument("--group", action="append", default=[], help="NAME=LABEL,LABEL,... (runs of --run)")
     parser.add_argument("--curves", action="append", default=[], help="LABEL=RUN_FOLDER for curves.png")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    task = get_task(args.task)
-    mdm = load_model(None, task)
-    puzzles, solutions = task.make_puzzles(args.num_puzzles, seed=args.seed)
     heuristics = [h for h in args.heuristics.split(",") if h]
     unknown = sorted(set(heuristics) - set(HEURISTICS))
     if unknown:
         parser.error(f"--heuristics: unknown {', '.join(unknown)}; valid: {', '.join(HEURISTICS)}")
-    heuristics = ["max_confidence"] + [h for h in heuristics if h != "max_confidence"]
-    raw = {name: _score(mdm, task, puzzles, solutions, name) for name in heuristics}
-    policies = {}
-    for label, folder in _pairs(args.run, "--run").items():
+    args.heuristics = ["max_confidence"] + [h for h in heuristics if h != "max_confidence"]
+    args.runs, args.groups = _pairs(args.run, "--run"), _pairs(args.group, "--group")
+    for name, labels in args.groups.items():
+        missing = [label for label in labels.split(",") if label not in args.runs]
+        if missing:
+            parser.error(f"--group {name}: not a --run label: {', '.join(missing)}")
+    return args
+
+
+def _score_all(args, mdm, task, puzzles, solutions) -> tuple[dict, dict]:
+    """{order: {"solved", "cells"}} per-puzzle outcomes of every heuristic, run, group and oracle bound."""
+    raw = {name: _score(mdm, task, puzzles, solutions, name) for name in args.heuristics}
+    for label, folder in args.runs.items():
         policy = UnmaskingPolicy.from_pretrained(folder).eval()
         policy.check_compatible(mdm)
         raw[label] = _score(mdm, task, puzzles, solutions, "policy", policy=policy, position_temperature=0.0)
-        policies[label] = folder
+    spreads = {}
+    for name, labels in args.groups.items():  # the per-puzzle mean over the group's runs
+        members = [raw[label] for label in labels.split(",")]
+        raw[name] = {key: np.mean([m[key].astype(float) for m in members], 0) for key in ("solved", "cells")}
+        spreads[name] = {key: [float(min(m[key].mean() for m in members)), float(max(m[key].mean() for m in members))]
+                         for key in ("solved", "cells")} | {"runs": labels.split(",")}
     for k in [int(v) for v in args.oracle_topk.split(",") if v]:
         oracle = OracleOrder(task.encode_solution(puzzles, solutions), k or None)  # one batch: rows = solutions
         raw[f"oracle bound ({f'top {k}' if k else 'any cell'})"] = _score(
             mdm, task, puzzles, solutions, "policy", policy=oracle, position_temperature=0.0, batch_size=len(puzzles))
-    base = raw["max_confidence"]["solved"]
-    best_heuristic = max(heuristics, key=lambda s: raw[s]["solved"].mean())  # the first one on ties
-    results = {name: {"solved_rate": float(r["solved"].mean()), "cell_accuracy": float(r["cells"].mean()),
-                      "vs_max_confidence": _paired(r["solved"], base),
-                      "vs_best_heuristic": _paired(r["solved"], raw[best_heuristic]["solved"]),
-                      "solved_flags": "".join("1" if v else "0" for v in r["solved"])}
-               | ({"policy": policies[name]} if name in policies else {})
-               for name, r in raw.items()}
+    return raw, spreads
+
+
+def _table(report: dict, metric: str) -> list[str]:
+    meta, best = report["meta"], report["best_heuristic"]
+    first, second = ("cells", "solved") if metric == "cells" else ("solved", "cells")
+    names = {"solved": "solved", "cells": "cell accuracy"}
+    key = {"solved": "", "cells": "cells_"}
+    lines = [f"{report['task']}, {report['n']} {report['puzzles']}, greedy orders; {meta['device']}, torch "
+             f"{meta['torch']}, {meta['date']}, commit {meta['commit']}", "",
+             f"| order | {names[first]} | {names[second]} | {names[first]} vs max-confidence (points) [95%] | wins / "
+             f"losses | {names[first]} vs the best heuristic, {best} [95%] | wins / losses | {names[second]} vs "
+             f"max-confidence [95%] | wins / losses |", "|---|---|---|---|---|---|---|---|---|"]
+    value = {"solved": "solved_rate", "cells": "cell_accuracy"}
+    for name, r in report["results"].items():
+        shown = {m: f"{r[value[m]]:.3f}" for m in ("solved", "cells")}
+        if "spread" in r:  # a group: mean (min-max over its runs)
+            shown = {m: f"{r[value[m]]:.3f} ({r['spread'][m][0]:.3f}–{r['spread'][m][1]:.3f})" for m in shown}
+        pairs = [r[key[first] + "vs_max_confidence"], r[key[first] + "vs_best_heuristic"],
+                 r[key[second] + "vs_max_confidence"]]
+        lines.append(f"| {name} | {shown[first]} | {shown[second]} | " + " | ".join(map(_cells, pairs)) + " |")
+    return lines + ["", f"best heuristic ({names[metric]}): {best}"]
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    task = get_task(args.task)
+    mdm = load_model(args.model, task)
+    if args.data:
+        puzzles, solutions = task.load(args.data)
+        which = f"puzzles from {Path(args.data).name}"
+    else:
+        puzzles, solutions = task.make_puzzles(args.num_puzzles, args.blanks, seed=args.seed)
+        which = f"{'held-out' if args.seed == HELD_OUT_SEED else 'fresh'} puzzles (seed {args.seed})"
+    raw, spreads = _score_all(args, mdm, task, puzzles, solutions)
+    key = "solved" if args.metric == "solved" else "cells"
+    best = max(args.heuristics, key=lambda s: raw[s][key].mean())  # the first one on ties
+    results = {}
+    for name, r in raw.items():
+        results[name] = {"solved_rate": float(r["solved"].mean()), "cell_accuracy": float(r["cells"].mean()),
+                         "vs_max_confidence": _paired(r["solved"], raw["max_confidence"]["solved"]),
+                         "vs_best_heuristic": _paired(r["solved"], raw[best]["solved"]),
+                         "cells_vs_max_confidence": _paired(r["cells"], raw["max_confidence"]["cells"]),
+                         "cells_vs_best_heuristic": _paired(r["cells"], raw[best]["cells"])}
+        if name in spreads:
+            results[name]["spread"] = spreads[name]
+        else:
+            results[name]["solved_flags"] = "".join("1" if v else "0" for v in r["solved"])
+            results[name]["cells"] = [round(float(v), 4) for v in r["cells"]]
+        if name in args.runs:
+            results[name]["policy"] = args.runs[name]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = metadata("cpu")
-    report = {"meta": meta, "task": task.name, "n": len(puzzles), "seed": args.seed, "best_heuristic": best_heuristic,
+    report = {"meta": metadata("cpu"), "task": task.name, "model": args.model, "n": len(puzzles), "seed": args.seed,
+              "data": args.data, "puzzles": which, "metric": args.metric, "best_heuristic": best,
               "results": results}
     (out / "upo_results.json").write_text(json.dumps(report, indent=2) + "\n")
-    which = "held-out puzzles" if args.seed == HELD_OUT_SEED else "fresh puzzles"
-    lines = [f"{task.name}, {len(puzzles)} {which} (seed {args.seed}), greedy orders; "
-             f"{meta['device']}, torch {meta['torch']}, {meta['date']}, commit {meta['commit']}", "",
-             f"| order | solved | cell accuracy | vs max-confidence (solved, points) [95% interval] | wins / losses "
-             f"| vs the best heuristic, {best_heuristic} [95% interval] | wins / losses |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['solved_rate']:.3f} | {r['cell_accuracy']:.3f} | {_cells(r['vs_max_confidence'])} "
-                     f"| {_cells(r['vs_best_heuristic'])} |")
-    lines += ["", f"best heuristic: {best_heuristic}"]
+    lines = _table(report, args.metric)
     (out / "upo_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.curves:

@@ -68,3 +68,38 @@ def test_upo_results_table_compares_paired_with_max_confidence(tmp_path):
     assert "| anchored |" in (tmp_path / "upo_results.md").read_text()
     with pytest.raises(SystemExit):
         upo_results.main(["--heuristics", "confidence", "--out", str(tmp_path)])
+
+
+def test_upo_results_groups_seeds_and_pairs_cell_accuracy(tmp_path):
+    """--group: the runs' per-puzzle mean, compared paired, with the runs' min-max; --metric cells leads with
+    cell accuracy; --model takes a shipped model's name."""
+    from upo_fast.evaluation import load_model
+    from upo_fast.policy import UnmaskingPolicy
+    from upo_fast.tasks import get_task
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import upo_results  # noqa: I001 (found through the path set just above)
+
+    import torch
+
+    mdm = load_model("sudoku4_weak", get_task("sudoku4"))
+    torch.manual_seed(0)
+    UnmaskingPolicy.for_mdm(mdm, anchor="none", mlp_hidden=8).save_pretrained(tmp_path / "p0")
+    UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=8).save_pretrained(tmp_path / "p1")
+    assert upo_results.main(["--task", "sudoku4", "--model", "sudoku4_weak", "--num-puzzles", "30", "--blanks",
+                             "8", "--seed", "4", "--metric", "cells", "--heuristics", "random",
+                             "--run", f"a={tmp_path / 'p0'}", "--run", f"b={tmp_path / 'p1'}", "--group", "ab=a,b",
+                             "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "upo_results.json").read_text())
+    results = report["results"]
+    cells = {name: np.array(results[name]["cells"]) for name in ("a", "b", "max_confidence")}
+    group = results["ab"]
+    assert group["cell_accuracy"] == pytest.approx((cells["a"].mean() + cells["b"].mean()) / 2)
+    assert group["spread"]["cells"] == pytest.approx(sorted([cells["a"].mean(), cells["b"].mean()]))
+    d = (cells["a"] + cells["b"]) / 2 - cells["max_confidence"]
+    assert group["cells_vs_max_confidence"]["diff"] == pytest.approx(d.mean())
+    assert results["b"]["cells_vs_max_confidence"]["diff"] == 0  # anchored = max-confidence, puzzle by puzzle
+    table = (tmp_path / "upo_results.md").read_text()
+    assert "| order | cell accuracy | solved |" in table and "| ab |" in table
+    with pytest.raises(SystemExit):
+        upo_results.main(["--run", f"a={tmp_path / 'p0'}", "--group", "g=a,zz", "--out", str(tmp_path)])

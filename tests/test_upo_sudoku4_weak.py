@@ -62,7 +62,7 @@ def test_paper_preset_loads_by_name_and_validates():
     cfg = TrainConfig.from_file("paper_sudoku").validate()
     assert (cfg.task, cfg.model, cfg.reference, cfg.reward) == ("sudoku4", "sudoku4_weak", "max_confidence", "cells")
     assert (cfg.beta, cfg.position_temperature, cfg.topk, cfg.blanks) == (1e-4, 0.8, 5, 8)
-    assert cfg.steps == 3500 and cfg.clip_eps == 0.5
+    assert cfg.steps == 3500 and cfg.weight_decay == 0.1 and cfg.grad_clip == 0.2
     assert TrainConfig.from_file("paper_sudoku", beta=0.0).beta == 0.0  # options override the preset
     with pytest.raises(ValueError, match="does not exist and is not a preset name; presets: .*paper_sudoku"):
         config_path("paper_sudokuu")
