@@ -6,8 +6,8 @@ reference there. With beta = 0 such a batch must leave the policy exactly as it 
 
 import pytest
 import torch
+from update_cases import B, make_policy, synthetic_batch  # the synthetic rollouts of the update-equivalence test
 
-from tests.update_cases import B, make_policy, synthetic_batch
 from upo_fast.training import trainer as trainer_module
 from upo_fast.training.losses import grpo_loss, reference_divergence, reference_for, step_log_probs
 from upo_fast.training.update import update_policy
