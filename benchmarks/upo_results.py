@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     if args.curves:
         from upo_fast.plots import plot_runs
 
-        print(plot_runs(_pairs(args.curves, "--curves"), out / "curves.png"))
+        print(plot_runs(_pairs(args.curves, "--curves"), out / "curves.png", metric=args.metric))
     return 0
 
 

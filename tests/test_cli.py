@@ -126,11 +126,16 @@ def test_pretrain_policy_builds_the_lighter_bodies(model_dir, tmp_path, body):
 def test_plot_runs_writes_a_png(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    lines = [{"step": 0, "val_solved": 0.5}] + [{"step": i, "reward_mean": i / 10} for i in range(1, 6)]
+    lines = [{"step": 0, "val_solved": 0.5, "val_cell_accuracy": 0.7}] + [{"step": i, "reward_mean": i / 10}
+                                                                        for i in range(1, 6)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"torn')
     png = tmp_path / "curves.png"
     assert main(["plot-runs", "--run", f"a={run}", "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+    png.unlink()
+    assert main(["plot-runs", "--run", f"a={run}", "--metric", "cells", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot-runs", "--run", f"a={run}", "--metric", "cell", "--out", str(png)]) == 2
     assert main(["plot-runs", "--run", str(run), "--out", str(png)]) == 2
     assert "LABEL=FOLDER" in capsys.readouterr().err
 

@@ -72,7 +72,7 @@ def cmd_plot_runs(args) -> None:
         if not sep:
             raise ValueError(f"--run takes LABEL=FOLDER, got {spec!r}")
         runs[label] = folder
-    print(plot_runs(runs, args.out, window=args.window))
+    print(plot_runs(runs, args.out, window=args.window, metric=args.metric))
 
 
 # TrainConfig fields that `upo-fast train` takes as --options (None = keep the config file's / default value)
@@ -208,6 +208,8 @@ def _parser_plot_runs(command) -> None:
     pr.add_argument("--run", action="append", required=True, help="LABEL=RUN_FOLDER, repeatable")
     pr.add_argument("--out", required=True, help="PNG path")
     pr.add_argument("--window", type=positive_int, default=10, help="moving-average window of the reward curve")
+    pr.add_argument("--metric", choices=["solved", "cells"], default="solved",
+                    help="the validation curve: solved rate or cell accuracy")
     pr.set_defaults(func=cmd_plot_runs)
 
 

@@ -31,27 +31,31 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10) -> Path:
-    """Two panels: training reward (moving average over ``window`` steps) and greedy validation solved rate per
-    step, one line per run (label -> run folder). The validation at step 0 is the starting policy (max-confidence
-    for anchored policies), drawn as a dashed line."""
+def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10, metric: str = "solved") -> Path:
+    """Two panels: training reward (moving average over ``window`` steps) and greedy validation ``metric``
+    ("solved" rate or "cells": cell accuracy) per step, one line per run (label -> run folder). The validation at
+    step 0 is the starting policy (max-confidence for anchored policies), drawn as a dashed line."""
+    if metric not in ("solved", "cells"):
+        raise ValueError(f"metric must be 'solved' or 'cells', got {metric!r}")
+    key = "val_solved" if metric == "solved" else "val_cell_accuracy"
     plt = _pyplot()
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(12, 4.5))
     start = None
     for label, folder in runs.items():
         rec = read_metrics(folder)
         train = [r for r in rec if "reward_mean" in r]
-        val = [r for r in rec if "val_solved" in r]
+        val = [r for r in rec if key in r]
         if train:
             ax_r.plot([r["step"] for r in train], _smooth([r["reward_mean"] for r in train], window), label=label)
         if val:
-            ax_v.plot([r["step"] for r in val], [r["val_solved"] for r in val], marker="o", ms=3, label=label)
+            ax_v.plot([r["step"] for r in val], [r[key] for r in val], marker="o", ms=3, label=label)
             if val[0]["step"] == 0:
-                start = val[0]["val_solved"]
+                start = val[0][key]
     if start is not None:
         ax_v.axhline(start, ls="--", color="gray", label="step 0 (max-confidence)")
-    ax_r.set(xlabel="GRPO step", ylabel=f"training reward (solved, {window}-step mean)", title="rollout reward")
-    ax_v.set(xlabel="GRPO step", ylabel="solved rate (greedy)", title="validation puzzles")
+    ax_r.set(xlabel="GRPO step", ylabel=f"training reward ({window}-step mean)", title="rollout reward")
+    ax_v.set(xlabel="GRPO step", ylabel=f"{'solved rate' if metric == 'solved' else 'cell accuracy'} (greedy)",
+             title="validation puzzles")
     return _finish(plt, fig, (ax_r, ax_v), out)
 
 
