@@ -78,3 +78,17 @@ def test_drop_zero_std_and_blanks_from_the_cli(tmp_path, value, expected, monkey
               "--out", str(tmp_path / "run")])
     assert seen["cfg"].drop_zero_std is expected and seen["cfg"].blanks == 6
     assert cli.main(["train", "--drop-zero-std", "maybe", "--out", str(tmp_path / "r2")]) not in (None, 0)
+
+
+def test_the_weak_models_grpo_policy_ships_with_its_card():
+    """`eval --model sudoku4_weak --scorer policy` reads sudoku4_weak/policy/: a Top-K re-ranker (K = 5), small."""
+    folder = shipped_model_path("sudoku4_weak") / "policy"
+    assert (folder / "README.md").is_file() and (folder / "model.safetensors").stat().st_size <= 10 * 2**20
+    task = get_task("sudoku4")
+    mdm = load_model("sudoku4_weak", task)
+    policy = load_policy(None, task, mdm, model_dir="sudoku4_weak")
+    assert policy.config.candidate_topk == 5
+    puzzles, solutions = task.make_puzzles(40, 8, seed=11)
+    r = evaluate(mdm, task, puzzles, solutions, ["policy", "random"], progress=False, policy=policy,
+                 position_temperature=0.0)
+    assert r["policy"]["cell_accuracy"] > r["random"]["cell_accuracy"]
