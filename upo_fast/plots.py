@@ -35,9 +35,11 @@ def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10, me
     """Two panels: training reward (moving average over ``window`` steps) and greedy validation ``metric``
     ("solved" rate or "cells": cell accuracy) per step, one line per run (label -> run folder). The validation at
     step 0 is the starting policy (max-confidence for anchored policies), drawn as a dashed line."""
-    if metric not in ("solved", "cells"):
-        raise ValueError(f"metric must be 'solved' or 'cells', got {metric!r}")
-    key = "val_solved" if metric == "solved" else "val_cell_accuracy"
+    from upo_fast.training.config import SELECT_ON  # the trainer's validation keys in metrics.jsonl
+
+    if metric not in SELECT_ON:
+        raise ValueError(f"metric must be one of {', '.join(SELECT_ON)}, got {metric!r}")
+    key = SELECT_ON[metric]
     plt = _pyplot()
     fig, (ax_r, ax_v) = plt.subplots(1, 2, figsize=(12, 4.5))
     start = None

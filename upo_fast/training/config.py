@@ -17,7 +17,8 @@ INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `u
 REWARDS = ("solved", "cells", "solved+cells")
 KL_MODES = ("exact", "sequence")
 COMPILE_BACKENDS = ("inductor", "aot_eager")  # aot_eager: traced and differentiated, not code-generated
-SELECT_ON = ("solved", "cells")  # the validation metric that picks ``best/``: solved rate or cell accuracy
+# the validation metric that picks ``best/`` -> its key in metrics.jsonl (also what ``plot-runs --metric`` draws)
+SELECT_ON = {"solved": "val_solved", "cells": "val_cell_accuracy"}
 
 
 @dataclass
@@ -138,8 +139,8 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
-        """A config from a YAML (.yaml/.yml) or JSON file, or a preset shipped with the package by name (PRESETS,
-        e.g. ``paper_sudoku``); ``overrides`` (not None) replace its values."""
+        """A config from a YAML (.yaml/.yml) or JSON file, or a preset shipped with the package by name (see
+        :func:`presets`, e.g. ``paper_sudoku``); ``overrides`` (not None) replace its values."""
         path = config_path(path)
         try:
             text = path.read_text()
@@ -158,7 +159,6 @@ class TrainConfig:
             raise ValueError(f"{path}: expected a mapping of option -> value")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
-
 
 
 def presets() -> dict[str, Path]:

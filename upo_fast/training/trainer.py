@@ -37,7 +37,7 @@ from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
 from upo_fast.models.tiny_mdm import load_saved
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
-from upo_fast.training.config import INITS, TrainConfig
+from upo_fast.training.config import INITS, SELECT_ON, TrainConfig
 from upo_fast.training.losses import group_advantages, zero_std_ratio
 from upo_fast.training.rollout import rollout
 from upo_fast.training.update import update_policy
@@ -187,7 +187,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
     group.barrier()
 
-    best_key = {"solved": "val_solved", "cells": "val_cell_accuracy"}[cfg.select_on]
+    best_key = SELECT_ON[cfg.select_on]
     start_step, best = 0, {best_key: -1.0, "step": 0}
     if found is not None:
         ckpt, state = found
