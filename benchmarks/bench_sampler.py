@@ -131,11 +131,12 @@ def main(argv=None) -> int:
                                intermediate_size=64, max_position_embeddings=48, mask_token_id=39)
         runs = [("tiny", TinyMDM(config).to(device).eval(), 16, 32, (1, 4))]
     else:
-        from upo_fast.evaluation import HELD_OUT_SEED, load_model
+        from upo_fast.assets import load_task_model
+        from upo_fast.evaluation import HELD_OUT_SEED
         from upo_fast.tasks import get_task
 
         task = get_task("sudoku9")
-        sudoku = load_model(None, task, str(device))
+        sudoku = load_task_model(None, task, str(device))
         puzzles, _ = task.make_puzzles(64, seed=HELD_OUT_SEED)
         runs = [("sudoku9", sudoku, 0, 81, (1, 64), task.encode(puzzles).to(device))]
         if device.type == "cuda":

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import metadata, write_results  # noqa: E402
 from paper_loop import paper_iteration  # noqa: E402
 
-from upo_fast.evaluation import HELD_OUT_SEED, load_model  # noqa: E402
+from upo_fast.assets import load_task_model  # noqa: E402
+from upo_fast.evaluation import HELD_OUT_SEED  # noqa: E402
 from upo_fast.flops import policy_cost  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 from upo_fast.training.config import TrainConfig  # noqa: E402
@@ -74,7 +75,7 @@ class Clock:
 def _setup(spec: dict) -> SimpleNamespace:
     device = torch.device(spec["device"])
     task = get_task(spec["task"])
-    mdm = load_model(None, task, str(device)).eval().requires_grad_(False)
+    mdm = load_task_model(None, task, str(device)).eval().requires_grad_(False)
     cfg = TrainConfig(task=spec["task"], device=str(device), **spec.get("config", {}))
     torch.manual_seed(0)
     policy = make_policy(cfg, mdm)

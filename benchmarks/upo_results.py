@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import metadata  # noqa: E402
 
-from upo_fast.evaluation import HELD_OUT_SEED, load_model, solve_puzzles  # noqa: E402
+from upo_fast.assets import load_task_model  # noqa: E402
+from upo_fast.evaluation import HELD_OUT_SEED, solve_puzzles  # noqa: E402
 from upo_fast.intervals import paired_difference  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
 from upo_fast.scorers import HEURISTICS  # noqa: E402
@@ -151,7 +152,7 @@ def _table(report: dict, metric: str) -> list[str]:
 def main(argv=None) -> int:
     args = _parse(argv)
     task = get_task(args.task)
-    mdm = load_model(args.model, task)
+    mdm = load_task_model(args.model, task)
     if args.data:
         puzzles, solutions = task.load(args.data)
         which = f"puzzles from {Path(args.data).name}"

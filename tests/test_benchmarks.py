@@ -32,14 +32,14 @@ def test_quick_benchmark_writes_results(tmp_path, script):
 
 
 def test_upo_results_table_compares_paired_with_max_confidence(tmp_path):
-    from upo_fast.evaluation import load_model, shipped_model_path
+    from upo_fast.assets import load_task_model, shipped_model_path
     from upo_fast.policy import UnmaskingPolicy
     from upo_fast.tasks import get_task
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     import upo_results  # noqa: I001 (found through the path set just above)
 
-    mdm = load_model(shipped_model_path("sudoku4"), get_task("sudoku4"))
+    mdm = load_task_model(shipped_model_path("sudoku4"), get_task("sudoku4"))
     UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=8).save_pretrained(tmp_path / "anchored")
     assert upo_results.main(["--task", "sudoku4", "--num-puzzles", "12", "--seed", "3", "--heuristics",
                              "random", "--oracle-topk", "0,2", "--run", f"anchored={tmp_path / 'anchored'}",
@@ -73,7 +73,7 @@ def test_upo_results_table_compares_paired_with_max_confidence(tmp_path):
 def test_upo_results_groups_seeds_and_pairs_cell_accuracy(tmp_path):
     """--group: the runs' per-puzzle mean, compared paired, with the runs' min-max; --metric cells leads with
     cell accuracy; --model takes a shipped model's name."""
-    from upo_fast.evaluation import load_model
+    from upo_fast.assets import load_task_model
     from upo_fast.policy import UnmaskingPolicy
     from upo_fast.tasks import get_task
 
@@ -82,7 +82,7 @@ def test_upo_results_groups_seeds_and_pairs_cell_accuracy(tmp_path):
 
     import torch
 
-    mdm = load_model("sudoku4_weak", get_task("sudoku4"))
+    mdm = load_task_model("sudoku4_weak", get_task("sudoku4"))
     torch.manual_seed(0)
     UnmaskingPolicy.for_mdm(mdm, anchor="none", mlp_hidden=8).save_pretrained(tmp_path / "p0")
     UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=8).save_pretrained(tmp_path / "p1")

@@ -141,8 +141,8 @@ def test_policy_problems_are_named(model_dir, policy_dir, tmp_path, capsys):
 def test_a_policy_missing_a_tensor_is_refused(model_dir, policy_dir, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from upo_fast.evaluation import load_policy
     from upo_fast.models import load_tiny_mdm
+    from upo_fast.policy import load_policy
 
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from update_cases import B, make_policy, synthetic_batch  # the synthetic rollouts of the update-equivalence test
 
-from upo_fast.distributed import ProcessGroup
+from upo_fast.training.distributed import ProcessGroup
 from upo_fast.training.rollout import Trajectories
 from upo_fast.training.update import update_policy
 

@@ -113,7 +113,8 @@ def test_the_trainer_keeps_the_regularizer_on_equal_reward_groups(sudoku4_mdm_di
                       lr=1e-2, tensorboard=False, init="fresh", block_init="fresh")
     assert cfg.drop_zero_std
     torch.manual_seed(cfg.seed)
-    start = trainer_module.make_policy(cfg, trainer_module.load_model(cfg.model, trainer_module.get_task("sudoku4")))
+    mdm = trainer_module.load_task_model(cfg.model, trainer_module.get_task("sudoku4"))
+    start = trainer_module.make_policy(cfg, mdm)
     trainer_module.train(cfg, progress=False)
     after = load_file(str(tmp_path / "checkpoint-last" / "model.safetensors"))
     changed = any(not torch.equal(after[k], v) for k, v in start.state_dict().items() if k in after)

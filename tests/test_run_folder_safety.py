@@ -225,7 +225,7 @@ def upo_records(out):
 
 
 def test_an_update_to_non_finite_parameters_is_undone(sudoku4_mdm, tmp_path, caplog, monkeypatch):
-    from upo_fast.evaluation import load_model
+    from upo_fast.assets import load_task_model
     from upo_fast.tasks import get_task
     from upo_fast.training.trainer import make_policy
 
@@ -236,7 +236,7 @@ def test_an_update_to_non_finite_parameters_is_undone(sudoku4_mdm, tmp_path, cap
     record = upo_records(tmp_path)[-1]
     assert record["undone_nonfinite"] == 1 and "undone" in record["skipped"] and "undone" in caplog.text
     torch.manual_seed(cfg.seed)
-    initial = make_policy(cfg, load_model(sudoku4_mdm, get_task("sudoku4"))).state_dict()
+    initial = make_policy(cfg, load_task_model(sudoku4_mdm, get_task("sudoku4"))).state_dict()
     saved = load_file(str(tmp_path / CHECKPOINT_LINK / MODEL_WEIGHTS))
     assert saved.keys() and all(torch.equal(saved[k], initial[k]) for k in saved)
     assert load_trainer_state((tmp_path / CHECKPOINT_LINK).resolve())["optimizer"]["state"] == {}

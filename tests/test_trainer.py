@@ -108,11 +108,11 @@ def test_every_reference_trains(mdm_dir, tmp_path, reference, kl_mode):
 
 
 def test_a_loaded_reranker_keeps_its_candidate_topk(mdm_dir, tmp_path):
-    from upo_fast.evaluation import load_model
+    from upo_fast.assets import load_task_model
     from upo_fast.tasks import get_task
     from upo_fast.training.trainer import make_policy
 
-    mdm = load_model(mdm_dir, get_task("sudoku4"))
+    mdm = load_task_model(mdm_dir, get_task("sudoku4"))
     saved = make_policy(TrainConfig(task="sudoku4", init="fresh", mlp_hidden=16), mdm)
     saved.config.candidate_topk = 3  # e.g. from `pretrain-policy --candidate-topk 3`
     saved.save_pretrained(tmp_path / "p")

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from upo_fast.evaluation import evaluate, load_model, load_policy, model_folder, shipped_model_path
+from upo_fast.assets import load_task_model, model_folder, shipped_model_path
+from upo_fast.evaluation import evaluate
+from upo_fast.policy import load_policy
 from upo_fast.tasks import get_task
 from upo_fast.training.config import TrainConfig, config_path, presets
 
@@ -16,7 +18,7 @@ SHARED_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s
 def test_weak_model_is_at_llada_level_on_the_papers_puzzles():
     """The issue's bands: random 0.55-0.65, max-confidence 0.68-0.80 cell accuracy (LLaDA-8B: 0.616 / 0.705)."""
     task = get_task("sudoku4")
-    model = load_model("sudoku4_weak", task)
+    model = load_task_model("sudoku4_weak", task)
     puzzles, solutions = task.load(SHARED_CSV)
     r = evaluate(model, task, puzzles, solutions, ["random", "max_confidence"], progress=False)
     assert 0.55 <= r["random"]["cell_accuracy"] <= 0.65
@@ -34,7 +36,7 @@ def test_model_folder_resolves_shipped_names_but_prefers_real_paths(tmp_path, mo
 
 def test_policy_defaults_to_the_model_folders_policy(tmp_path):
     task = get_task("sudoku9")
-    mdm = load_model(None, task)
+    mdm = load_task_model(None, task)
     assert load_policy(None, task, mdm, model_dir=None) is not None  # the 9x9 default keeps working
     assert load_policy(None, task, mdm, model_dir=shipped_model_path("sudoku9")) is not None
     with pytest.raises(ValueError, match="no policy/ subfolder"):
@@ -85,7 +87,7 @@ def test_the_weak_models_grpo_policy_ships_with_its_card():
     folder = shipped_model_path("sudoku4_weak") / "policy"
     assert (folder / "README.md").is_file() and (folder / "model.safetensors").stat().st_size <= 10 * 2**20
     task = get_task("sudoku4")
-    mdm = load_model("sudoku4_weak", task)
+    mdm = load_task_model("sudoku4_weak", task)
     policy = load_policy(None, task, mdm, model_dir="sudoku4_weak")
     assert policy.config.candidate_topk == 5
     puzzles, solutions = task.make_puzzles(40, 8, seed=11)

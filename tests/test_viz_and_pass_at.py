@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from upo_fast.assets import load_task_model
 from upo_fast.cli import main
-from upo_fast.evaluation import load_model, pass_at, solve_puzzles
+from upo_fast.evaluation import pass_at, solve_puzzles
 from upo_fast.tasks import get_task
 from upo_fast.viz import (
     OrderRecord,
@@ -26,7 +27,7 @@ from upo_fast.viz import (
 def sudoku4():
     task = get_task("sudoku4")
     puzzles, solutions = task.make_puzzles(12, blanks=8, seed=3)
-    return task, load_model(None, task), puzzles, solutions
+    return task, load_task_model(None, task), puzzles, solutions
 
 
 def test_record_order_gives_each_blank_one_step(sudoku4):

@@ -115,12 +115,12 @@ def cmd_sample(args) -> None:
 def _sample_grid(args, scorer: str, device: str) -> None:
     import numpy as np
 
-    from upo_fast.evaluation import load_model
+    from upo_fast.assets import load_task_model
     from upo_fast.sampler import unmask
 
     task = _task(args.task)
     grid = task.parse_grid(args.grid)
-    model = load_model(args.model, task, device)
+    model = load_task_model(args.model, task, device)
     out = unmask(model, task.encode(grid[None]).to(device), scorer=scorer, topk=args.topk,
                  **policy_options(args, scorer, task, model))
     filled = task.decode(out)[0]

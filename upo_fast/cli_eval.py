@@ -38,7 +38,7 @@ def policy_options(args, scorer: str, task, model) -> dict:
     ``--scorer policy``, the shipped policy of a grid task when ``--policy`` is not given; nothing for heuristics."""
     if scorer != "policy":
         return {}
-    from upo_fast.evaluation import load_policy
+    from upo_fast.policy import load_policy
 
     return {"policy": load_policy(args.policy, task, model, getattr(args, "model", None)),
             "position_temperature": getattr(args, "position_temperature", 0.0)}
@@ -61,11 +61,13 @@ def cmd_eval(args) -> dict:
         return _eval_text(args)
     import torch
 
-    from upo_fast.evaluation import evaluate, format_table, load_model, load_policy, pass_at
+    from upo_fast.assets import load_task_model
+    from upo_fast.evaluation import evaluate, format_table, pass_at
+    from upo_fast.policy import load_policy
 
     task = _task(args.task)
     scorers = _scorers(args, ["max_confidence"])
-    model = load_model(args.model, task, args.device)
+    model = load_task_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
     torch.manual_seed(args.seed)
     results = {}
@@ -117,7 +119,7 @@ def _eval_text(args) -> dict:
     for scorer in _scorers(args, ["max_confidence"]):
         policy = None
         if scorer == "policy":
-            from upo_fast.evaluation import load_policy
+            from upo_fast.policy import load_policy
 
             if not args.policy:
                 raise ValueError("--scorer policy on a text task needs --policy PATH: no policy ships for LLaDA/Dream")
@@ -143,11 +145,11 @@ def _write_json(path, report: dict) -> None:
 
 
 def cmd_viz(args) -> dict:
-    from upo_fast.evaluation import load_model
+    from upo_fast.assets import load_task_model
     from upo_fast.viz import record_order, write_order_pictures
 
     task = _grid_task(args.task)
-    model = load_model(args.model, task, args.device)
+    model = load_task_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
     indices = args.puzzle or list(range(min(3, len(puzzles))))
     outside = [i for i in indices if i >= len(puzzles)]
@@ -178,11 +180,12 @@ def _viz_scorers(args, task, model) -> dict[str, dict]:
 
 
 def cmd_parallel_curve(args) -> dict:
-    from upo_fast.evaluation import evaluate, load_model
+    from upo_fast.assets import load_task_model
+    from upo_fast.evaluation import evaluate
     from upo_fast.plots import plot_parallel_curve
 
     task = _task(args.task)
-    model = load_model(args.model, task, args.device)
+    model = load_task_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
     try:
         thresholds = [float(t) for t in args.thresholds.split(",")]

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upo_fast.evaluation import HELD_OUT_SEED, load_model, load_policy, shipped_model_path, solve_puzzles
+from upo_fast.assets import load_task_model, shipped_model_path
+from upo_fast.evaluation import HELD_OUT_SEED, solve_puzzles
 from upo_fast.intervals import excludes_zero, mean_interval, paired_difference, points, solved_interval
+from upo_fast.policy import load_policy
 from upo_fast.scorers import HEURISTICS
 from upo_fast.tasks import get_task
 from upo_fast.tasks.metrics import pass_at_k
@@ -307,7 +309,7 @@ def _run_plan(plan: DemoPlan, model_path, out_dir: Path, json_path) -> dict:
     zebra = _shipped_zebra()
     phases = _Phases(3 + (zebra is not None))
     sudoku_task = get_task("sudoku9")
-    model = load_model(model_path, sudoku_task)
+    model = load_task_model(model_path, sudoku_task)
     policy = _policy_or_none(sudoku_task, model)
     names = ", ".join([*plan.sudoku_scorers, *(["policy"] if policy is not None else [])])
     runs = {"sudoku9": phases.run(f"sudoku9: {names} on {plan.sudoku_puzzles} held-out puzzles", lambda: _run_task(
@@ -319,7 +321,7 @@ def _run_plan(plan: DemoPlan, model_path, out_dir: Path, json_path) -> dict:
                              f"{min(plan.pass_at_puzzles, plan.sudoku_puzzles)} puzzles",
                              lambda: _pass_at(runs["sudoku9"], plan))
     if zebra is not None:
-        zebra_model = load_model(None, zebra)
+        zebra_model = load_task_model(None, zebra)
         zebra_policy = _policy_or_none(zebra, zebra_model)
         runs["zebra"] = phases.run(f"zebra: {', '.join(plan.zebra_scorers)} on {plan.zebra_puzzles} held-out "
                                    "puzzles", lambda: _run_task(zebra, zebra_model, zebra_policy, plan.zebra_scorers,

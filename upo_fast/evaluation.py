@@ -8,8 +8,6 @@ support ``len`` and slicing)."""
 from __future__ import annotations
 
 import time
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,66 +17,6 @@ from upo_fast.sampler import unmask
 from upo_fast.tasks.metrics import pass_at_k
 
 HELD_OUT_SEED = 20261128  # held-out puzzles are generated from this seed; training grids never use it
-
-
-def shipped_model_path(task_name: str) -> Path:
-    """Folder of the TinyMDM checkpoint shipped for a task (``upo_fast/assets/<task>``)."""
-    path = Path(str(resources.files("upo_fast.assets").joinpath(task_name)))
-    if not (path / "config.json").exists():
-        raise ValueError(f"no shipped model for task {task_name!r} at {path}; train one with "
-                         f"`upo-fast pretrain-mdm --task {task_name} --out DIR` and pass --model DIR")
-    return path
-
-
-def shipped_policy_path(task_name: str) -> Path:
-    """Folder of the UPO policy shipped for a task (``upo_fast/assets/<task>/policy``)."""
-    path = Path(str(resources.files("upo_fast.assets").joinpath(task_name, "policy")))
-    if not (path / "config.json").exists():
-        raise ValueError(f"no shipped policy for task {task_name!r} at {path}; train one with "
-                         f"`upo-fast train --task {task_name} --out DIR` and pass --policy DIR/best")
-    return path
-
-
-def model_folder(path: str | Path | None, task_name: str) -> Path:
-    """The TinyMDM folder ``path`` names: the task's shipped model when None; a shipped model by folder name (e.g.
-    ``sudoku4_weak``) when no such path exists here; else ``path`` itself."""
-    if not path:
-        return shipped_model_path(task_name)
-    if not Path(path).exists() and Path(path).name == str(path):
-        shipped = Path(str(resources.files("upo_fast.assets").joinpath(str(path))))
-        if (shipped / "config.json").is_file():
-            return shipped
-    return Path(path)
-
-
-def load_model(path: str | Path | None, task, device: str = "cpu"):
-    from upo_fast.models import load_tiny_mdm
-
-    model = load_tiny_mdm(model_folder(path, task.name), device=device)
-    if model.config.vocab_size != task.vocab_size or model.config.mask_token_id != task.mask_id:
-        raise ValueError(f"the model at {path} does not fit {task.name}: vocab {model.config.vocab_size} / mask "
-                         f"{model.config.mask_token_id}, expected {task.vocab_size} / {task.mask_id}")
-    return model
-
-
-def load_policy(path, task, mdm, model_dir=None):
-    """A saved UnmaskingPolicy, checked against the MDM: ``path``, else the ``policy/`` folder of the model folder
-    ``model_dir`` (the same rule for every model folder), else the one shipped with ``task``'s default model."""
-    from upo_fast.models.tiny_mdm import load_saved
-    from upo_fast.policy import UnmaskingPolicy
-
-    if not path and model_dir:
-        model_dir = model_folder(model_dir, task.name if task is not None else "")
-        path = model_dir / "policy"
-        if not (path / "config.json").is_file():
-            raise ValueError(f"--policy is not given and the model folder {model_dir} has no policy/ subfolder "
-                             f"(with config.json); pass --policy DIR")
-    path = Path(path) if path else shipped_policy_path(task.name)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"--policy {path}: not a saved policy folder (no config.json)")
-    policy = load_saved(UnmaskingPolicy, path, next(mdm.parameters()).device)  # strict: missing weights are an error
-    policy.check_compatible(mdm)
-    return policy
 
 
 def solve_puzzles(model, task, puzzles, scorer: str, *, batch_size: int = 250,

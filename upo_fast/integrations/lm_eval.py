@@ -8,7 +8,7 @@ likelihood estimate (``upo_fast.likelihood``).
 ``model_args`` are the fields of :class:`HarnessOptions`. Like LLaDA's own harness model, generation uses the
 model arguments' length and sampler options; of a task's ``gen_kwargs`` only ``until`` (the stop strings) is used.
 Data parallel runs under ``torchrun`` / ``accelerate launch`` (one process per GPU, gloo on CPU): lm-eval shards the
-requests by ``rank`` and gathers the results through :mod:`upo_fast.distributed`.
+requests by ``rank`` and gathers the results through :mod:`upo_fast.training.distributed`.
 
 Needs the optional extra: ``pip install -e ".[eval]"`` (``lm-eval >= 0.4``).
 """
@@ -26,8 +26,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError('upo_fast.integrations.lm_eval needs lm-evaluation-harness: pip install -e ".[eval]"') from err
 from tqdm.auto import tqdm
 
-from upo_fast.distributed import ProcessGroup
 from upo_fast.integrations.lm_eval_generate import generate_texts, request_seed, stop_token_ids
+from upo_fast.training.distributed import ProcessGroup
 from upo_fast.validation import check_device, options_from_dict
 
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -111,7 +111,7 @@ class UpoFastLM(LM):
             return None
         if not self.options.policy:
             raise ValueError("scorer=policy needs policy=DIR (a saved UnmaskingPolicy folder)")
-        from upo_fast.evaluation import load_policy
+        from upo_fast.policy import load_policy
 
         return load_policy(self.options.policy, None, self.model)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from upo_fast.evaluation import load_model
+from upo_fast.assets import load_task_model
 from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.ops import policy_divergence, position_log_softmax, topk_candidates
 from upo_fast.tasks import get_task
@@ -187,7 +187,7 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
     to ``cfg.out_dir`` (the untrained one counts), the last one to ``cfg.out_dir/last``, and the per-round log."""
     cfg.validate()
     task = get_task(cfg.task)
-    mdm = load_model(cfg.model, task).eval().requires_grad_(False)
+    mdm = load_task_model(cfg.model, task).eval().requires_grad_(False)
     train_cfg = TrainConfig(task=cfg.task, reference=cfg.reference, model=cfg.model, init=cfg.init,
                             block_init=cfg.block_init, mlp_hidden=cfg.mlp_hidden, topk=cfg.topk,
                             extra_blocks=cfg.extra_blocks, policy_dim=cfg.policy_dim,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from upo_fast.assets import load_task_model
 from upo_fast.checkpoints import (
     changed_settings,
     find_resumable,
@@ -32,12 +33,12 @@ from upo_fast.checkpoints import (
     save_checkpoint,
     truncate_log,
 )
-from upo_fast.distributed import ProcessGroup
-from upo_fast.evaluation import HELD_OUT_SEED, evaluate, load_model
+from upo_fast.evaluation import HELD_OUT_SEED, evaluate
 from upo_fast.models.tiny_mdm import load_saved
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
 from upo_fast.training.config import INITS, SELECT_ON, TrainConfig
+from upo_fast.training.distributed import ProcessGroup
 from upo_fast.training.losses import group_advantages, zero_std_ratio
 from upo_fast.training.rollout import rollout
 from upo_fast.training.update import update_policy
@@ -179,7 +180,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         changes = changed_settings(found[1]["config"], cfg.to_dict(), RESUME_MAY_CHANGE,
                                    where=f"the run in {out_dir} (checkpoint {found[0].name})")
     task = get_task(cfg.task)
-    mdm = load_model(cfg.model, task, device).eval().requires_grad_(False)
+    mdm = load_task_model(cfg.model, task, device).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the policy's initialization: the same on every process and every fresh start
     policy = make_policy(cfg, mdm)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

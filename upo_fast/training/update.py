@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from upo_fast.checkpoints import drop_new_state, finite_flag, step_where_finite
-from upo_fast.distributed import SINGLE_PROCESS, ProcessGroup
+from upo_fast.training.distributed import SINGLE_PROCESS, ProcessGroup
 from upo_fast.training.losses import (
     REFERENCE_DIVERGENCE,
     grpo_loss,

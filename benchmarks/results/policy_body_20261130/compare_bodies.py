@@ -20,7 +20,8 @@ sys.path.insert(0, str(HERE.parent.parent))  # benchmarks/
 from common import metadata  # noqa: E402
 from upo_results import _cells, _paired  # noqa: E402
 
-from upo_fast.evaluation import load_model, solve_puzzles  # noqa: E402
+from upo_fast.assets import load_task_model  # noqa: E402
+from upo_fast.evaluation import solve_puzzles  # noqa: E402
 from upo_fast.flops import policy_cost  # noqa: E402
 from upo_fast.models.tiny_mdm import load_saved  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
@@ -40,7 +41,7 @@ def _outcome(mdm, task, puzzles, solutions, scorer: str, **options) -> dict:
 
 def main(runs_dir: str, names: list[str]) -> None:
     task = get_task("sudoku9")
-    mdm = load_model(None, task).eval().requires_grad_(False)
+    mdm = load_task_model(None, task).eval().requires_grad_(False)
     puzzles, solutions = task.make_puzzles(NUM_PUZZLES, seed=VALIDATION_SEED)
     rows = {"max-confidence": _outcome(mdm, task, puzzles, solutions, "max_confidence")}
     for name in names:

@@ -18,8 +18,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # benchmarks/
 from common import metadata  # noqa: E402
 
-from upo_fast.evaluation import load_model, load_policy, shipped_policy_path  # noqa: E402
+from upo_fast.assets import load_task_model, shipped_policy_path  # noqa: E402
 from upo_fast.flops import policy_cost  # noqa: E402
+from upo_fast.policy import load_policy  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 from upo_fast.training.config import TrainConfig  # noqa: E402
 from upo_fast.training.trainer import make_policy  # noqa: E402
@@ -36,7 +37,7 @@ def main() -> None:
     rows = []
     for name in ("sudoku4", "sudoku9", "zebra"):
         task = get_task(name)
-        mdm = load_model(None, task).eval()
+        mdm = load_task_model(None, task).eval()
         x = task.encode(task.make_puzzles(1, seed=0)[0])
         policies = {label: make_policy(TrainConfig(task=name, **kw).validate(), mdm) for label, kw in BODIES.items()}
         try:
