@@ -54,6 +54,8 @@ def policy_folder(path: str | Path | None, task_name: str | None, model_dir: str
         if not (path / "config.json").is_file():
             raise ValueError(f"--policy is not given and the model folder {model_dir} has no policy/ subfolder "
                              f"(with config.json); pass --policy DIR")
+    if not path and not task_name:
+        raise ValueError("no policy folder given: pass --policy DIR (a saved UnmaskingPolicy)")
     path = Path(path) if path else shipped_policy_path(task_name)
     if not (path / "config.json").is_file():
         raise ValueError(f"--policy {path}: not a saved policy folder (no config.json)")
