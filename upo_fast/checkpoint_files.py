@@ -1,9 +1,11 @@
 """The files of a checkpoint besides the model's own: the trainer state as JSON + safetensors (nothing is ever
-unpickled) and the SHA-256 list that lets a resume tell a good checkpoint from a damaged one. The checkpoint
-life cycle (atomic save, fallback on resume) is in :mod:`upo_fast.checkpoints`."""
+unpickled) and the SHA-256 list that lets a resume tell a good checkpoint from a damaged one; and the quiet
+transformers context that model files are written and read in. The checkpoint life cycle (atomic save, fallback
+on resume) is in :mod:`upo_fast.checkpoints`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,6 +20,21 @@ CHECKSUMS = "checksums.json"
 MODEL_WEIGHTS = "model.safetensors"
 _STATE_FORMAT = "upo_fast.trainer_state"
 _STATE_VERSION = 1
+
+
+@contextlib.contextmanager
+def quiet_transformers_progress():
+    """Silence transformers' per-call "Loading weights"/"Writing model shards" bars, then restore the
+    setting (frequent checkpointing would otherwise print a bar per save)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from upo_fast.checkpoint_files import (
     MODEL_WEIGHTS,
     TRAINER_STATE,
     TRAINER_TENSORS,
+    quiet_transformers_progress,
     read_state,
     verify_checksums,
     write_checksums,
@@ -110,8 +111,6 @@ def save_checkpoint(out_dir: Path, model, trainer_state: dict, *, keep: int = 2)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out_dir))
     try:
-        from upo_fast.models.tiny_mdm import quiet_transformers_progress  # lazy: upo_fast.models imports us
-
         with quiet_transformers_progress():
             model.save_pretrained(tmp)
         write_state(tmp, trainer_state)

@@ -106,11 +106,12 @@ def _plot_pass_at(args, name: str, n: int, results: dict) -> Path:
 
 def _eval_text(args) -> dict:
     """GSM8K / MATH500 with a local LLaDA or Dream checkpoint and a local copy of the data."""
-    from upo_fast.tasks.math_tasks import evaluate_math, load_problems
+    from upo_fast.tasks.math_tasks import load_problems
 
     if not args.model or not args.data:
         raise ValueError(f"--task {args.task} needs --model (a local LLaDA/Dream folder) and --data (a local "
                          "JSON/JSONL/parquet copy of the test set); nothing is downloaded at run time")
+    from upo_fast.evaluation_text import evaluate_math
     from upo_fast.models.loading import load_text_model
 
     problems = load_problems(args.data, args.task, limit=args.limit)

@@ -6,7 +6,6 @@ It mirrors the interface of LLaDA/Dream closely enough for the sampler and adapt
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from upo_fast.checkpoint_files import quiet_transformers_progress
 from upo_fast.validation import first_non_finite
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
@@ -362,21 +362,6 @@ class TinyMDM(PreTrainedModel):
         if not return_dict:
             return (logits,) if all_hidden is None else (logits, all_hidden)
         return MaskedLMOutput(logits=logits, hidden_states=all_hidden)
-
-
-@contextlib.contextmanager
-def quiet_transformers_progress():
-    """Silence transformers' per-call "Loading weights"/"Writing model shards" bars, then restore the
-    setting (frequent checkpointing would otherwise print a bar per save)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load_tiny_mdm(path, device="cpu") -> TinyMDM:

@@ -1,4 +1,5 @@
-"""GSM8K and MATH500 for LLaDA-8B-Instruct / Dream-7B-Instruct: local data, prompts, rewards, evaluation.
+"""GSM8K and MATH500 for LLaDA-8B-Instruct / Dream-7B-Instruct: local data, prompts, rewards and metrics (the
+evaluation loop, which runs the sampler, is :func:`upo_fast.evaluation_text.evaluate_math`).
 
 Data is read from a local copy only (JSON, JSONL, parquet, or a folder written by ``datasets``' save_to_disk);
 nothing is downloaded at run time. Completions are asked to reason inside ``<reasoning>`` tags and give the
@@ -10,14 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from upo_fast.tasks.math_answers import answers_equal, extract_answer, parse_number
-from upo_fast.tasks.metrics import pass_at_k
 
 TASK_NAMES = ("gsm8k", "math500")
 
@@ -29,7 +28,8 @@ class MathProblem:
     id: str | None = None
 
 
-def _check_task(task) -> None:
+def check_task(task) -> None:
+    """ValueError unless ``task`` is one of ``TASK_NAMES``."""
     if task not in TASK_NAMES:
         raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}, got {task!r}")
 
@@ -125,7 +125,7 @@ def load_problems(path, task: str, limit: int | None = None) -> list[MathProblem
     MATH500 rows: ``problem`` and ``answer``, or ``solution`` whose last ``\\boxed{}`` is the answer. An id is
     taken from ``unique_id`` or ``id`` when present.
     """
-    _check_task(task)
+    check_task(task)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
     path = Path(path).expanduser()
@@ -163,7 +163,7 @@ def build_prompts(problems, tokenizer, task: str, chat: bool = True) -> list[str
     turn) is what every chat template accepts, and is how d1 prompts LLaDA. Otherwise a plain
     "<instructions>\\n\\nQuestion: ...\\nAnswer:" string.
     """
-    _check_task(task)
+    check_task(task)
     instructions = SYSTEM_PROMPTS[task]
     use_chat = chat and tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
     prompts = []
@@ -231,14 +231,14 @@ _FORMAT_WEIGHTS = np.array([STRUCTURE_REWARD, LAYOUT_REWARD, SHAPE_REWARD])
 def format_reward(completions, task: str = "gsm8k") -> np.ndarray:
     """[N] float in [0, 1.5]: ``STRUCTURE_REWARD`` + ``LAYOUT_REWARD`` + ``SHAPE_REWARD`` for the checks a
     completion passes. A completion without a closed, non-empty ``<answer>`` scores 0."""
-    _check_task(task)
+    check_task(task)
     return _format_table(completions, task).astype(np.float64) @ _FORMAT_WEIGHTS
 
 
 def math_rewards(completions, answers, task: str) -> dict:
     """All rewards of a batch: {"reward": [N] float (correctness + format), "correct": [N] bool, "format_ok": [N]
     bool (the answer is where the format puts it: structure check passed), "extracted": N answers or None}."""
-    _check_task(task)
+    check_task(task)
     completions = [_as_text(c) for c in completions]
     correct = correctness_reward(completions, answers)
     parts = _format_table(completions, task)
@@ -247,112 +247,9 @@ def math_rewards(completions, answers, task: str) -> dict:
             "extracted": [extract_answer(c) for c in completions]}
 
 
-# ------------------------------------------------------------------------------------------------------------
-# evaluation
-# ------------------------------------------------------------------------------------------------------------
-
-
-def _complete(model, tokenizer, prompts, *, add_special_tokens: bool, device, generator, batch_size: int,
-              progress: bool, desc: str, **sampler_options) -> list[str]:
-    """Generated text (prompt excluded, special tokens skipped) for each prompt, in order."""
-    from tqdm.auto import tqdm
-
-    from upo_fast.sampler import generate
-
-    completions = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=add_special_tokens)
-        input_ids = batch["input_ids"].to(device)
-        attention_mask = batch["attention_mask"].to(device)
-        out = generate(model, input_ids, attention_mask, generator=generator, **sampler_options)
-        generated = out[:, input_ids.shape[1]:].cpu()
-        completions.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
-    return completions
-
-
-def _flexible_match(completion: str, answer: str) -> bool:
+def flexible_match(completion: str, answer: str) -> bool:
     """Right by the strict rule, or the last number of the extracted answer (of the whole completion when nothing
     was extracted) is right: credits "<answer>The total is 14</answer>" and untagged completions ending in 14."""
     extracted = extract_answer(completion)
     return answers_equal(extracted, answer) or answers_equal(extract_answer(extracted or completion, "last_number"),
                                                              answer)
-
-
-def evaluate_math(model, tokenizer, problems, *, task: str, scorer="max_confidence", gen_length: int = 256,
-                  block_length: int = 32, steps: int | None = None, batch_size: int = 8, temperature: float = 0.0,
-                  position_temperature: float = 1.0, pass_at: int = 1, seed: int = 0, chat: bool = True,
-                  policy=None, device=None, progress: bool = True) -> dict:
-    """Accuracy of ``model`` (LLaDA / Dream, or any model ``upo_fast.sampler.generate`` takes) on ``problems``.
-
-    Prompts (``build_prompts``) are tokenized with left padding (the tokenizer's ``padding_side`` is restored
-    afterwards; a tokenizer without a pad token pads with its EOS token) and completed by ``generate`` with
-    ``scorer`` (steps default: ``gen_length``, one token per step). With ``pass_at`` = N > 1 every problem gets N
-    samples from different seeds (they differ only where sampling is random: temperature > 0 or a stochastic
-    scorer) and "pass_at" holds the unbiased Pass@k for k = 1..N.
-
-    Returns {"accuracy", "format_rate", "mean_reward" (means over all samples), "flexible_accuracy" (also
-    crediting the last number of the answer, see ``_flexible_match``), "pass_at" (N > 1 only), "n", "seconds",
-    "examples": the first 3 problems' first samples}.
-    """
-    import torch
-
-    _check_task(task)
-    if not isinstance(pass_at, int) or isinstance(pass_at, bool) or pass_at < 1:
-        raise ValueError(f"pass_at must be an int >= 1 (samples per problem), got {pass_at!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    problems = list(problems)
-    if not problems:
-        raise ValueError("problems is empty: nothing to evaluate")
-    model_device = next(model.parameters()).device
-    device = torch.device(device) if device is not None else model_device
-    if device.type != model_device.type or device.index not in (None, model_device.index):
-        # the sampler runs where the model is; a generator on another device cannot drive it
-        raise ValueError(f"device={device} but the model is on {model_device}; move the model first "
-                         f"(model.to({str(device)!r})) or leave device=None")
-    use_chat = chat and bool(getattr(tokenizer, "chat_template", None))
-    prompts = build_prompts(problems, tokenizer, task, chat=use_chat)
-    answers = [p.answer for p in problems]
-    # a chat template that writes the BOS token itself (LLaDA's Llama-3-style one) must not get a second one;
-    # otherwise (plain prompts, Qwen-style templates) the tokenizer adds its usual special tokens
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special_tokens = not (use_chat and bos and all(p.startswith(bos) for p in prompts))
-    options = dict(gen_length=gen_length, block_length=block_length, steps=gen_length if steps is None else steps,
-                   scorer=scorer, temperature=temperature, position_temperature=position_temperature, policy=policy)
-    start_time = time.perf_counter()
-    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"  # generate() appends the masks after the prompts: pads must come first
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad the prompts with")
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        samples = []
-        for i in range(pass_at):
-            generator = torch.Generator(device).manual_seed(seed + 1000 * i)
-            samples.append(_complete(model, tokenizer, prompts, add_special_tokens=add_special_tokens, device=device,
-                                     generator=generator, batch_size=batch_size, progress=progress,
-                                     desc=f"{task} sample {i + 1}", **options))
-    finally:
-        tokenizer.padding_side = saved_side
-        if saved_pad is None:
-            tokenizer.pad_token = None
-    scored = [math_rewards(completions, answers, task) for completions in samples]
-    correct = np.stack([s["correct"] for s in scored])  # [N samples, P problems]
-    flexible = np.array([[_flexible_match(c, a) for c, a in zip(completions, answers)] for completions in samples])
-    result = {
-        "accuracy": float(correct.mean()),
-        "flexible_accuracy": float(flexible.mean()),
-        "format_rate": float(np.stack([s["format_ok"] for s in scored]).mean()),
-        "mean_reward": float(np.stack([s["reward"] for s in scored]).mean()),
-        "n": len(problems),
-        "seconds": round(time.perf_counter() - start_time, 3),
-        "examples": [{"question": p.question, "completion": c, "extracted": x, "reference": p.answer,
-                      "correct": bool(ok)}
-                     for p, c, x, ok in zip(problems[:3], samples[0], scored[0]["extracted"], correct[0])],
-    }
-    if pass_at > 1:
-        counts = correct.sum(0)
-        result["pass_at"] = {str(k): pass_at_k(pass_at, counts, k) for k in range(1, pass_at + 1)}
-    return result

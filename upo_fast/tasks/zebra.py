@@ -17,13 +17,11 @@ to use the clues at all. The model unmasks the grid in place; the clue prefix is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from upo_fast.tasks import zebra_io
-from upo_fast.tasks.zebra_io import ATTRIBUTES
+from upo_fast.tasks.zebra_io import ATTRIBUTES, ZebraPuzzles
 from upo_fast.tasks.zebra_solver import HOUSE_RELATIONS, Relation, relation_holds, search
 
 R = Relation
@@ -39,30 +37,6 @@ CLUE_FORMATS = ("token", "triplet")  # one token per clue (default: nothing to b
 _MAX_ATTEMPTS = 1000  # solutions tried per puzzle before giving up (only a too-small max_clues gets there)
 _POOL_SIZE = 256
 _POOL_SEED = 31337
-
-
-@dataclass
-class ZebraPuzzles:
-    """A batch of puzzles: ``clues`` [N, max_clues, 3] int64 (unused slots -1), ``givens`` [N, A, H] int64
-    (0 = blank). Indexing with a slice or index array gives a ZebraPuzzles; an int gives a batch of one."""
-
-    clues: np.ndarray
-    givens: np.ndarray
-
-    def __post_init__(self):
-        self.clues, self.givens = np.asarray(self.clues, np.int64), np.asarray(self.givens, np.int64)
-        if self.clues.ndim != 3 or self.clues.shape[2] != 3 or self.givens.ndim != 3 \
-                or len(self.clues) != len(self.givens):
-            raise ValueError(f"clues must be [N, C, 3] and givens [N, A, H], got {self.clues.shape} and "
-                             f"{self.givens.shape}")
-
-    def __len__(self) -> int:
-        return len(self.givens)
-
-    def __getitem__(self, index) -> ZebraPuzzles:
-        if isinstance(index, (int, np.integer)):
-            index = [index]
-        return ZebraPuzzles(self.clues[index], self.givens[index])
 
 
 class ZebraTask:

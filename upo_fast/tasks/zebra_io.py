@@ -1,9 +1,11 @@
-"""Zebra puzzles for people and files: the attribute/value names, clues as English sentences, the grid as a table,
-and the JSON format of users' puzzle files. ``ZebraTask``'s text and file methods call these."""
+"""Zebra puzzles for people and files: the puzzle batch (``ZebraPuzzles``), the attribute/value names, clues as
+English sentences, the grid as a table, and the JSON format of users' puzzle files. ``ZebraTask``'s text and file
+methods call these; this module never imports ``zebra.py`` (it sits below it)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,32 @@ import numpy as np
 from upo_fast.tasks.zebra_solver import HOUSE_RELATIONS, Relation
 
 R = Relation
+
+
+@dataclass
+class ZebraPuzzles:
+    """A batch of puzzles: ``clues`` [N, max_clues, 3] int64 (unused slots -1), ``givens`` [N, A, H] int64
+    (0 = blank). Indexing with a slice or index array gives a ZebraPuzzles; an int gives a batch of one."""
+
+    clues: np.ndarray
+    givens: np.ndarray
+
+    def __post_init__(self):
+        self.clues, self.givens = np.asarray(self.clues, np.int64), np.asarray(self.givens, np.int64)
+        if self.clues.ndim != 3 or self.clues.shape[2] != 3 or self.givens.ndim != 3 \
+                or len(self.clues) != len(self.givens):
+            raise ValueError(f"clues must be [N, C, 3] and givens [N, A, H], got {self.clues.shape} and "
+                             f"{self.givens.shape}")
+
+    def __len__(self) -> int:
+        return len(self.givens)
+
+    def __getitem__(self, index) -> ZebraPuzzles:
+        if isinstance(index, (int, np.integer)):
+            index = [index]
+        return ZebraPuzzles(self.clues[index], self.givens[index])
+
+
 ATTRIBUTES = (  # (name, noun-phrase template, values); the first A attributes and H values are used
     ("colour", "the {} house", ("red", "green", "blue", "yellow", "white", "ivory")),
     ("nationality", "the {}", ("Brit", "Swede", "Dane", "Norwegian", "German", "Japanese")),
@@ -88,8 +116,6 @@ def load_json(task, path):
     """(puzzles, solutions) from a ``save_json`` file. Any problem (missing file, bad JSON, wrong sizes, bad
     ids, a solution that breaks a clue or given, a puzzle without a unique solution) raises ValueError naming
     the file and puzzle."""
-    from upo_fast.tasks.zebra import ZebraPuzzles
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")

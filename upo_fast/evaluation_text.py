@@ -1,0 +1,129 @@
+"""Evaluate unmasking orders on text tasks (GSM8K, MATH500) with LLaDA / Dream: the task's prompts
+(:mod:`upo_fast.tasks.math_tasks`) completed by :func:`upo_fast.sampler.generate`, then scored by the task's rewards.
+
+The task module holds the data, prompts and rewards and never runs a model; this module runs the sampler, so it
+sits above the loop (and the policy, which ``scorer="policy"`` passes through)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from upo_fast.sampler import generate
+from upo_fast.tasks.math_tasks import build_prompts, check_task, flexible_match, math_rewards
+from upo_fast.tasks.metrics import pass_at_k
+
+
+def _complete(model, tokenizer, prompts, *, add_special_tokens: bool, device, generator, batch_size: int,
+              progress: bool, desc: str, **sampler_options) -> list[str]:
+    """Generated text (prompt excluded, special tokens skipped) for each prompt, in order."""
+    completions = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=add_special_tokens)
+        input_ids = batch["input_ids"].to(device)
+        attention_mask = batch["attention_mask"].to(device)
+        out = generate(model, input_ids, attention_mask, generator=generator, **sampler_options)
+        generated = out[:, input_ids.shape[1]:].cpu()
+        completions.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
+    return completions
+
+
+def _checked(model, problems, task: str, pass_at, batch_size, device) -> tuple[list, torch.device]:
+    """The problems as a list and the device to sample on, after checking the options (ValueError naming them)."""
+    check_task(task)
+    if not isinstance(pass_at, int) or isinstance(pass_at, bool) or pass_at < 1:
+        raise ValueError(f"pass_at must be an int >= 1 (samples per problem), got {pass_at!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    problems = list(problems)
+    if not problems:
+        raise ValueError("problems is empty: nothing to evaluate")
+    model_device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device
+    if device.type != model_device.type or device.index not in (None, model_device.index):
+        # the sampler runs where the model is; a generator on another device cannot drive it
+        raise ValueError(f"device={device} but the model is on {model_device}; move the model first "
+                         f"(model.to({str(device)!r})) or leave device=None")
+    return problems, device
+
+
+@contextlib.contextmanager
+def _left_padded(tokenizer):
+    """The tokenizer pads on the left (``generate`` appends the masks after the prompts: pads must come first),
+    with its EOS token when it has no pad token; both settings are restored afterwards."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has neither a pad token nor an EOS token to pad the prompts with")
+    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = saved_side
+        if saved_pad is None:
+            tokenizer.pad_token = None
+
+
+def _summary(samples: list[list[str]], problems, answers, task: str, pass_at: int, start_time: float) -> dict:
+    """The result dict of :func:`evaluate_math` from the completions ([N samples][P problems])."""
+    scored = [math_rewards(completions, answers, task) for completions in samples]
+    correct = np.stack([s["correct"] for s in scored])  # [N samples, P problems]
+    flexible = np.array([[flexible_match(c, a) for c, a in zip(completions, answers)] for completions in samples])
+    result = {
+        "accuracy": float(correct.mean()),
+        "flexible_accuracy": float(flexible.mean()),
+        "format_rate": float(np.stack([s["format_ok"] for s in scored]).mean()),
+        "mean_reward": float(np.stack([s["reward"] for s in scored]).mean()),
+        "n": len(problems),
+        "seconds": round(time.perf_counter() - start_time, 3),
+        "examples": [{"question": p.question, "completion": c, "extracted": x, "reference": p.answer,
+                      "correct": bool(ok)}
+                     for p, c, x, ok in zip(problems[:3], samples[0], scored[0]["extracted"], correct[0])],
+    }
+    if pass_at > 1:
+        counts = correct.sum(0)
+        result["pass_at"] = {str(k): pass_at_k(pass_at, counts, k) for k in range(1, pass_at + 1)}
+    return result
+
+
+def evaluate_math(model, tokenizer, problems, *, task: str, scorer="max_confidence", gen_length: int = 256,
+                  block_length: int = 32, steps: int | None = None, batch_size: int = 8, temperature: float = 0.0,
+                  position_temperature: float = 1.0, pass_at: int = 1, seed: int = 0, chat: bool = True,
+                  policy=None, device=None, progress: bool = True) -> dict:
+    """Accuracy of ``model`` (LLaDA / Dream, or any model ``upo_fast.sampler.generate`` takes) on ``problems``.
+
+    Prompts (``build_prompts``) are tokenized with left padding (the tokenizer's ``padding_side`` is restored
+    afterwards; a tokenizer without a pad token pads with its EOS token) and completed by ``generate`` with
+    ``scorer`` (steps default: ``gen_length``, one token per step). With ``pass_at`` = N > 1 every problem gets N
+    samples from different seeds (they differ only where sampling is random: temperature > 0 or a stochastic
+    scorer) and "pass_at" holds the unbiased Pass@k for k = 1..N.
+
+    Returns {"accuracy", "format_rate", "mean_reward" (means over all samples), "flexible_accuracy" (also
+    crediting the last number of the answer, see ``math_tasks.flexible_match``), "pass_at" (N > 1 only), "n",
+    "seconds", "examples": the first 3 problems' first samples}.
+    """
+    problems, device = _checked(model, problems, task, pass_at, batch_size, device)
+    use_chat = chat and bool(getattr(tokenizer, "chat_template", None))
+    prompts = build_prompts(problems, tokenizer, task, chat=use_chat)
+    answers = [p.answer for p in problems]
+    # a chat template that writes the BOS token itself (LLaDA's Llama-3-style one) must not get a second one;
+    # otherwise (plain prompts, Qwen-style templates) the tokenizer adds its usual special tokens
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special_tokens = not (use_chat and bos and all(p.startswith(bos) for p in prompts))
+    options = dict(gen_length=gen_length, block_length=block_length, steps=gen_length if steps is None else steps,
+                   scorer=scorer, temperature=temperature, position_temperature=position_temperature, policy=policy)
+    start_time = time.perf_counter()
+    samples = []
+    with _left_padded(tokenizer):
+        for i in range(pass_at):
+            generator = torch.Generator(device).manual_seed(seed + 1000 * i)
+            samples.append(_complete(model, tokenizer, prompts, add_special_tokens=add_special_tokens, device=device,
+                                     generator=generator, batch_size=batch_size, progress=progress,
+                                     desc=f"{task} sample {i + 1}", **options))
+    return _summary(samples, problems, answers, task, pass_at, start_time)
