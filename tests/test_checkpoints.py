@@ -1,5 +1,5 @@
 """Tests for upo_fast.checkpoints: rotation, sweeping, falling back to the newest readable checkpoint, the
-JSON + safetensors trainer state, checksums, and the resume-settings comparison."""
+JSON + safetensors trainer state, checksums, the resume-settings comparison, resuming and the stop check."""
 
 import json
 import math
@@ -18,13 +18,16 @@ from upo_fast.checkpoints import (
     TRAINER_STATE,
     TRAINER_TENSORS,
     changed_settings,
+    check_resume,
     find_resumable,
     json_default,
     load_model_weights,
+    restore,
     save_checkpoint,
-    step_if_finite,
+    should_stop,
     truncate_log,
 )
+from upo_fast.finite_steps import step_if_finite
 
 
 class TinyModel(torch.nn.Module):
@@ -282,6 +285,44 @@ def test_changed_settings():
     message = str(info.value)
     assert "run X" in message and "lr: 0.01 -> 0.5" in message and "seed: 0 -> 7" in message
     assert "steps" not in message.splitlines()[1] and "new --out folder" in message
+
+
+def test_check_resume_refuses_other_settings_and_restore_puts_the_run_back(tmp_path, caplog):
+    model = TinyModel(seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.linear(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    config = {"steps": 10, "lr": 0.01, "log_every": 2}
+    save_checkpoint(tmp_path, model, {"step": 4, "optimizer": optimizer.state_dict(), "config": config})
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 2}\n{"step": 4}\n{"step": 6}\n')
+    assert check_resume(tmp_path / "empty", config, frozenset()) is None
+    with pytest.raises(ValueError, match=r"(?s)the run in .* \(checkpoint ckpt-00000004-.*\).*lr: 0.01 -> 0.5"):
+        check_resume(tmp_path, {**config, "lr": 0.5}, frozenset({"log_every"}))
+    found = check_resume(tmp_path, {**config, "log_every": 3}, frozenset({"log_every"}))
+    assert found.step == 4 and found.changes == {"log_every": (2, 3)} and found.checkpoint.name.startswith("ckpt-")
+    target = TinyModel(seed=2)
+    target_optimizer = torch.optim.AdamW(target.parameters(), lr=1e-2)
+    assert not torch.equal(target.linear.weight, model.linear.weight)
+    with caplog.at_level("WARNING"):
+        assert restore(found, target, target_optimizer, "cpu", log) == 4
+    assert "resume: log_every 2 -> 3" in caplog.text
+    assert torch.equal(target.linear.weight, model.linear.weight)
+    moments = [o.state_dict()["state"][0]["exp_avg"] for o in (target_optimizer, optimizer)]
+    assert torch.equal(*moments)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4]
+    assert restore(found, target, target_optimizer, "cpu", tmp_path / "other.jsonl", main=False) == 4
+    assert restore(None, target, target_optimizer, "cpu", log, main=False) == 0 and log.exists()
+    assert restore(None, target, target_optimizer, "cpu", log) == 0 and not log.exists()  # a fresh start
+
+
+def test_should_stop():
+    import time
+
+    now = time.perf_counter()
+    assert not should_stop(3, now, None, None) and not should_stop(3, now, 3600.0, 4)
+    assert should_stop(4, now, None, 4) and should_stop(5, now, None, 4)
+    assert should_stop(1, now - 10.0, 5.0, None) and not should_stop(1, now, 5.0, None)
 
 
 def test_truncate_log_and_json_default(tmp_path):

@@ -26,14 +26,16 @@ falls back to an older good one.
 
 from __future__ import annotations
 
-import copy
 import json
+import logging
 import os
 import pickle
 import re
 import shutil
 import tempfile
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,8 +51,14 @@ from upo_fast.checkpoint_files import (
     write_checksums,
     write_state,
 )
+from upo_fast.finite_steps import (  # noqa: F401 - re-exported until training/update.py imports finite_steps
+    drop_new_state,
+    finite_flag,
+    step_where_finite,
+)
 from upo_fast.validation import first_non_finite
 
+logger = logging.getLogger(__name__)
 CHECKPOINT_LINK = "checkpoint-last"
 LEGACY_TRAINER_STATE = "trainer_state.pt"  # older checkpoints (torch.save); read with weights_only=True only
 _TMP_PREFIX = ".tmp-ckpt-"
@@ -257,74 +265,6 @@ def load_model_weights(model, checkpoint: Path, device) -> None:
         )
 
 
-def finite_flag(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A 0-dim bool tensor: True when no tensor holds NaN or inf. One reduction per tensor on their device and
-    no host read (``bool()`` of the result is the one read)."""
-    flags = [torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point() or t.is_complex()]
-    if not flags:
-        return torch.tensor(True)
-    return torch.stack([f.to(flags[0].device) for f in flags]).all()
-
-
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """True when no tensor holds NaN or inf (one host read in all)."""
-    return bool(finite_flag(tensors))
-
-
-def step_where_finite(optimizer, ok: torch.Tensor | None = None, agree=None) -> torch.Tensor:
-    """``optimizer.step()``, kept only where it is safe, decided on the device: no host read (CUDA-graph and
-    overlap friendly). Returns a 0-dim bool tensor, True when the step was kept.
-
-    The step is undone (parameters and tensor optimizer state put back with ``torch.where``) when ``ok`` (e.g.
-    "the loss and the gradients were finite") is False or when it leaves a NaN or inf in a parameter.
-    ``agree(kept) -> kept`` makes several processes take the same decision (an all-reduce of the flag). Optimizer
-    state that did not exist before the step is zeroed when undone, which for AdamW is the same as no state.
-    Parameters and state are copied before every step, so this suits small models (the policy, TinyMDM).
-    """
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    before = [p.detach().clone() for p in params]
-    state = {p: {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in optimizer.state[p].items()}
-             for p in params if p in optimizer.state}
-    optimizer.step()
-    kept = finite_flag(params)
-    if ok is not None:
-        kept = kept & ok.to(kept.device)
-    if agree is not None:
-        kept = agree(kept)
-    on_host = None  # read at most once, only for state that lives elsewhere (e.g. AdamW's CPU step count)
-    with torch.no_grad():
-        for p, saved in zip(params, before):
-            p.copy_(torch.where(kept.to(p.device), p, saved))
-        for p in params:
-            for key, value in optimizer.state.get(p, {}).items():
-                old = state.get(p, {}).get(key)
-                if torch.is_tensor(value) and value.device == kept.device:
-                    value.copy_(torch.where(kept, value, old if old is not None else torch.zeros_like(value)))
-                    continue
-                on_host = bool(kept) if on_host is None else on_host
-                if not on_host:
-                    fresh = torch.zeros_like(value) if torch.is_tensor(value) else value
-                    optimizer.state[p][key] = old if old is not None else fresh
-    return kept
-
-
-def step_if_finite(optimizer, agree=None) -> bool:
-    """:func:`step_where_finite` with one host read: returns whether the step was kept, and an undone first step
-    leaves no optimizer state behind. ``agree(ok: bool tensor) -> bool tensor`` as there."""
-    had_state = set(optimizer.state)
-    kept = bool(step_where_finite(optimizer, agree=agree))
-    if not kept:
-        drop_new_state(optimizer, had_state)
-    return kept
-
-
-def drop_new_state(optimizer, had_state: set) -> None:
-    """Forget the optimizer state of parameters that had none in ``had_state`` (after undone steps only: the
-    state :func:`step_where_finite` zeroed, so that nothing shows a step that was never kept)."""
-    for p in [p for p in optimizer.state if p not in had_state]:
-        optimizer.state.pop(p)
-
-
 def changed_settings(saved: dict, given: dict, may_change: frozenset[str], *, where: str = "the checkpoint"
                      ) -> dict[str, tuple]:
     """Compare a run's saved settings with the ones given on resume.
@@ -364,6 +304,65 @@ def truncate_log(log_path: Path, last_step: int) -> None:
     tmp = log_path.with_suffix(log_path.suffix + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, log_path)
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """A checkpoint a run goes on from: its folder, its trainer state, and the settings that changed (only ones the
+    trainer allows, ``{name: (saved, given)}``)."""
+
+    checkpoint: Path
+    state: dict
+    changes: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def check_resume(out_dir: Path, config: dict, may_change: frozenset[str]) -> ResumeState | None:
+    """The newest readable checkpoint of ``out_dir`` (:func:`find_resumable`; None when there is none), its saved
+    config compared with ``config`` by :func:`changed_settings` (a ValueError for a change outside ``may_change``).
+    Loads nothing into a model: call it before building one, so a refused resume costs nothing."""
+    found = find_resumable(out_dir)  # the newest readable checkpoint; warns about each one it skips
+    if found is None:
+        return None
+    checkpoint, state = found
+    changes = {}
+    if "config" in state:  # a legacy checkpoint without its config resumes as before
+        changes = changed_settings(state["config"], config, may_change,
+                                   where=f"the run in {out_dir} (checkpoint {checkpoint.name})")
+    return ResumeState(checkpoint, state, changes)
+
+
+def restore(resume: ResumeState | None, model, optimizer, device, log_file: Path, *, main: bool = True) -> int:
+    """Put a run where :func:`check_resume` found it and return the step it goes on from (0 for a fresh start).
+
+    Resume: log each changed setting (``resume: name saved -> given``), load the checkpoint's weights into
+    ``model`` on ``device`` and its optimizer state into ``optimizer``, and drop the records of ``log_file`` (JSONL)
+    after the step, which will be produced again. Fresh start: remove a stale ``log_file``. Only the ``main``
+    process of several logs and touches the log; the rest (the trainer state's other parts) is the caller's.
+    """
+    if resume is None:
+        if main:
+            Path(log_file).unlink(missing_ok=True)
+        return 0
+    if main:
+        for name, (old, new) in resume.changes.items():
+            logger.warning("resume: %s %r -> %r", name, old, new)
+    load_model_weights(model, resume.checkpoint, device)
+    optimizer.load_state_dict(resume.state["optimizer"])
+    if main:
+        truncate_log(log_file, resume.step)
+    return resume.step
+
+
+def should_stop(step: int, started: float, time_limit_s: float | None, stop_at_step: int | None) -> bool:
+    """Whether a run stops early after ``step`` (and checkpoints): ``time_limit_s`` seconds have passed since
+    ``started`` (a ``time.perf_counter()`` reading of this session: resumed sessions each get the full limit), or
+    ``stop_at_step`` is reached. The caller still tells an early stop from the last step."""
+    out_of_time = time_limit_s is not None and time.perf_counter() - started >= time_limit_s
+    return out_of_time or (stop_at_step is not None and step >= stop_at_step)
 
 
 def json_default(value):

@@ -28,15 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from upo_fast.checkpoints import (
-    changed_settings,
-    find_resumable,
-    json_default,
-    load_model_weights,
-    save_checkpoint,
-    step_if_finite,
-    truncate_log,
-)
+from upo_fast.checkpoints import check_resume, json_default, restore, save_checkpoint, should_stop
+from upo_fast.finite_steps import step_if_finite
 
 logger = logging.getLogger(__name__)
 LOSS_WEIGHTINGS = ("inverse_t", "none")
@@ -224,7 +217,7 @@ def pretrain_mdm(
     AdamW with linear warmup and cosine decay to 0, gradient clipping, a tqdm bar showing the loss, and
     (when ``cfg.out_dir`` is set) a JSONL log plus atomic checkpoints every ``checkpoint_every`` steps, at the
     end and when ``time_limit_s`` runs out. If ``out_dir`` holds a checkpoint, training resumes from the newest
-    readable one (``checkpoint-last`` first; see :func:`upo_fast.checkpoints.find_resumable`) and ends with the
+    readable one (``checkpoint-last`` first; see :func:`upo_fast.checkpoints.check_resume`) and ends with the
     same parameters as an uninterrupted run. A resume may change only the settings in ``RESUME_MAY_CHANGE``
     (logged); any other difference from the checkpoint's config is a ValueError listing them. An optimizer step
     that leaves a non-finite parameter is undone (parameters and optimizer state restored), logged as a warning and
@@ -250,21 +243,13 @@ def pretrain_mdm(
 
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        found = find_resumable(out_dir)  # the newest readable checkpoint; warns about each one it skips
-        if found is not None:
-            checkpoint_dir, state = found
-            if "config" in state:  # a legacy checkpoint without its config resumes as before
-                changes = changed_settings(state["config"], asdict(cfg), RESUME_MAY_CHANGE,
-                                           where=f"the run in {out_dir} (checkpoint {checkpoint_dir.name})")
-                for name, (old, new) in changes.items():
-                    logger.warning("resume: %s %r -> %r", name, old, new)
-            load_model_weights(model, checkpoint_dir, device)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"], data_gen, noise_gen)
-            step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
+        found = check_resume(out_dir, asdict(cfg), RESUME_MAY_CHANGE)
         # A fresh start clears a stale log; a resume drops the records of steps that will be replayed.
-        truncate_log(out_dir / LOG_FILE, step)
+        step = restore(found, model, optimizer, device, out_dir / LOG_FILE)
+        if found is not None:
+            scheduler.load_state_dict(found.state["scheduler"])
+            _set_rng_state(found.state["rng"], data_gen, noise_gen)
+            seconds_before = float(found.state.get("seconds", 0.0))
     start_step = step
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -305,8 +290,7 @@ def pretrain_mdm(
                 logger.warning("step %d: the optimizer step left non-finite parameters; undone", step)
             bar.update(1)
 
-            out_of_time = cfg.time_limit_s is not None and time.perf_counter() - t_start >= cfg.time_limit_s
-            out_of_time = out_of_time or (cfg.stop_at_step is not None and step >= cfg.stop_at_step)
+            out_of_time = should_stop(step, t_start, cfg.time_limit_s, cfg.stop_at_step)
             last = step == cfg.steps or out_of_time
             do_log = step % cfg.log_every == 0 or last
             do_ckpt = step % cfg.checkpoint_every == 0 or last
