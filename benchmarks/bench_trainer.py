@@ -25,6 +25,7 @@ Writes DIR/bench_trainer.{json,csv}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -45,9 +46,9 @@ from upo_fast.flops import policy_cost  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 from upo_fast.training.config import TrainConfig  # noqa: E402
 from upo_fast.training.losses import group_advantages  # noqa: E402
+from upo_fast.training.policy_init import make_policy  # noqa: E402
 from upo_fast.training.rollout import rollout  # noqa: E402
-from upo_fast.training.trainer import make_policy  # noqa: E402
-from upo_fast.training.update import update_policy  # noqa: E402
+from upo_fast.training.update import UpdateOptions, update_policy  # noqa: E402
 
 IMPLS = ("upo_fast", "upo_fast_all", "floor", "paper_loop")
 
@@ -86,10 +87,9 @@ def _setup(spec: dict) -> SimpleNamespace:
                            group=spec["group"])
 
 
-def _update_options(cfg: TrainConfig, certain_keep: float) -> dict:
-    return dict(reference=cfg.reference, beta=cfg.beta, position_temperature=cfg.position_temperature,
-                clip_eps=cfg.clip_eps, inner_iters=cfg.inner_iters, grad_clip=cfg.grad_clip, topk=cfg.topk,
-                chunk_states=cfg.update_chunk, certain_threshold=cfg.certain_threshold, certain_keep=certain_keep)
+def _update_options(cfg: TrainConfig, certain_keep: float) -> UpdateOptions:
+    """The trainer's update options (``TrainConfig.update_options``) with forced moves kept at ``certain_keep``."""
+    return dataclasses.replace(cfg.update_options(), certain_keep=certain_keep)
 
 
 def _rollout(setup, seed: int):
@@ -104,8 +104,8 @@ def upo_iteration(setup, certain_keep: float, seed: int) -> dict:
     rewards = torch.rand(setup.x.shape[0], generator=torch.Generator().manual_seed(seed)).view(-1, setup.group)
     adv = group_advantages(rewards).flatten().to(setup.device)
     with Clock(setup.device) as upd:
-        metrics = update_policy(setup.policy, setup.optimizer, traj, adv, seed=seed,
-                                **_update_options(setup.cfg, certain_keep))
+        metrics = update_policy(setup.policy, setup.optimizer, traj, adv, _update_options(setup.cfg, certain_keep),
+                                seed=seed)
     return dict(rollout_ms=roll.ms, update_ms=upd.ms, total_ms=roll.ms + upd.ms, steps=traj.active.shape[0],
                 states_used=metrics["update_states_used"], states=metrics["update_steps"])
 
@@ -117,7 +117,7 @@ def floor_iteration(setup, seed: int) -> dict:
     cfg, policy = setup.cfg, setup.policy
     traj = _rollout(setup, seed)
     S = traj.active.shape[0]
-    _, weight = _step_weights(traj, None, cfg.kl_mode, cfg.certain_keep, cfg.certain_threshold, seed)
+    _, weight = _step_weights(traj, None, cfg.update_options(), seed)
     index = (weight > 0).nonzero(as_tuple=True)
     with torch.no_grad():
         with Clock(setup.device) as mdm_clock:
@@ -125,13 +125,13 @@ def floor_iteration(setup, seed: int) -> dict:
                 setup.mdm(setup.x)
         with Clock(setup.device) as pol_clock:
             for s in range(S):
-                policy(traj.hidden[s], traj.stats((s,)), traj.candidates[s])
+                policy(**traj.policy_inputs((s,)))
     chunk = max(1, cfg.update_chunk)
     with Clock(setup.device) as upd_clock:
         for _ in range(cfg.inner_iters):
             for i in range(0, index[0].numel(), chunk):
                 part = (index[0][i:i + chunk], index[1][i:i + chunk])
-                policy(traj.hidden[part], traj.stats(part), traj.candidates[part]).sum().backward()
+                policy(**traj.policy_inputs(part)).sum().backward()
     policy.zero_grad(set_to_none=True)
     return dict(rollout_ms=mdm_clock.ms + pol_clock.ms, update_ms=upd_clock.ms,
                 total_ms=mdm_clock.ms + pol_clock.ms + upd_clock.ms, mdm_forward_ms=mdm_clock.ms,

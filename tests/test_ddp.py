@@ -8,14 +8,15 @@ from update_cases import B, make_policy, synthetic_batch  # the synthetic rollou
 
 from upo_fast.training.distributed import ProcessGroup
 from upo_fast.training.rollout import Trajectories
-from upo_fast.training.update import update_policy
+from upo_fast.training.update import UpdateOptions, update_policy
 
 
 def run_update(policy, traj, adv, group):
     # SGD: Adam's first steps are ~lr * sign(g), which turns float noise in a ~0 gradient into a full step
     opt = torch.optim.SGD(policy.parameters(), lr=0.5)
-    return update_policy(policy, opt, traj, adv, reference="softmax_confidence", beta=0.1, position_temperature=0.8,
-                         inner_iters=2, chunk_states=8, group=group)
+    options = UpdateOptions(reference="softmax_confidence", beta=0.1, position_temperature=0.8, inner_iters=2,
+                            chunk_states=8)
+    return update_policy(policy, opt, traj, adv, options, seed=0, group=group)
 
 
 def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:

@@ -9,14 +9,16 @@ import torch
 from update_cases import B, make_policy, synthetic_batch  # the synthetic rollouts of the update-equivalence test
 
 from upo_fast.training import trainer as trainer_module
-from upo_fast.training.losses import grpo_loss, reference_divergence, reference_for, step_log_probs
-from upo_fast.training.update import update_policy
+from upo_fast.training.losses import grpo_loss, step_log_probs
+from upo_fast.training.references import get_reference
+from upo_fast.training.update import UpdateOptions, update_policy
 
 
-def _sgd_update(policy, traj, adv, **options):
+def _sgd_update(policy, traj, adv, pg_rows=None, **options):
     before = [p.detach().clone() for p in policy.parameters()]
     opt = torch.optim.SGD(policy.parameters(), lr=0.5)
-    metrics = update_policy(policy, opt, traj, adv, position_temperature=0.8, grad_clip=0.0, seed=5, **options)
+    options = UpdateOptions(position_temperature=0.8, grad_clip=0.0, **options)
+    metrics = update_policy(policy, opt, traj, adv, options, seed=5, pg_rows=pg_rows)
     moved = [(p.detach() - q) for p, q in zip(policy.parameters(), before)]
     return metrics, moved
 
@@ -24,10 +26,11 @@ def _sgd_update(policy, traj, adv, **options):
 def _mean_divergence(policy, traj, reference="max_confidence"):
     index = traj.active.nonzero(as_tuple=True)
     with torch.no_grad():
-        scores = policy(traj.hidden[index], traj.stats(index), traj.candidates[index])
-        g_ref, cand = reference_for(reference, traj.candidates[index], confidence=traj.confidence[index],
-                                    ref_logsumexp=traj.ref_logsumexp[index], K=3)
-        return float(reference_divergence(reference, scores, cand, g_ref, 0.8).mean())
+        scores = policy(**traj.policy_inputs(index))
+        ref = get_reference(reference)
+        g_ref, cand = ref.terms(traj.candidates[index], confidence=traj.confidence[index],
+                                ref_logsumexp=traj.ref_logsumexp[index], K=3)
+        return float(ref.regularizer(scores, cand, g_ref, 0.8).mean())
 
 
 @pytest.mark.parametrize("reference", ["max_confidence", "softmax_confidence"])
@@ -61,10 +64,11 @@ def test_the_two_means_run_over_their_own_steps(chunk_states):
     beta = 0.3
     policy = make_policy()
     index = traj.active.nonzero(as_tuple=True)
-    scores = policy(traj.hidden[index], traj.stats(index), traj.candidates[index])
+    scores = policy(**traj.policy_inputs(index))
     new_logp = step_log_probs(scores, traj.candidates[index], traj.chosen[index], 0.8)
-    g_ref, cand = reference_for("max_confidence", traj.candidates[index], confidence=traj.confidence[index])
-    divergence = reference_divergence("max_confidence", scores, cand, g_ref, 0.8)
+    max_confidence = get_reference("max_confidence")
+    g_ref, cand = max_confidence.terms(traj.candidates[index], confidence=traj.confidence[index])
+    divergence = max_confidence.regularizer(scores, cand, g_ref, 0.8)
     rho = torch.exp(new_logp - traj.behavior_logp[index])
     a = adv[index[1]]
     surrogate = torch.minimum(rho * a, rho.clamp(0.8, 1.2) * a)
@@ -106,6 +110,7 @@ def test_the_trainer_keeps_the_regularizer_on_equal_reward_groups(sudoku4_mdm_di
     from safetensors.torch import load_file
 
     from upo_fast.training.config import TrainConfig
+    from upo_fast.training.policy_init import make_policy as make_run_policy
 
     monkeypatch.setattr(trainer_module, "rewards_for", lambda task, filled, *a: np.full(len(filled), 0.5))
     cfg = TrainConfig(task="sudoku4", model=sudoku4_mdm_dir, out_dir=str(tmp_path), steps=1, prompts_per_step=2,
@@ -114,7 +119,7 @@ def test_the_trainer_keeps_the_regularizer_on_equal_reward_groups(sudoku4_mdm_di
     assert cfg.drop_zero_std
     torch.manual_seed(cfg.seed)
     mdm = trainer_module.load_task_model(cfg.model, trainer_module.get_task("sudoku4"))
-    start = trainer_module.make_policy(cfg, mdm)
+    start = make_run_policy(cfg, mdm)
     trainer_module.train(cfg, progress=False)
     after = load_file(str(tmp_path / "checkpoint-last" / "model.safetensors"))
     changed = any(not torch.equal(after[k], v) for k, v in start.state_dict().items() if k in after)

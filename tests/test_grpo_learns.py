@@ -31,9 +31,9 @@ from torch import nn
 import upo_fast.training.update as update_module
 from upo_fast.training.config import TrainConfig
 from upo_fast.training.losses import group_advantages
+from upo_fast.training.policy_init import make_policy
 from upo_fast.training.rollout import rollout
-from upo_fast.training.trainer import make_policy
-from upo_fast.training.update import update_policy
+from upo_fast.training.update import UpdateOptions, update_policy
 
 KEY, WRONG, RIGHT, MASK = 1, 2, 3, 4  # token 0 is never predicted
 V, D = 5, 16
@@ -116,6 +116,7 @@ def train(case: str) -> dict:
                       reference="max_confidence", beta=BETA)
     policy = make_policy(cfg, mdm).eval()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+    options = UpdateOptions(reference="max_confidence", beta=BETA, position_temperature=1.0, inner_iters=INNER)
     x = torch.full((PROMPTS * GROUP, L), MASK)
 
     def greedy(**options) -> float:
@@ -130,8 +131,7 @@ def train(case: str) -> dict:
         rewards = reward(filled).view(PROMPTS, GROUP)
         sampled.append(float(rewards.mean()))
         advantages = BREAKS[case](group_advantages(rewards).flatten())
-        update_policy(policy, optimizer, traj, advantages, reference="max_confidence", beta=BETA,
-                      position_temperature=1.0, inner_iters=INNER, seed=step)
+        update_policy(policy, optimizer, traj, advantages, options, seed=step)
     result.update(sampled=sampled, greedy_after=greedy(policy=policy, position_temperature=0.0))
     return result
 

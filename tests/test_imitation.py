@@ -18,7 +18,7 @@ class FixedScores(nn.Module):
         super().__init__()
         self.scores = nn.Parameter(torch.tensor(scores, dtype=torch.float32))
 
-    def forward(self, hidden, stats, candidates):
+    def forward(self, hidden, stats=None, candidates=None, *, topk_probs=None):  # UnmaskingPolicy's signature
         return self.scores
 
 

@@ -8,7 +8,7 @@ from test_policy import HIDDEN, perturb, random_inputs, small_policy, tiny_mdm
 
 from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
 from upo_fast.training.config import TrainConfig
-from upo_fast.training.trainer import make_policy
+from upo_fast.training.policy_init import make_policy
 
 
 @pytest.mark.parametrize("policy_dim", [None, 16])

@@ -52,7 +52,7 @@ def test_records_every_step_and_the_recorded_inputs_reproduce_the_behavior_logp(
         picks = traj.chosen[traj.active[:, row], row]
         assert sorted(picks.tolist()) == (x[row] == MASK).nonzero().flatten().tolist()
     with torch.no_grad():
-        scores = policy(traj.hidden[s, b], traj.stats((s, b)), traj.candidates[s, b])
+        scores = policy(**traj.policy_inputs((s, b)))
     recomputed = step_log_probs(scores, traj.candidates[s, b], chosen, 0.7)
     torch.testing.assert_close(traj.behavior_logp[s, b], recomputed, atol=1e-5, rtol=1e-5)
     assert (traj.behavior_logp[s, b] < 0).any()

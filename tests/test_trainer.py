@@ -110,7 +110,7 @@ def test_every_reference_trains(mdm_dir, tmp_path, reference, kl_mode):
 def test_a_loaded_reranker_keeps_its_candidate_topk(mdm_dir, tmp_path):
     from upo_fast.assets import load_task_model
     from upo_fast.tasks import get_task
-    from upo_fast.training.trainer import make_policy
+    from upo_fast.training.policy_init import make_policy
 
     mdm = load_task_model(mdm_dir, get_task("sudoku4"))
     saved = make_policy(TrainConfig(task="sudoku4", init="fresh", mlp_hidden=16), mdm)

@@ -72,8 +72,8 @@ def test_a_failing_compiler_falls_back_to_eager(monkeypatch, caplog):
 
     object.__setattr__(wrapped, "_compiled", broken)
     traj, _ = __import__("update_cases").synthetic_batch()
-    inputs = (traj.hidden[0], traj.stats((0,)), traj.candidates[0])
+    inputs = traj.policy_inputs((0,))
     with caplog.at_level("WARNING"):
-        assert torch.equal(wrapped(*inputs), policy(*inputs))
+        assert torch.equal(wrapped(**inputs), policy(**inputs))
     assert "runs eagerly" in caplog.text and wrapped._compiled is None
     assert wrapped.config is policy.config and list(wrapped.parameters()) == list(policy.parameters())

@@ -6,11 +6,11 @@ import torch
 
 from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
 from upo_fast.training.rollout import Trajectories
-from upo_fast.training.update import update_policy
+from upo_fast.training.update import UpdateOptions, update_policy
 
 S, B, W, D, K = 6, 8, 7, 16, 4
 
-# name -> update_policy keywords (SGD lr 0.5, no gradient clipping: the parameters after one inner step are the
+# name -> UpdateOptions fields (+ rows; SGD lr 0.5, no gradient clipping: the parameters after one inner step are the
 # parameters before minus 0.5 * gradient, so equal parameters mean equal gradients)
 CASES = {
     "maxconf_ce": dict(reference="max_confidence", beta=0.05, inner_iters=1),
@@ -59,8 +59,8 @@ def run_case(name: str, policy, traj: Trajectories, adv: torch.Tensor) -> dict:
     if options.pop("rows", None) == "half":
         rows = torch.arange(B) % 2 == 0
     opt = torch.optim.SGD(policy.parameters(), lr=0.5)
-    metrics = update_policy(policy, opt, traj, adv, position_temperature=0.8, grad_clip=0.0, seed=5, rows=rows,
-                            **options)
+    options = UpdateOptions(position_temperature=0.8, grad_clip=0.0, **options)
+    metrics = update_policy(policy, opt, traj, adv, options, seed=5, rows=rows)
     return {k: v for k, v in metrics.items() if k in ("loss", "policy_loss", "clip_ratio", "divergence",
                                                        "ratio_mean", "grad_norm", "update_steps",
                                                        "update_states_used")}

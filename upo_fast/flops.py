@@ -22,7 +22,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from upo_fast.adapters import MDMAdapter, wrap_model
-from upo_fast.kernels.vocab_stats import VocabStats
 
 
 @dataclass(frozen=True)
@@ -50,17 +49,17 @@ def count_flops(fn, *args, **kwargs) -> tuple[int, object]:
 
 
 def _policy_inputs(adapter: MDMAdapter, logits: torch.Tensor, x: torch.Tensor, width: int, topk: int):
-    """(hidden [B, W, d], VocabStats, candidates [B, W]) of the last ``width`` positions, as the sampler builds them."""
+    """The policy's keyword inputs (hidden [B, W, d], candidates [B, W], topk_probs [B, W, k]) at the last ``width``
+    positions, as the sampler builds them."""
     probs = logits[:, -width:].float().softmax(-1)
     if adapter.mask_id < probs.shape[-1]:
         probs[..., adapter.mask_id] = 0.0  # the features exclude the mask token
     top = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-    conf = top.values[..., 0]
-    stats = VocabStats(top.indices[..., 0], conf, conf, conf, top.values, torch.zeros_like(conf))
-    return adapter.position_hidden()[:, -width:], stats, x[:, -width:] == adapter.mask_id
+    return dict(hidden=adapter.position_hidden()[:, -width:], candidates=x[:, -width:] == adapter.mask_id,
+                topk_probs=top.values)
 
 
-def _update_flops(policy, hidden, stats, candidates) -> int:
+def _update_flops(policy, hidden, candidates, topk_probs) -> int:
     """Forward + backward to the policy's parameters (torch.autograd.grad: no .grad is touched)."""
     params = list(policy.parameters())
     flags = [p.requires_grad for p in params]
@@ -70,7 +69,7 @@ def _update_flops(policy, hidden, stats, candidates) -> int:
 
         def step():
             with torch.enable_grad():
-                scores = policy(hidden.detach(), stats, candidates)
+                scores = policy(hidden.detach(), candidates=candidates, topk_probs=topk_probs)
                 return torch.autograd.grad(scores.sum(), params, allow_unused=True)
 
         return count_flops(step)[0]
@@ -97,10 +96,10 @@ def policy_cost(mdm, policy, x: torch.Tensor, attention_mask: torch.Tensor | Non
         with torch.no_grad():
             mdm_flops, logits = count_flops(adapter.logits, x, prepared)
             inputs = _policy_inputs(adapter, logits, x, width, policy.config.feature_topk)
-            policy_flops = count_flops(policy, *inputs)[0]
+            policy_flops = count_flops(policy, **inputs)[0]
     finally:
         adapter.capture_last_block_input(False)
-    update_flops = _update_flops(policy, *inputs)
+    update_flops = _update_flops(policy, **inputs)
     return PolicyCost(mdm_flops=mdm_flops, policy_flops=policy_flops, ratio=policy_flops / mdm_flops,
                       policy_params=sum(p.numel() for p in policy.parameters()),
                       mdm_params=sum(p.numel() for p in adapter.model.parameters()),

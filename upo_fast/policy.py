@@ -1,7 +1,8 @@
 """The learned unmasking policy g_phi of UPO: one score per position of the active region.
 
     hidden [B, W, d]  (the hidden state entering the MDM's last block, positions of the active region)
-    stats  VocabStats with fields [B, W] (topk_probs [B, W, k >= feature_topk], the mask token excluded)
+    topk_probs [B, W, k >= feature_topk]  (top-k token probabilities, the mask token excluded: all the policy reads
+                      of the token statistics; the sampler's protocol passes them inside ``stats``, a VocabStats)
     candidates [B, W] bool  (positions the policy may choose)
       -> scores [B, W] float32; g_phi(a | x) = softmax over the candidates of scores / position_temperature
 
@@ -168,7 +169,8 @@ def _unwrap(mdm):
 
 
 class UnmaskingPolicy(PreTrainedModel):
-    """Scores the positions of the active region: ``forward(hidden, stats, candidates) -> [B, W] float32``."""
+    """Scores the positions of the active region: ``forward(hidden, stats, candidates) -> [B, W] float32``, or
+    ``forward(hidden, candidates=..., topk_probs=...)`` with the only statistic it reads."""
 
     config_class = UnmaskingPolicyConfig
     base_model_prefix = "policy"
@@ -278,7 +280,17 @@ class UnmaskingPolicy(PreTrainedModel):
                              f"hidden size is {hidden}")
 
     # ---- forward -------------------------------------------------------------------------------------------
-    def _check_inputs(self, hidden, stats, candidates, attention_mask) -> None:
+    @staticmethod
+    def _topk_probs(stats, topk_probs) -> tuple[torch.Tensor, str]:
+        """(the top-k probabilities, their name in errors) from exactly one of ``stats`` / ``topk_probs``."""
+        if (stats is None) == (topk_probs is None):
+            raise ValueError("pass the token statistics as either stats (a VocabStats) or topk_probs ([B, W, k]), "
+                             f"exactly one; got {'both' if stats is not None else 'neither'}")
+        if stats is None:
+            return topk_probs, "topk_probs"
+        return stats.topk_probs, "stats.topk_probs"
+
+    def _check_inputs(self, hidden, topk, topk_name, candidates, attention_mask) -> None:
         cfg = self.config
         if hidden is None:
             raise ValueError("hidden is required (the hidden state entering the MDM's last block, [B, W, d])")
@@ -288,12 +300,11 @@ class UnmaskingPolicy(PreTrainedModel):
             raise ValueError(f"hidden has last dim {hidden.shape[-1]}, but this policy fits an MDM of hidden size "
                              f"{cfg.mdm_hidden_size} (mdm_hidden_size)")
         bw = tuple(hidden.shape[:2])
-        topk = stats.topk_probs
         if not torch.is_tensor(topk) or topk.dim() != 3 or tuple(topk.shape[:2]) != bw:
-            raise ValueError(f"stats.topk_probs must be [B, W, k] with [B, W] = {bw}, got "
+            raise ValueError(f"{topk_name} must be [B, W, k] with [B, W] = {bw}, got "
                              f"{tuple(getattr(topk, 'shape', ()))}")
         if topk.shape[-1] < cfg.feature_topk:
-            raise ValueError(f"stats.topk_probs has {topk.shape[-1]} values per position, the policy needs "
+            raise ValueError(f"{topk_name} has {topk.shape[-1]} values per position, the policy needs "
                              f"feature_topk={cfg.feature_topk}")
         if not torch.is_tensor(candidates) or candidates.dtype != torch.bool or tuple(candidates.shape) != bw:
             raise ValueError(f"candidates must be a bool [B, W] = {bw} tensor, got "
@@ -315,15 +326,18 @@ class UnmaskingPolicy(PreTrainedModel):
         eye = torch.eye(width, dtype=torch.bool, device=valid.device)
         return mask | (eye & ~mask.any(dim=-1, keepdim=True))
 
-    def forward(self, hidden: torch.Tensor, stats: VocabStats, candidates: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden [B, W, d], stats (fields [B, W], topk_probs [B, W, k]), candidates [B, W] bool, attention_mask
-        [B, W] or None -> scores [B, W] float32. Scores at non-candidates are meaningless (callers mask them)."""
-        self._check_inputs(hidden, stats, candidates, attention_mask)
+    def forward(self, hidden: torch.Tensor, stats: VocabStats | None = None, candidates: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, *, topk_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, W, d], candidates [B, W] bool, attention_mask [B, W] or None, and the top-k probabilities
+        [B, W, k] either as ``stats.topk_probs`` (the sampler's scorer protocol: a VocabStats, of which only this
+        field is read) or as ``topk_probs`` (recorded states: no other statistic needs to be made up) -> scores
+        [B, W] float32. Scores at non-candidates are meaningless (callers mask them)."""
+        all_topk, topk_name = self._topk_probs(stats, topk_probs)
+        self._check_inputs(hidden, all_topk, topk_name, candidates, attention_mask)
         cfg = self.config
         dtype = self.feature_proj.weight.dtype
         # The MDM may run in bf16 while the policy trains in fp32: compute in the policy's dtype.
-        topk = stats.topk_probs[..., : cfg.feature_topk].to(dtype)
+        topk = all_topk[..., : cfg.feature_topk].to(dtype)
         features = torch.cat([candidates.to(dtype)[..., None], topk], dim=-1)  # [B, W, 1 + k]
         x = hidden.to(dtype)
         if self.input_proj is not None:
@@ -338,7 +352,7 @@ class UnmaskingPolicy(PreTrainedModel):
         scores = self.head(x).squeeze(-1).float()  # [B, W]
         if cfg.anchor == "confidence":
             # top-1 probability with the mask token excluded, exactly what max-confidence ranks by
-            scores = stats.topk_probs[..., 0].float() / cfg.anchor_tau + scores
+            scores = all_topk[..., 0].float() / cfg.anchor_tau + scores
         return scores
 
 

@@ -1,5 +1,11 @@
 """Configuration of UPO training (``upo-fast train``): one dataclass, checked once, loadable from YAML / JSON and
-overridable from the command line."""
+overridable from the command line.
+
+Its parts that other code takes as a whole are built by one method each and checked there: the policy's
+initialization (:meth:`TrainConfig.policy_init`, a ``policy_init.PolicyInit``) and the update's options
+(:meth:`TrainConfig.update_options`, an ``update.UpdateOptions``). They are imported when built, so reading the
+fields (``plot-runs``, the command line) loads no model code.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from upo_fast.training.losses import REFERENCE_DIVERGENCE
 from upo_fast.validation import options_from_dict
 
-REFERENCES = tuple(REFERENCE_DIVERGENCE)
-INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `upo-fast pretrain-policy`)
 REWARDS = ("solved", "cells", "solved+cells")
-KL_MODES = ("exact", "sequence")
 COMPILE_BACKENDS = ("inductor", "aot_eager")  # aot_eager: traced and differentiated, not code-generated
 # the validation metric that picks ``best/`` -> its key in metrics.jsonl (also what ``plot-runs --metric`` draws)
 SELECT_ON = {"solved": "val_solved", "cells": "val_cell_accuracy"}
@@ -77,8 +79,7 @@ class TrainConfig:
     tensorboard: bool = True  # also log to TensorBoard when it is installed
 
     def validate(self) -> TrainConfig:
-        from upo_fast.policy import BODIES  # lazily, like the tasks: reading the fields needs neither
-        from upo_fast.tasks import TASKS, is_grid_task
+        from upo_fast.tasks import TASKS, is_grid_task  # lazily: reading the fields needs no task
         from upo_fast.validation import check_device
 
         def check(ok: bool, name: str, valid: str) -> None:
@@ -86,47 +87,53 @@ class TrainConfig:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
 
         check(is_grid_task(self.task), "task", f"a grid task ({', '.join(TASKS)}, zebraHxA)")
-        check(self.reference in REFERENCES, "reference", f"one of {', '.join(REFERENCES)}")
-        check(self.init in INITS or (Path(self.init) / "config.json").is_file(), "init",
-              f"one of {', '.join(INITS)} or a saved policy folder (with config.json)")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float):
                 check(math.isfinite(value), f.name, "a finite number")
-        check(self.block_init in ("copy", "fresh"), "block_init", "'copy' or 'fresh'")
         check(self.compile_backend in (None, *COMPILE_BACKENDS), "compile_backend",
               f"None (eager) or one of {', '.join(COMPILE_BACKENDS)}")
-        check(self.policy_body in BODIES, "policy_body", f"one of {', '.join(BODIES)}")
-        check(self.policy_body == "block" or (self.init != "copy" and self.extra_blocks == 0), "policy_body",
-              "'block' with init='copy' or extra_blocks > 0 (body 'features' has no transformer block)")
-        check(self.policy_dim is None or (isinstance(self.policy_dim, int) and self.policy_dim >= 1), "policy_dim",
-              "None or an int >= 1")
         check(self.reward in REWARDS, "reward", f"one of {', '.join(REWARDS)}")
         check(self.select_on in SELECT_ON, "select_on", f"one of {', '.join(SELECT_ON)}")
         check(self.blanks is None or (isinstance(self.blanks, int) and self.blanks >= 1), "blanks",
               "None (the task's default) or an int >= 1")
-        check(self.kl_mode in KL_MODES, "kl_mode", f"one of {', '.join(KL_MODES)}")
-        check(not (self.kl_mode == "sequence" and self.reference == "max_confidence" and self.beta > 0), "kl_mode",
-              "'exact' with the max_confidence reference (its one-hot g_ref has no finite sequence log-ratio)")
-        for name in ("steps", "prompts_per_step", "inner_iters", "update_chunk", "eval_puzzles",
-                     "checkpoint_every", "keep_checkpoints", "topk", "mlp_hidden"):
+        # update_chunk here, not only as UpdateOptions.chunk_states: the error names the option the user wrote
+        for name in ("steps", "prompts_per_step", "update_chunk", "eval_puzzles", "checkpoint_every",
+                     "keep_checkpoints"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
-        check(isinstance(self.extra_blocks, int) and self.extra_blocks >= 0, "extra_blocks", "an int >= 0")
         check(isinstance(self.group_size, int) and self.group_size >= 2, "group_size",
               "an int >= 2 (GRPO's advantage is r - group mean: one sample has no signal)")
         check(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "an int >= 0")
-        for name in ("lr", "anchor_tau", "position_temperature", "clip_eps"):
-            check(getattr(self, name) > 0, name, "> 0")
-        for name in ("beta", "weight_decay", "token_temperature", "grad_clip"):
+        check(self.lr > 0, "lr", "> 0")
+        for name in ("weight_decay", "token_temperature"):
             check(getattr(self, name) >= 0, name, ">= 0")
-        check(self.clip_eps < 1, "clip_eps", "in (0, 1)")
-        check(0 < self.certain_keep <= 1, "certain_keep", "in (0, 1] (1 keeps every step)")
-        check(0 < self.certain_threshold <= 1, "certain_threshold", "in (0, 1]")
-        check(self.clip_eps_high is None or self.clip_eps_high > 0, "clip_eps_high", "None or > 0")
         check(self.stop_at_step is None or self.stop_at_step >= 1, "stop_at_step", "None or >= 1")
         check(self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s", "None or > 0")
         check_device(self.device, "device")
+        self.update_options()  # reference, beta, clip_eps, kl_mode, ...: checked where they are used
+        self.policy_init()  # init, block_init, policy_body, ...
         return self
+
+    def update_options(self):
+        """The update's settings as one ``upo_fast.training.update.UpdateOptions`` (checked when built)."""
+        from upo_fast.training.update import UpdateOptions
+
+        return UpdateOptions(reference=self.reference, beta=self.beta, position_temperature=self.position_temperature,
+                             clip_eps=self.clip_eps, clip_eps_high=self.clip_eps_high, inner_iters=self.inner_iters,
+                             grad_clip=self.grad_clip, kl_mode=self.kl_mode, topk=self.topk,
+                             chunk_states=self.update_chunk, certain_threshold=self.certain_threshold,
+                             certain_keep=self.certain_keep)
+
+    def policy_init(self):
+        """The initial policy's settings as one ``upo_fast.training.policy_init.PolicyInit`` (checked when built);
+        a Top-K reference restricts the policy to its K most confident candidates."""
+        from upo_fast.training.policy_init import PolicyInit
+        from upo_fast.training.references import get_reference
+
+        return PolicyInit(init=self.init, anchor_tau=self.anchor_tau, block_init=self.block_init,
+                          policy_body=self.policy_body, mlp_hidden=self.mlp_hidden, policy_dim=self.policy_dim,
+                          extra_blocks=self.extra_blocks,
+                          candidate_topk=self.topk if get_reference(self.reference).top_k else None)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -30,13 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from upo_fast.assets import load_task_model
-from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.ops import policy_divergence, position_log_softmax, topk_candidates
 from upo_fast.tasks import get_task
-from upo_fast.training.config import INITS, REFERENCES, TrainConfig
-from upo_fast.training.losses import reference_for
+from upo_fast.training.policy_init import INITS, VALIDATION_SEED, PolicyInit, make_policy, step_seed, validate
+from upo_fast.training.references import get_reference
 from upo_fast.training.rollout import Trajectories, rollout
-from upo_fast.training.trainer import VALIDATION_SEED, make_policy, step_seed, validate
 
 _HARD_TOP = 5  # a state is "contested" when a wrongly filled candidate is among this many most confident ones
 _FIELDS = ("hidden", "topk_probs", "confidence", "ref_logsumexp", "candidates", "correct")
@@ -69,24 +67,33 @@ class ImitationConfig:
     eval_puzzles: int = 200
 
     def validate(self) -> ImitationConfig:
+        from upo_fast.tasks import TASKS, is_grid_task
+
         def check(ok: bool, name: str, valid: str) -> None:
             if not ok:
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
 
-        check(self.reference in REFERENCES, "reference", f"one of {', '.join(REFERENCES)}")
+        check(is_grid_task(self.task), "task", f"a grid task ({', '.join(TASKS)}, zebraHxA)")
+        get_reference(self.reference)
         check(self.target in ("reference", "oracle"), "target", "'reference' or 'oracle'")
-        for name in ("puzzles_per_round", "rollout_batch", "steps", "batch_size", "eval_puzzles"):
+        for name in ("puzzles_per_round", "rollout_batch", "steps", "batch_size", "eval_puzzles", "topk"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
         check(isinstance(self.rounds, int) and self.rounds >= 0, "rounds", "an int >= 0")
-        check(isinstance(self.extra_blocks, int) and self.extra_blocks >= 0, "extra_blocks", "an int >= 0")
-        check(self.init in INITS or (Path(self.init) / "config.json").is_file(), "init",
-              "fresh, copy, anchor or a saved policy folder (with a config.json)")
-        check(self.candidate_topk is None or (isinstance(self.candidate_topk, int) and self.candidate_topk >= 1),
-              "candidate_topk", "None or an int >= 1")
         check(0 <= self.keep_rate <= 1, "keep_rate", "in [0, 1]")
         check(self.lr > 0, "lr", "> 0")
         check(self.position_temperature > 0, "position_temperature", "> 0")
+        self.policy_init()  # init, block_init, policy_body, extra_blocks, candidate_topk, ...
         return self
+
+    def policy_init(self) -> PolicyInit:
+        """The initial policy's settings (anchor_tau: PolicyInit's default, as the GRPO trainer's). The policy
+        chooses among ``candidate_topk``, else the Top-K reference's K, else (a loaded policy) its own K."""
+        candidate_topk = self.candidate_topk
+        if candidate_topk is None and get_reference(self.reference).top_k:
+            candidate_topk = self.topk
+        return PolicyInit(init=self.init, block_init=self.block_init, policy_body=self.policy_body,
+                          mlp_hidden=self.mlp_hidden, policy_dim=self.policy_dim, extra_blocks=self.extra_blocks,
+                          candidate_topk=candidate_topk)
 
 
 class StateBuffer:
@@ -143,14 +150,14 @@ def imitation_loss(policy, batch: dict[str, torch.Tensor], cfg: ImitationConfig)
     confidence, candidates = batch["confidence"], batch["candidates"]
     if cfg.candidate_topk:
         candidates = topk_candidates(confidence, candidates, cfg.candidate_topk)
-    stats = VocabStats(None, confidence, confidence, confidence, batch["topk_probs"], batch["ref_logsumexp"])
     if cfg.target == "oracle":
         right = candidates & batch["correct"]
         weight = right.any(-1).float()  # a re-ranker may have no correct candidate among its K: no target
     else:
-        target, candidates = reference_for(cfg.reference, candidates, confidence, batch["ref_logsumexp"], K=cfg.topk)
+        target, candidates = get_reference(cfg.reference).terms(candidates, confidence, batch["ref_logsumexp"],
+                                                                K=cfg.topk)
         weight = candidates.any(-1).float()
-    scores = policy(batch["hidden"].float(), stats, candidates)
+    scores = policy(batch["hidden"].float(), candidates=candidates, topk_probs=batch["topk_probs"])
     if cfg.target == "oracle":
         # the torch path: the Triton log-softmax has no backward. A row with no correct candidate sums over all
         # of them instead (loss 0, weight 0), so no all -inf row puts NaN into the gradient.
@@ -170,7 +177,8 @@ def _collect(mdm, task, policy, cfg: ImitationConfig, round_: int, buffer: State
         n = min(cfg.rollout_batch, cfg.puzzles_per_round - b * cfg.rollout_batch)
         seed = step_seed(cfg.seed + 10_000, round_ * 1_000 + b)  # not the GRPO run's puzzles
         puzzles, solutions = task.make_puzzles(n, seed=seed)
-        scorer = dict(scorer=cfg.reference, feature_topk=policy.config.feature_topk, topk=cfg.topk)
+        scorer = dict(scorer=get_reference(cfg.reference).scorer, feature_topk=policy.config.feature_topk,
+                      topk=cfg.topk)
         if round_ > 0 or cfg.init not in INITS:  # a loaded policy is rolled out at once
             scorer = dict(policy=policy, position_temperature=0.0)
         _, traj = rollout(mdm, task.encode(puzzles), generator=torch.Generator().manual_seed(seed),
@@ -188,12 +196,7 @@ def pretrain_policy(cfg: ImitationConfig, *, progress: bool = True) -> dict:
     cfg.validate()
     task = get_task(cfg.task)
     mdm = load_task_model(cfg.model, task).eval().requires_grad_(False)
-    train_cfg = TrainConfig(task=cfg.task, reference=cfg.reference, model=cfg.model, init=cfg.init,
-                            block_init=cfg.block_init, mlp_hidden=cfg.mlp_hidden, topk=cfg.topk,
-                            extra_blocks=cfg.extra_blocks, policy_dim=cfg.policy_dim,
-                            policy_body=cfg.policy_body).validate()
-    policy = make_policy(train_cfg, mdm)
-    policy.config.candidate_topk = cfg.candidate_topk or policy.config.candidate_topk
+    policy = make_policy(cfg.policy_init(), mdm)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     val = task.make_puzzles(cfg.eval_puzzles, seed=VALIDATION_SEED)
     out, generator, buffer = Path(cfg.out_dir), torch.Generator().manual_seed(cfg.seed), StateBuffer()

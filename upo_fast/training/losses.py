@@ -6,10 +6,11 @@ positions of the active region, the candidate mask and the chosen position:
 
     group_advantages     rewards [P, G] -> advantages [P, G]
     step_log_probs       scores [N, W], candidates [N, W], chosen [N] -> log g(a_n | x_n) [N]
-    reference_for        kind, candidates [N, W], confidence / ref_logsumexp [N, W] -> (g_ref [N, W], candidates)
-    reference_divergence kind, scores [N, W], candidates, g_ref -> D_n [N] (KL or CE, see REFERENCE_DIVERGENCE)
     grpo_loss            per-step [N] log-probs, advantages, divergences, weights -> (loss [], metrics)
     sequence_kl_surrogate per-step [N] log-probs and trajectory ids -> per-trajectory KL surrogate [T]
+
+The reference policies (g_ref, its candidate restriction and its regularizer D_n) are objects in
+``upo_fast.training.references``.
 
 Everything runs on CPU or GPU tensors and reads no device value unless a ``check`` flag asks for it.
 """
@@ -18,11 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from upo_fast.ops import policy_divergence, position_log_softmax, reference_distribution, topk_candidates
-
-# The regularizer that goes with each reference (DESIGN.md, "UPO in our own words"): max-confidence is one-hot, so
-# KL(g || g_ref) would be infinite wherever g puts mass off the argmax; cross-entropy is finite and pulls g toward it.
-REFERENCE_DIVERGENCE = {"max_confidence": "ce", "softmax_confidence": "kl", "topk": "kl"}
+from upo_fast.ops import position_log_softmax
 
 
 def _check_1d(name: str, x, n: int | None = None, floating: bool = True) -> int:
@@ -104,36 +101,6 @@ def step_log_probs(scores: torch.Tensor, candidates: torch.Tensor, chosen: torch
             raise ValueError("chosen holds a position that is not a candidate of its row")
     logp = position_log_softmax(scores, candidates, temperature, check=False, backend=backend)  # checked above
     return logp.gather(1, chosen.clamp(0, max(scores.shape[1] - 1, 0))[:, None]).squeeze(1)
-
-
-def reference_for(kind: str, candidates: torch.Tensor, confidence: torch.Tensor | None = None,
-                  ref_logsumexp: torch.Tensor | None = None, K: int | None = None, *,
-                  backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """kind in REFERENCE_DIVERGENCE, candidates [N, W] bool, confidence / ref_logsumexp [N, W] -> (g_ref [N, W]
-    float32, policy_candidates [N, W] bool).
-
-    ``policy_candidates`` is the action set the policy must sample from and be scored on: ``candidates`` itself
-    for max_confidence and softmax_confidence; for ``topk`` the K most confident candidates
-    (``upo_fast.ops.topk_candidates``, ties to the lower position), because KL(g || uniform on the top K) is
-    infinite as soon as g puts mass outside them. Rollouts with the topk reference must use the same restriction.
-    """
-    if kind not in REFERENCE_DIVERGENCE:
-        raise ValueError(f"kind must be one of {', '.join(REFERENCE_DIVERGENCE)}, got {kind!r}")
-    reference = reference_distribution(kind, candidates, confidence=confidence, ref_logsumexp=ref_logsumexp, K=K,
-                                       backend=backend)
-    if kind == "topk":
-        return reference, topk_candidates(confidence, candidates, K, backend=backend)
-    return reference, candidates
-
-
-def reference_divergence(kind: str, scores: torch.Tensor, candidates: torch.Tensor, reference: torch.Tensor,
-                         temperature: float = 1.0, *, backend: str = "auto") -> torch.Tensor:
-    """[N] regularizer D_n for ``kind``'s pairing (REFERENCE_DIVERGENCE): CE(g_ref, g) for max_confidence,
-    KL(g || g_ref) otherwise; g = softmax(scores / temperature) over ``candidates`` (the policy candidates of
-    :func:`reference_for`). Differentiable w.r.t. ``scores``."""
-    if kind not in REFERENCE_DIVERGENCE:
-        raise ValueError(f"kind must be one of {', '.join(REFERENCE_DIVERGENCE)}, got {kind!r}")
-    return policy_divergence(scores, candidates, reference, REFERENCE_DIVERGENCE[kind], temperature, backend=backend)
 
 
 def _weights(weight, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -275,5 +242,4 @@ def sequence_kl_surrogate(new_logp: torch.Tensor, ref_logp: torch.Tensor, trajec
     return torch.exp(log_ratio_old) * per_trajectory(new - ref)
 
 
-__all__ = ["REFERENCE_DIVERGENCE", "group_advantages", "zero_std_ratio", "step_log_probs", "reference_for",
-           "reference_divergence", "grpo_loss", "sequence_kl_surrogate"]
+__all__ = ["group_advantages", "zero_std_ratio", "step_log_probs", "grpo_loss", "sequence_kl_surrogate"]

@@ -38,10 +38,10 @@ class Trajectories(NamedTuple):
     active: torch.Tensor
     token: torch.Tensor
 
-    def stats(self, index: tuple) -> VocabStats:
-        """The recorded statistics of the steps ``index`` selects (e.g. (steps, rows)), as the policy reads them."""
-        conf = self.confidence[index]
-        return VocabStats(self.token[index], conf, conf, conf, self.topk_probs[index], self.ref_logsumexp[index])
+    def policy_inputs(self, index: tuple) -> dict[str, torch.Tensor]:
+        """The policy's inputs at the recorded steps ``index`` selects (e.g. (steps, rows)):
+        ``policy(**traj.policy_inputs(index))`` scores them as the rollout did."""
+        return dict(hidden=self.hidden[index], candidates=self.candidates[index], topk_probs=self.topk_probs[index])
 
 
 class TrajectoryRecorder:

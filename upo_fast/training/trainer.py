@@ -33,49 +33,22 @@ from upo_fast.checkpoints import (
     save_checkpoint,
     truncate_log,
 )
-from upo_fast.evaluation import HELD_OUT_SEED, evaluate
-from upo_fast.models.tiny_mdm import load_saved
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
-from upo_fast.training.config import INITS, SELECT_ON, TrainConfig
+from upo_fast.training.config import SELECT_ON, TrainConfig
 from upo_fast.training.distributed import ProcessGroup
 from upo_fast.training.losses import group_advantages, zero_std_ratio
+from upo_fast.training.policy_init import VALIDATION_SEED, make_policy, step_seed, validate
 from upo_fast.training.rollout import rollout
 from upo_fast.training.update import update_policy
 
 logger = logging.getLogger(__name__)
-VALIDATION_SEED = 97_531  # validation puzzles; != HELD_OUT_SEED, and training seeds are derived differently
-assert VALIDATION_SEED != HELD_OUT_SEED
 # Settings a resume may change: they take effect from the resumed step on and change nothing that the checkpoint
 # already holds (the optimizer state, the RNG, the step seeds, the policy's architecture). ``steps`` only moves the
 # end (there is no lr schedule here); ``update_chunk`` is a memory bound (it regroups the same sums). Not
 # ``eval_puzzles``: ``best`` compares validation scores on one puzzle set. Every other difference is refused.
 RESUME_MAY_CHANGE = frozenset({"steps", "time_limit_s", "stop_at_step", "device", "tensorboard", "checkpoint_every",
                                "keep_checkpoints", "eval_every", "out_dir", "update_chunk"})
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Seed of step ``step``'s puzzles and noise: the same on every process and on resume."""
-    return (seed * 1_000_003 + step * 7_919 + 12_345) % 2**31
-
-
-def make_policy(cfg: TrainConfig, mdm) -> UnmaskingPolicy:
-    """The policy the run starts from: ``init`` = anchor | fresh | copy | a saved policy folder."""
-    if cfg.init in INITS:
-        block_init = "copy" if cfg.init == "copy" else cfg.block_init
-        fields = dict(anchor="confidence" if cfg.init == "anchor" else "none", anchor_tau=cfg.anchor_tau,
-                      block_init=block_init if cfg.policy_body == "block" else "fresh", mlp_hidden=cfg.mlp_hidden,
-                      policy_dim=cfg.policy_dim, extra_blocks=cfg.extra_blocks, body=cfg.policy_body)
-        policy = UnmaskingPolicy.for_mdm(mdm, **fields)
-    else:
-        policy = load_saved(UnmaskingPolicy, cfg.init, next(mdm.parameters()).device)
-    policy.check_compatible(mdm)
-    if cfg.reference == "topk":
-        policy.config.candidate_topk = cfg.topk
-    elif cfg.init in INITS:
-        policy.config.candidate_topk = None
-    # else a loaded policy keeps its own restriction (a re-ranker from `pretrain-policy --candidate-topk K`)
-    return policy
 
 
 class CompiledPolicy(torch.nn.Module):
@@ -128,13 +101,6 @@ def rewards_for(task, filled: torch.Tensor, puzzles, solutions: np.ndarray, kind
         return solved
     cells = task.cell_accuracy(pred, puzzles, solutions)
     return cells if kind == "cells" else (solved + cells) / 2
-
-
-def validate(mdm, policy, task, puzzles, solutions) -> dict:
-    """Greedy (position temperature 0) policy on the validation puzzles."""
-    result = evaluate(mdm, task, puzzles, solutions, ["policy"], progress=False, policy=policy,
-                      position_temperature=0.0)["policy"]
-    return {"val_solved": result["solved_rate"], "val_cell_accuracy": result["cell_accuracy"]}
 
 
 class _MetricsLog:
@@ -215,6 +181,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             log.write({"step": 0, **validate(mdm, policy, task, *val)})
 
     local_prompts = cfg.prompts_per_step // group.world
+    update_options = cfg.update_options()
     runner = compiled(policy, cfg.compile_backend)  # shares the parameters; ``policy`` is what is saved
     started, stopped_early, step = time.perf_counter(), False, start_step
     bar = tqdm(range(start_step + 1, cfg.steps + 1), desc="upo train", disable=not (progress and group.main))
@@ -247,13 +214,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
             if cfg.drop_zero_std:
                 learn = (rewards.amax(1) > rewards.amin(1)).repeat_interleave(cfg.group_size).to(device)
             t1 = time.perf_counter()
-            metrics = update_policy(runner, optimizer, traj, advantages, reference=cfg.reference, beta=cfg.beta,
-                                    position_temperature=cfg.position_temperature, clip_eps=cfg.clip_eps,
-                                    clip_eps_high=cfg.clip_eps_high, inner_iters=cfg.inner_iters,
-                                    grad_clip=cfg.grad_clip, kl_mode=cfg.kl_mode, topk=cfg.topk,
-                                    chunk_states=cfg.update_chunk, certain_threshold=cfg.certain_threshold,
-                                    certain_keep=cfg.certain_keep, seed=seed + group.rank, pg_rows=learn,
-                                    group=group)
+            metrics = update_policy(runner, optimizer, traj, advantages, update_options, seed=seed + group.rank,
+                                    pg_rows=learn, group=group)
             record.update(metrics, ms_update=1e3 * (time.perf_counter() - t1))
             if metrics["skipped_nonfinite"]:
                 record["skipped"] = "non-finite loss or gradients"
