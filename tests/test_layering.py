@@ -1,0 +1,256 @@
+"""The layers of ../shared/DESIGN.md, checked on the source with ``ast`` (nothing of the package is imported):
+
+* no import goes from a layer to a layer above it, imports inside functions included;
+* no chain of imports leads from a module back to itself (an import circle);
+* every module of ``upo_fast/`` and ``kernels/`` (installed as ``upo_fast.kernels``) has its layer in ``LAYERS``
+  below, and nothing imports the top-level name ``kernels`` (a PyPI package of that name exists).
+
+Edges: ``import upo_fast.a.b`` and ``from upo_fast.a.b import c`` lead to ``upo_fast.a.b``, to ``upo_fast.a.b.c``
+when that is a module, and to the packages above them (their ``__init__`` runs first), except the packages that
+hold the importing module itself: Python has started those before the module runs, so they add no dependency
+(``from upo_fast import ops`` in the sampler reads the submodule, not the lazy public API). ``from P import name``
+where ``name`` is not a module reads ``P/__init__`` and counts. ``upo_fast/__init__.py`` names its lazy exports
+as strings; they count as its imports.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Bottom layer first: a module may import modules of its own layer and of the layers listed before it.
+LAYERS: dict[str, list[str]] = {
+    # Foundations: TinyMDM, the native LLaDA/Dream families and their pretraining; tasks (data, rewards, metrics);
+    # atomic checkpoints; input checks; shipped models and policies (assets); names the CLI parses with.
+    "foundations": [
+        "upo_fast.models", "upo_fast.models.attention", "upo_fast.models.dream", "upo_fast.models.llada",
+        "upo_fast.models.loading", "upo_fast.models.pretrain", "upo_fast.models.tiny_mdm",
+        "upo_fast.tasks", "upo_fast.tasks.math_answers", "upo_fast.tasks.math_tasks", "upo_fast.tasks.metrics",
+        "upo_fast.tasks.sudoku", "upo_fast.tasks.zebra", "upo_fast.tasks.zebra_io", "upo_fast.tasks.zebra_solver",
+        "upo_fast.checkpoints", "upo_fast.checkpoint_files", "upo_fast.finite_steps", "upo_fast.validation",
+        "upo_fast.assets", "upo_fast.names", "upo_fast.intervals",
+    ],
+    # Model adapter: any HF MDM behind one interface (mask id, logit shift, last-block hook, head).
+    "model adapter": ["upo_fast.adapters"],
+    # Ops: token statistics and position selection, the Triton kernels and their references.
+    "ops": [
+        "upo_fast.ops", "upo_fast.kernels", "upo_fast.kernels.compile_check", "upo_fast.kernels.fused_head",
+        "upo_fast.kernels.policy_divergence", "upo_fast.kernels.position_select", "upo_fast.kernels.triton_support",
+        "upo_fast.kernels.vocab_stats",
+    ],
+    # Scorers: statistics (and the policy's scores) -> scores over candidate positions.
+    "scorers": ["upo_fast.scorers"],
+    # Loop: schedules, the generic sampler, CUDA graphs, the drop-in samplers, LLaDA's likelihood estimate.
+    "loop": ["upo_fast.schedules", "upo_fast.sampler", "upo_fast.graphs", "upo_fast.llada", "upo_fast.dream",
+             "upo_fast.likelihood"],
+    # Policy: the unmasking-policy network.
+    "policy": ["upo_fast.policy"],
+    # Grid evaluation of orders (solve_puzzles, evaluate, pass_at, HELD_OUT_SEED): below training, because the
+    # trainer validates with it (one home for the cell-accuracy evaluation).
+    "grid evaluation": ["upo_fast.evaluation"],
+    # Training: rollouts, references, losses, update, trainer, imitation, config, distributed.
+    "training": [
+        "upo_fast.training", "upo_fast.training.config", "upo_fast.training.distributed",
+        "upo_fast.training.imitation", "upo_fast.training.losses", "upo_fast.training.policy_init",
+        "upo_fast.training.references", "upo_fast.training.rollout", "upo_fast.training.trainer",
+        "upo_fast.training.update",
+    ],
+    # Evaluation and benchmarks: text tasks through the sampler, FLOP counts (benchmarks/ itself is outside).
+    "evaluation, benchmarks": ["upo_fast.evaluation_text", "upo_fast.flops"],
+    # CLI and integrations: commands, pictures, the demo, lm-eval, patching loaded models, the lazy public API.
+    "CLI and integrations": [
+        "upo_fast", "upo_fast.cli", "upo_fast.cli_args", "upo_fast.cli_eval", "upo_fast.demo", "upo_fast.plots",
+        "upo_fast.viz", "upo_fast.patching", "upo_fast.integrations", "upo_fast.integrations.lm_eval",
+        "upo_fast.integrations.lm_eval_generate",
+    ],
+}
+LAYER_OF = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
+LAYER_NAMES = list(LAYERS)
+
+
+def source_modules() -> dict[str, Path]:
+    """{module name: file} for every .py file of upo_fast/ and kernels/ (as upo_fast.kernels)."""
+    found = {}
+    for folder, package in (("upo_fast", ("upo_fast",)), ("kernels", ("upo_fast", "kernels"))):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = package + path.relative_to(ROOT / folder).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+MODULES = source_modules()
+
+
+def _is_package(name: str) -> bool:
+    return MODULES.get(name, Path()).name == "__init__.py"
+
+
+def _packages_of(name: str) -> list[str]:
+    """The packages above ``name`` (their ``__init__`` runs before it)."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _with_parents(target: str, importer: str) -> set[str]:
+    started = set(_packages_of(importer)) | ({importer} if _is_package(importer) else set())
+    return {name for name in [*_packages_of(target), target] if name.startswith("upo_fast") and name not in started}
+
+
+def _lazy_exports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) of the string values of a module-level ``_EXPORTS = {name: "module"}``."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
+            return [(v.lineno, v.value) for v in node.value.values if isinstance(v, ast.Constant)]
+    return []
+
+
+def imports_of(importer: str, path: Path) -> list[tuple[int, set[str]]]:
+    """(line, target modules) of every import in the file, at any depth. A target that is not a module of the
+    package (a typo, a removed module) is kept, so the tests name it."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = [(line, _with_parents(module, importer)) for line, module in _lazy_exports(tree)]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, _with_parents(a.name, importer))
+                      for a in node.names if a.name.startswith("upo_fast")]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importer's package
+                anchor = importer.split(".")[: len(importer.split(".")) - node.level + _is_package(importer)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            if not base.startswith("upo_fast"):
+                continue
+            targets = _with_parents(base, importer)
+            submodules = {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES}
+            if len(submodules) < len(node.names):  # reads names of base's own __init__
+                targets.add(base)
+            found.append((node.lineno, targets | submodules))
+    return [(line, targets) for line, targets in found if targets]
+
+
+def _where(module: str, line: int) -> str:
+    path = MODULES[module]
+    text = path.read_text().splitlines()[line - 1].strip()
+    return f"{path.relative_to(ROOT)}:{line}: {text}"
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """{module: {imported module: first line}} over the package."""
+    graph = {}
+    for module, path in MODULES.items():
+        edges: dict[str, int] = {}
+        for line, targets in imports_of(module, path):
+            for target in targets - {module}:
+                edges.setdefault(target, line)
+        graph[module] = edges
+    return graph
+
+
+def test_every_module_has_a_layer():
+    missing = [f"{path.relative_to(ROOT)} ({module})" for module, path in MODULES.items() if module not in LAYER_OF]
+    assert not missing, ("modules without a layer; add each to LAYERS in tests/test_layering.py, under the layer of "
+                         "../shared/DESIGN.md it belongs to:\n  " + "\n  ".join(missing))
+    stale = sorted(set(LAYER_OF) - set(MODULES))
+    assert not stale, f"LAYERS in tests/test_layering.py names modules that do not exist: {stale}"
+    twice = [m for m in LAYER_OF if sum(m in modules for modules in LAYERS.values()) > 1]
+    assert not twice, f"modules in more than one layer: {twice}"
+
+
+def test_imports_name_existing_modules():
+    unknown = [f"{_where(module, line)} -> {target}" for module, edges in import_graph().items()
+               for target, line in edges.items() if target not in MODULES]
+    assert not unknown, "imports of modules that do not exist:\n  " + "\n  ".join(unknown)
+
+
+def test_no_import_goes_up_a_layer():
+    upward = []
+    for module, edges in import_graph().items():
+        for target, line in sorted(edges.items(), key=lambda item: item[1]):
+            if target in LAYER_OF and module in LAYER_OF and LAYER_OF[target] > LAYER_OF[module]:
+                upward.append(f"{_where(module, line)}  [{LAYER_NAMES[LAYER_OF[module]]} -> "
+                              f"{LAYER_NAMES[LAYER_OF[target]]}: {target}]")
+    assert not upward, "imports from a lower layer to a higher one (../shared/DESIGN.md, Layers):\n  " + \
+        "\n  ".join(upward)
+
+
+def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One circle through each strongly connected group of modules (Tarjan), as [a, b, ..., a]."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, {}):
+            if nxt not in graph:
+                continue
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_circle_in(graph, group) for group in groups]
+
+
+def _circle_in(graph: dict[str, dict[str, int]], group: set[str]) -> list[str]:
+    """A shortest circle from the group's first module back to itself, inside the group (breadth first)."""
+    start = min(group)
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        nxt_frontier = []
+        for node in frontier:
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    return paths[node] + [start]
+                if nxt in group and nxt not in paths:
+                    paths[nxt] = paths[node] + [nxt]
+                    nxt_frontier.append(nxt)
+        frontier = nxt_frontier
+    raise AssertionError(f"no circle in {group}")
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    circles = []
+    for circle in _cycles(graph):
+        steps = [_where(a, graph[a][b]) + f"  [-> {b}]" for a, b in zip(circle, circle[1:])]
+        circles.append(" -> ".join(circle) + "\n    " + "\n    ".join(steps))
+    assert not circles, "import circles (move the shared piece to the lower module):\n  " + "\n  ".join(circles)
+
+
+def test_the_layer_check_can_fail():
+    graph = import_graph()
+    assert graph["upo_fast.cli"] and LAYER_OF["upo_fast.cli"] > LAYER_OF["upo_fast.sampler"]
+    assert "upo_fast.sampler" in graph["upo_fast.evaluation"]  # edges are found, also inside functions:
+    assert "upo_fast.training.trainer" in graph["upo_fast.cli"]
+    assert _cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c", "a"]]
+    assert _with_parents("upo_fast.tasks.zebra_io", "upo_fast.tasks.zebra") == {"upo_fast.tasks.zebra_io"}
+    assert _with_parents("upo_fast.tasks.sudoku", "upo_fast.cli") == {"upo_fast.tasks", "upo_fast.tasks.sudoku"}
+
+
+def test_nothing_imports_the_top_level_kernels_name():
+    wrong = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            wrong += [_where(module, node.lineno) for name in names if name.split(".")[0] == "kernels"]
+    assert not wrong, "import upo_fast.kernels..., never kernels (a PyPI package of that name exists):\n  " + \
+        "\n  ".join(wrong)
