@@ -91,7 +91,10 @@ def test_oracle_states_stop_at_the_first_wrong_commit():
 
 @pytest.mark.parametrize("field,value", [("target", "best"), ("rounds", -1), ("keep_rate", 1.5),
                                          ("candidate_topk", 0), ("reference", "margin"), ("puzzles_per_round", 0),
-                                         ("extra_blocks", -1), ("init", "no/such/policy")])
+                                         ("extra_blocks", -1), ("init", "no/such/policy"),
+                                         # the policy's init settings (PolicyInit), checked as the trainer's are
+                                         ("block_init", "cube"), ("policy_body", "mlp"), ("mlp_hidden", 0),
+                                         ("policy_dim", 0), ("task", "chess"), ("topk", 0)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ImitationConfig(**{field: value}).validate()

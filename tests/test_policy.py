@@ -199,6 +199,21 @@ def test_wrong_inputs_raise():
         policy(hidden, stats, candidates, attention_mask=torch.ones(3, 5))
 
 
+
+def test_topk_probs_alone_give_the_scores_of_the_full_statistics():
+    """Recorded states pass only what the policy reads (topk_probs=), the sampler's protocol passes stats=."""
+    policy = small_policy(anchor="confidence")
+    perturb(policy)
+    hidden, stats, candidates = random_inputs()
+    want = policy(hidden=hidden, stats=stats, candidates=candidates)
+    assert torch.equal(policy(hidden, candidates=candidates, topk_probs=stats.topk_probs), want)
+    with pytest.raises(ValueError, match="exactly one; got both"):
+        policy(hidden, stats, candidates, topk_probs=stats.topk_probs)
+    with pytest.raises(ValueError, match="exactly one; got neither"):
+        policy(hidden, candidates=candidates)
+    with pytest.raises(ValueError, match="^topk_probs has 5 values"):
+        policy(hidden, candidates=candidates, topk_probs=stats.topk_probs[..., :5])
+
 @pytest.mark.parametrize("field, value, valid", [
     ("anchor", "max", "none, confidence"), ("block_init", "random", "fresh, copy"),
     ("mdm_family", "gpt", "llada, dream, tiny_mdm, generic"), ("anchor_tau", 0.0, "> 0"),
