@@ -264,13 +264,13 @@ def test_generate_on_dream_and_llada_batched_with_left_padding_equals_row_by_row
 def test_a_step_never_waits_on_the_host(scorer):
     from upo_fast.adapters import MDMAdapter
     from upo_fast.models import TinyMDM, TinyMDMConfig
-    from upo_fast.sampler import _Loop
+    from upo_fast.sampler import SamplingOptions, _Loop
 
     config = TinyMDMConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=64, mask_token_id=MASK)
     model = TinyMDM(config).cuda().eval()
     x = masked_batch().cuda()
-    loop = _Loop(MDMAdapter(model), x, None, scorer, 0.0, 0.0, None, None, None, 5, 1.0, None)
+    loop = _Loop(MDMAdapter(model), x, None, SamplingOptions(scorer=scorer))
     k = torch.ones(x.shape[0], dtype=torch.long, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

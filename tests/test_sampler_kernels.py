@@ -84,10 +84,9 @@ def test_triton_path_sampling_is_reproducible_and_fills_every_mask(model):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_auto_on_cuda_is_the_triton_path(model, temperature):
     from upo_fast.adapters import MDMAdapter
-    from upo_fast.sampler import _Loop
+    from upo_fast.sampler import SamplingOptions, _Loop
 
-    loop = _Loop(MDMAdapter(model), masked_batch(), None, "max_confidence", temperature, 0.0, None, None, None, 5,
-                 1.0, None)
+    loop = _Loop(MDMAdapter(model), masked_batch(), None, SamplingOptions(temperature=temperature))
     assert loop.kernels
 
 

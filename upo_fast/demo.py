@@ -22,7 +22,7 @@ from upo_fast.assets import load_task_model, shipped_model_path
 from upo_fast.evaluation import HELD_OUT_SEED, solve_puzzles
 from upo_fast.intervals import excludes_zero, mean_interval, paired_difference, points, solved_interval
 from upo_fast.policy import load_policy
-from upo_fast.scorers import HEURISTICS
+from upo_fast.scorers import HEURISTICS, SCORERS
 from upo_fast.tasks import get_task
 from upo_fast.tasks.metrics import pass_at_k
 
@@ -95,7 +95,7 @@ def _run_order(model, task, puzzles, solutions, scorer: str, options: dict) -> O
     from upo_fast.viz import record_order
 
     start = time.perf_counter()
-    if scorer == "origin":  # no ranking to record: the plain evaluation path
+    if not SCORERS[scorer].ranks:  # no ranking to record (origin): the plain evaluation path
         grids, steps = solve_puzzles(model, task, puzzles, scorer, with_steps=True, **options)
         return OrderResult(scorer, task.is_solved(grids, puzzles, solutions),
                            task.cell_accuracy(grids, puzzles, solutions), float(steps.mean()),
@@ -107,7 +107,7 @@ def _run_order(model, task, puzzles, solutions, scorer: str, options: dict) -> O
 
 
 def _order_options(scorer: str, policy, topk: int) -> dict:
-    if scorer == "policy":
+    if SCORERS[scorer].needs_policy:
         return {"policy": policy, "position_temperature": 0.0}  # greedy: the policy's own order
     return {"topk": topk} if scorer == "topk" else {}
 

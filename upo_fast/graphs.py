@@ -6,9 +6,9 @@ a step is launch-bound and replay removes the launch overhead. What changes betw
 that the graph reads: the tokens ``x`` (updated in place), the per-step counts (copied into a static buffer
 before each replay) and the Philox seeds (advanced in place by the step itself).
 
-Capture is not possible for the origin rule (it draws from a torch generator), for recording (a host-side step
-counter) or off the Triton path; those raise a ValueError up front. When capture fails for any other reason (a
-model whose forward syncs), the loop warns once and runs eagerly.
+Capture is not possible for a scorer that says why not (``Scorer.no_capture``: the origin rule draws from a torch
+generator), for recording (a host-side step counter) or off the Triton path; those raise a ValueError up front.
+When capture fails for any other reason (a model whose forward syncs), the loop warns once and runs eagerly.
 
 Status: written against the CUDA-graph API but, like every GPU path of this project so far, not yet run on a
 GPU (tests/test_sampler_kernels.py holds the GPU test); it is therefore off by default.
@@ -27,8 +27,8 @@ def unsupported(loop) -> str | None:
         return "CUDA graphs need CUDA tensors"
     if not loop.kernels:
         return "CUDA graphs need the Triton path (backend 'auto' or 'triton'): the references draw from generators"
-    if loop.scorer == "origin":
-        return "the origin rule draws from a torch generator"
+    if loop.scorer.no_capture is not None:  # e.g. origin's own selection draws from a torch generator
+        return loop.scorer.no_capture
     if loop.recorder is not None:
         return "recording keeps a host-side step counter"
     return None

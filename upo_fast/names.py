@@ -3,8 +3,10 @@ anything heavy (``upo-fast --help`` and a bad argument must answer in well under
 seconds to import).
 
 The names' homes are ``upo_fast.tasks`` (``TASKS``, ``TEXT_TASKS``, ``is_grid_task``) and ``upo_fast.scorers``
-(``SCORERS``, ``ALIASES``, ``resolve_scorer``), which import torch and numpy. ``tests/test_cli_startup.py`` checks
-that the lists here equal theirs: a new task or scorer is added in both places.
+(the ``Scorer`` registry ``SCORERS``, ``ALIASES``, ``resolve_scorer``), which import torch and numpy. The lists
+here mirror them by hand, because deriving them would import torch at parse time; ``tests/test_cli_startup.py``
+checks that they are equal: a new task or scorer is added in both places (its name only, here). The aliases live
+here alone (``upo_fast.scorers.ALIASES`` is this dict).
 """
 
 from __future__ import annotations

@@ -5,9 +5,16 @@ positions, selection of k positions per row, commit. Shapes are fixed for the wh
 a ``[B, steps]`` device tensor made before the loop, so a step never waits on the host (the ``threshold`` rule,
 which may finish early, checks once per step whether anything is left, and the non-finite-logits check is read
 once after the loop).
+
+The options of a call travel as one :class:`SamplingOptions`, checked once when ``unmask`` / ``generate`` make it.
+The scorer is a ``upo_fast.scorers.Scorer``: the loop asks it what to prepare (a policy, the last-block input
+hook, the reference term of the statistics) and whether it selects by itself (Dream's ``origin``, whose draws come
+from the torch generator as the reference's do), never its name.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -44,34 +51,67 @@ def factor_select(scores: torch.Tensor, candidates: torch.Tensor, confidence: to
     return torch.zeros_like(candidates).scatter(1, order, prefix)
 
 
-class _Loop:
-    """State shared by the steps of one sampling call."""
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How ``unmask`` / ``generate`` sample, checked once (a ValueError naming the first bad option): the numbers
+    finite and in range, the scorer's name resolved to its canonical one (an alias such as ``low_confidence`` is
+    stored as ``max_confidence``). What is not an option stays a separate argument of the loop: the policy, the
+    generator, the recorder; so do the schedule (steps, blocks) and the model's token ids."""
 
-    def __init__(self, adapter: MDMAdapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold,
-                 generator, topk, position_temperature, suppress_tokens, backend="auto", recorder=None,
-                 fused_head=None, factor=None, cuda_graph=False):
-        self.adapter, self.x = adapter, x
+    scorer: str = "max_confidence"
+    temperature: float = 0.0  # token temperature (0 = argmax)
+    cfg_scale: float = 0.0
+    threshold: float | None = None  # parallel unmasking: also commit candidates this confident
+    factor: float | None = None  # parallel unmasking: Fast-dLLM's factor rule
+    topk: int = 5  # K of the ``topk`` scorer
+    position_temperature: float = 1.0  # temperature of a stochastic scorer's position draw
+    suppress_tokens: tuple = ()  # token ids never committed (besides the mask token)
+    backend: str = "auto"
+    fused_head: bool | None = None  # None: on CUDA when the model's head is a separate Linear module
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        check_finite(self.temperature, "temperature", low=0)
+        check_finite(self.position_temperature, "position_temperature", low=0)
+        check_finite(self.cfg_scale, "cfg_scale", low=0)
+        check_finite(self.threshold, "threshold", low=0, low_inclusive=False, high=1, allow_none=True)
+        check_finite(self.factor, "factor", low=0, low_inclusive=False, allow_none=True)
+        check_finite(self.topk, "topk", low=1, integer=True)
+        object.__setattr__(self, "scorer", resolve_scorer(self.scorer))  # frozen: __post_init__ normalizes once
+        object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens or ()))
+
+    @property
+    def parallel(self) -> bool:
+        """Whether more than the schedule's count may be committed, so the loop may finish early."""
+        return self.threshold is not None or self.factor is not None
+
+
+class _Loop:
+    """State shared by the steps of one sampling call; ``options`` were checked when they were made."""
+
+    def __init__(self, adapter: MDMAdapter, x, attention_mask, options: SamplingOptions, *, policy=None,
+                 generator=None, recorder=None):
+        self.adapter, self.x, self.options = adapter, x, options
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
-        self.scorer = resolve_scorer(scorer)
-        # the numeric options were checked by unmask / generate (check_sampling_options) before the input
-        self.temperature, self.cfg_scale, self.threshold, self.factor = temperature, cfg_scale, threshold, factor
-        self.parallel = threshold is not None or factor is not None  # may finish before the schedule does
+        self.scorer = SCORERS[options.scorer]
+        self.temperature, self.cfg_scale = options.temperature, options.cfg_scale
+        self.threshold, self.factor, self.parallel = options.threshold, options.factor, options.parallel
         self.row_steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # forwards a row took part in
         self.generator = generator
-        self.ctx = ScoringContext(topk=topk, policy=policy, position_temperature=position_temperature)
+        self.ctx = ScoringContext(topk=options.topk, policy=policy, position_temperature=options.position_temperature)
         # committing the mask token would leave the position masked and break the schedule, so it is never chosen
-        self.suppress = torch.tensor(sorted({adapter.mask_id, *(suppress_tokens or [])}), device=x.device)
+        self.suppress = torch.tensor(sorted({adapter.mask_id, *options.suppress_tokens}), device=x.device)
         self.exclude = torch.tensor([adapter.mask_id], device=x.device)  # made once: no copies inside a step
         self.recorder = recorder
-        if self.scorer == "policy" and policy is None:
-            raise ValueError("scorer='policy' needs policy=<a trained unmasking policy>")
-        if self.scorer == "policy" and hasattr(policy, "check_compatible"):
-            policy.check_compatible(adapter.model)  # an UnmaskingPolicy trained beside another MDM: a clear error
-        if self.scorer == "policy" or recorder is not None:  # the policy's input, and what training records
+        self.scorer.check_policy(policy, adapter.model)  # an UnmaskingPolicy trained beside another MDM: clear error
+        # the policy's input, and what training records (the recorder writes the hidden state and g_ref's term)
+        self.need_hidden = self.scorer.needs_hidden or recorder is not None
+        self.need_ref = self.scorer.needs_ref or recorder is not None
+        if self.need_hidden:
             adapter.capture_last_block_input()
         self.prompt_index = x != adapter.mask_id  # what classifier-free guidance hides
-        if cfg_scale > 0:  # the doubled batch's attention, prepared once (Dream's preparation reads the device)
+        if options.cfg_scale > 0:  # the doubled batch's attention, prepared once (Dream's preparation reads the device)
             doubled = None if self.valid is None else torch.cat([self.valid] * 2).long()
             self.prepared_cfg = adapter.prepare_attention(doubled, 2 * x.shape[0], x.shape[1])
         # Non-finite checks without a host sync inside the loop: the step counter and the first step at which the
@@ -80,31 +120,36 @@ class _Loop:
         self.step_index = torch.zeros((), dtype=torch.long, device=x.device)
         self.bad_step = torch.full((), -1, dtype=torch.long, device=x.device)
         self.policy_bad_step = torch.full((), -1, dtype=torch.long, device=x.device)
-        # On CUDA the statistics and the selection run as Triton kernels (upo_fast.ops, backend "auto"), which draw
-        # their noise from seeds kept on the device and advanced in place each step: one host draw here, none
-        # inside the loop. On CPU the references draw from ``generator`` directly.
-        self.kernels = use_triton(backend, x.device)
+        self._choose_backend(options.backend, generator)
+        self._choose_head(options.fused_head)
+        self.graphed = None
+        if options.cuda_graph:
+            from upo_fast.graphs import GraphedSteps
+
+            self.graphed = GraphedSteps(self)
+
+    def _choose_backend(self, backend: str, generator) -> None:
+        """On CUDA the statistics and the selection run as Triton kernels (upo_fast.ops, backend "auto"), which draw
+        their noise from seeds kept on the device and advanced in place each step: one host draw here, none inside
+        the loop. On CPU the references draw from ``generator`` directly."""
+        self.kernels = use_triton(backend, self.x.device)
         self.backend = "triton" if self.kernels else "torch"
         self.ctx.backend = self.backend  # the Top-K candidate rule of the topk and policy scorers runs there too
         if self.kernels:
-            self.token_seed, self.position_seed = (seed_tensor(None, x.device, generator) for _ in range(2))
-        # Fused head: the forward stops at the final hidden states and the statistics come from hidden @ head.T
-        # for the region's rows only, never a [B, L, V] tensor (on CUDA by default when the head is a module).
-        head = adapter.fused_head()
+            self.token_seed, self.position_seed = (seed_tensor(None, self.x.device, generator) for _ in range(2))
+
+    def _choose_head(self, fused_head: bool | None) -> None:
+        """Fused head: the forward stops at the final hidden states and the statistics come from hidden @ head.T
+        for the region's rows only, never a [B, L, V] tensor (on CUDA by default when the head is a module)."""
+        head = self.adapter.fused_head()
         if fused_head is None:
-            fused_head = x.device.type == "cuda" and head is not None
+            fused_head = self.x.device.type == "cuda" and head is not None
         if fused_head and head is None:
-            with adapter.headless():  # raises the ValueError that says why this model has no separable head
+            with self.adapter.headless():  # raises the ValueError that says why this model has no separable head
                 pass
         self.fused = bool(fused_head)
         if self.fused:
             self.head_weight, self.head_bias = head
-        self.need_ref = self.scorer == "softmax_confidence" or recorder is not None
-        self.graphed = None
-        if cuda_graph:
-            from upo_fast.graphs import GraphedSteps
-
-            self.graphed = GraphedSteps(self)
 
     def region_outputs(self, start: int, end: int) -> torch.Tensor:
         """[B, W, V] logits of the region (or [B, W, d] final hidden states on the fused path), with
@@ -135,13 +180,13 @@ class _Loop:
         return VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
 
     def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
-        """One unmasking step on the region [start, end); k: [B] positions to commit per row."""
+        """One unmasking step on the region [start, end); k: [B] positions to commit per row; transfer_prob: the
+        step's share of the remaining masks, for a scorer with its own selection (Dream's origin)."""
         x = self.x
         if self.kernels:
             self.token_seed.add_(1)
             self.position_seed.add_(1)
         stats = self.statistics(self.region_outputs(start, end))
-        batch = stats.token.shape[0]
         region = x[:, start:end]
         candidates = region == self.adapter.mask_id
         if self.valid is not None:
@@ -149,33 +194,36 @@ class _Loop:
         self.row_steps += candidates.any(-1)
         # NaN logits, or a row with nothing finite, at a position we may unmask: reported after the loop
         record_first_step(self.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any(), self.step_index)
-        order = stats.confidence  # what the factor rule walks down when the scorer gives no ranking (origin)
-        if self.scorer == "origin":
-            draw = torch.rand(candidates.shape, device=x.device, generator=self.generator)
-            select = candidates & (draw < transfer_prob)
+        if self.scorer.select is not None:  # no ranking: the factor rule walks down the confidences
+            select, order = self.scorer.select(candidates, transfer_prob, self.generator), stats.confidence
         else:
-            if self.scorer == "policy" or self.recorder is not None:
-                hidden = self.adapter.position_hidden()
-                self.ctx.hidden = hidden[:batch, start:end] if hidden is not None else None
-            scored = SCORERS[self.scorer](stats, candidates, self.ctx)
-            if scored.candidates is not None:
-                candidates = scored.candidates
-            if self.scorer == "policy":  # a trained policy's scores are finite; NaN or inf would rank at random
-                record_first_step(self.policy_bad_step, (candidates & ~torch.isfinite(scored.scores)).any(),
-                                  self.step_index)
-            noise = dict(seed=self.position_seed) if self.kernels else dict(generator=self.generator)
-            position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
-            select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
-                                          temperature=min(position_temperature, MAX_TEMPERATURE))
-            if self.recorder is not None:
-                self.recorder.write(self.ctx.hidden, stats, candidates, scored.scores, select, position_temperature)
-            order = scored.scores
+            select, candidates, order = self.ranked_select(stats, candidates, k, start, end)
         if self.threshold is not None:
             select |= candidates & (stats.confidence >= self.threshold)
         if self.factor is not None:
             select |= factor_select(order, candidates, stats.confidence, self.factor)
         x[:, start:end] = torch.where(select, stats.token, region)
         self.step_index.add_(1)
+
+    def ranked_select(self, stats: VocabStats, candidates: torch.Tensor, k: torch.Tensor, start: int, end: int):
+        """(select, candidates, scores): the k best-scored (or Gumbel-top-k sampled) candidates of each row, the
+        candidates as the scorer narrowed them (Top-K), and the scores (the order the factor rule walks)."""
+        if self.need_hidden:
+            hidden = self.adapter.position_hidden()
+            self.ctx.hidden = hidden[:stats.token.shape[0], start:end] if hidden is not None else None
+        scored = self.scorer(stats, candidates, self.ctx)
+        if scored.candidates is not None:
+            candidates = scored.candidates
+        if self.scorer.needs_policy:  # a trained policy's scores are finite; NaN or inf would rank at random
+            record_first_step(self.policy_bad_step, (candidates & ~torch.isfinite(scored.scores)).any(),
+                              self.step_index)
+        noise = dict(seed=self.position_seed) if self.kernels else dict(generator=self.generator)
+        position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
+        select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
+                                      temperature=min(position_temperature, MAX_TEMPERATURE))
+        if self.recorder is not None:
+            self.recorder.write(self.ctx.hidden, stats, candidates, scored.scores, select, position_temperature)
+        return select, candidates, scored.scores
 
     def remaining(self, start: int, end: int) -> bool:
         return bool((self.x[:, start:end] == self.adapter.mask_id).any())
@@ -189,16 +237,6 @@ class _Loop:
                              f"{policy_bad_step} (counting from 0 over the whole call); a policy must return finite "
                              "scores for every candidate")
         return self.x
-
-
-def check_sampling_options(*, temperature, cfg_scale, threshold, topk, factor, position_temperature) -> None:
-    """The options of ``unmask``/``generate`` that are numbers: finite and in range, or a ValueError naming one."""
-    check_finite(temperature, "temperature", low=0)
-    check_finite(position_temperature, "position_temperature", low=0)
-    check_finite(cfg_scale, "cfg_scale", low=0)
-    check_finite(threshold, "threshold", low=0, low_inclusive=False, high=1, allow_none=True)
-    check_finite(factor, "factor", low=0, low_inclusive=False, allow_none=True)
-    check_finite(topk, "topk", low=1, integer=True)
 
 
 def _prepare_input(adapter: MDMAdapter, x, attention_mask, name: str):
@@ -243,8 +281,10 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     head is a separate Linear module (True on a tied head is a ValueError). cuda_graph: capture each step once
     and replay it (``upo_fast.graphs``; CUDA and the Triton path only; off by default until verified on a GPU).
     """
-    check_sampling_options(temperature=temperature, cfg_scale=cfg_scale, threshold=threshold, topk=topk,
-                           factor=factor, position_temperature=position_temperature)
+    options = SamplingOptions(scorer=scorer, temperature=temperature, cfg_scale=cfg_scale, threshold=threshold,
+                              factor=factor, topk=topk, position_temperature=position_temperature,
+                              suppress_tokens=suppress_tokens, backend=backend, fused_head=fused_head,
+                              cuda_graph=cuda_graph)
     adapter = wrap_model(model, family, mask_id)
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
     masked = x == adapter.mask_id
@@ -258,8 +298,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= most:
         raise ValueError(f"steps must be an integer in [1, {most}] (the largest number of masks in a row), "
                          f"got {steps!r}")
-    loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor, cuda_graph)
+    loop = _Loop(adapter, x, attention_mask, options, policy=policy, generator=generator, recorder=recorder)
     _run(loop, 0, x.shape[1], row_counts(per_row, steps))
     out = loop.finish()
     return (out, loop.row_steps) if return_steps else out
@@ -277,8 +316,10 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     4-D padding mask handled by the adapter), TinyMDM and any model with ``.logits`` given ``mask_id``. Other
     options as in ``unmask``.
     """
-    check_sampling_options(temperature=temperature, cfg_scale=cfg_scale, threshold=threshold, topk=topk,
-                           factor=factor, position_temperature=position_temperature)
+    options = SamplingOptions(scorer=scorer, temperature=temperature, cfg_scale=cfg_scale, threshold=threshold,
+                              factor=factor, topk=topk, position_temperature=position_temperature,
+                              suppress_tokens=suppress_tokens, backend=backend, fused_head=fused_head,
+                              cuda_graph=cuda_graph)
     adapter = wrap_model(model, family, mask_id)
     check_finite(gen_length, "gen_length", low=1, integer=True)
     check_finite(block_length, "block_length", low=1, integer=True)
@@ -299,8 +340,7 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
                                          device=device)], dim=1)
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
-    loop = _Loop(adapter, x, attention_mask, scorer, temperature, cfg_scale, policy, threshold, generator, topk,
-                 position_temperature, suppress_tokens, backend, recorder, fused_head, factor, cuda_graph)
+    loop = _Loop(adapter, x, attention_mask, options, policy=policy, generator=generator, recorder=recorder)
     counts = row_counts(torch.full((batch,), block_length, device=device), steps_per_block)
     for block in range(num_blocks):
         start = prompt_len + block * block_length

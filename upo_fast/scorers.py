@@ -1,13 +1,20 @@
 """Scorers: turn per-position token statistics into scores over candidate positions.
 
-A scorer maps ``(stats, candidates, context)`` to ``PositionScores(scores, stochastic)``:
+A scorer is a :class:`Scorer`, registered by name in ``SCORERS``. It declares what the sampling loop must prepare
+for it (a policy object, the hidden state entering the MDM's last block, the softmax-confidence reference term of
+the statistics pass) and turns ``(stats, candidates, context)`` into ``PositionScores(scores, stochastic)``:
 
     scores      [B, Lb] float32, higher = unmask earlier; -inf where a position may not be chosen
     stochastic  False: take the top-k scores (deterministic); True: Gumbel-top-k, i.e. sample k positions without
                 replacement from softmax(scores / position_temperature)
 
-``origin`` (Dream) is not a ranking: each masked position is unmasked independently with the step's transfer
-probability, so the sampler handles it as its own selection rule.
+A scorer may own its selection instead of ranking (``select``): Dream's ``origin`` unmasks each masked position
+independently with the step's transfer probability. The loop (``upo_fast.sampler``) and CUDA-graph capture
+(``upo_fast.graphs``) ask the scorer object, never its name.
+
+Adding a scorer: write its scoring function here and add one ``Scorer`` entry to ``SCORERS``; then add its name to
+``upo_fast.names.SCORERS`` (the command line checks names without importing torch; tests/test_cli_startup.py
+keeps the two lists equal).
 """
 
 from __future__ import annotations
@@ -87,21 +94,76 @@ def learned_policy(stats: VocabStats, candidates, ctx) -> PositionScores:
     return PositionScores(_masked(scores, candidates), ctx.position_temperature > 0, candidates if top_k else None)
 
 
-SCORERS: dict[str, Callable] = {
-    "random": random_order,
-    "max_confidence": max_confidence,
-    "margin": margin,
-    "entropy": entropy,
-    "topk": topk_uniform,
-    "softmax_confidence": softmax_confidence,
-    "origin": random_order,  # ranking unused: the sampler applies Dream's independent-transfer rule
-    "policy": learned_policy,
-}
+def independent_transfer(candidates: torch.Tensor, transfer_prob: float, generator) -> torch.Tensor:
+    """Dream's ``origin`` rule: [B, W] bool, each candidate unmasked independently with probability
+    ``transfer_prob``. One ``torch.rand`` draw of the candidates' shape per step, from ``generator``, as the
+    reference sampler draws (so the same seed gives the same tokens)."""
+    draw = torch.rand(candidates.shape, device=candidates.device, generator=generator)
+    return candidates & (draw < transfer_prob)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One unmasking order: what the loop prepares for it, and its scores (or its own selection).
+
+    ``needs_policy``: ``policy=`` must be given; it is checked against the MDM (``check_compatible``) and its scores
+    are checked for NaN / inf. ``needs_hidden``: the hidden state entering the MDM's last block is captured
+    (the policy's input). ``needs_ref``: the statistics pass also computes the softmax-confidence reference term
+    (``ref_logsumexp``). ``select``: a selection rule ``(candidates, transfer_prob, generator) -> [B, W] bool``
+    that replaces ranking; the parallel rules then walk the confidence order. ``no_capture``: why a step with this
+    scorer cannot be captured in a CUDA graph, or None.
+    """
+
+    name: str
+    score: Callable[[VocabStats, torch.Tensor, ScoringContext], PositionScores] | None
+    needs_policy: bool = False
+    needs_hidden: bool = False
+    needs_ref: bool = False
+    select: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor] | None = None
+    no_capture: str | None = None
+
+    @property
+    def ranks(self) -> bool:
+        """Whether the scorer orders the candidates (what a recorder and ``upo_fast.viz`` need)."""
+        return self.select is None
+
+    def __call__(self, stats: VocabStats, candidates: torch.Tensor, ctx: ScoringContext) -> PositionScores:
+        return self.score(stats, candidates, ctx)
+
+    def check_policy(self, policy, model) -> None:
+        """The policy this scorer needs is there and was trained beside ``model`` (a clear error otherwise)."""
+        if not self.needs_policy:
+            return
+        if policy is None:
+            raise ValueError(f"scorer={self.name!r} needs policy=<a trained unmasking policy>")
+        if hasattr(policy, "check_compatible"):
+            policy.check_compatible(model)
+
+
+def _entries(*scorers: Scorer) -> dict[str, Scorer]:
+    return {scorer.name: scorer for scorer in scorers}
+
+
+SCORERS: dict[str, Scorer] = _entries(
+    Scorer("random", random_order),
+    Scorer("max_confidence", max_confidence),
+    Scorer("margin", margin),
+    Scorer("entropy", entropy),
+    Scorer("topk", topk_uniform),
+    Scorer("softmax_confidence", softmax_confidence, needs_ref=True),
+    Scorer("origin", None, select=independent_transfer, no_capture="the origin rule draws from a torch generator"),
+    Scorer("policy", learned_policy, needs_policy=True, needs_hidden=True),
+)
 ALIASES = SCORER_ALIASES  # the reference samplers' names; one home in names.py (the CLI parses with it)
-HEURISTICS = ("random", "max_confidence", "margin", "entropy", "topk", "softmax_confidence", "origin")
+HEURISTICS = tuple(name for name, scorer in SCORERS.items() if not scorer.needs_policy)
 
 
 def resolve_scorer(name: str) -> str:
     """Canonical scorer name, or a ValueError listing the valid ones (``names.check_scorer``: the registry's names
     are kept equal to ``names.SCORERS`` by tests/test_cli_startup.py)."""
     return check_scorer(name)
+
+
+def get_scorer(name: str) -> Scorer:
+    """The :class:`Scorer` of a name or alias, or the ValueError of ``resolve_scorer``."""
+    return SCORERS[resolve_scorer(name)]

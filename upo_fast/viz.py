@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from upo_fast.sampler import unmask
+from upo_fast.scorers import get_scorer
 
 
 class _CommitLog:
@@ -65,8 +66,8 @@ def record_order(model, task, puzzles, solutions, scorer: str, *, batch_size: in
                  **sampler_options) -> OrderRecord:
     """Fill ``puzzles`` one cell per step with ``scorer`` and keep when and how each cell was filled.
     ``solutions`` None: nothing is marked wrong and cell accuracy is NaN (``is_solved`` checks the rules)."""
-    if scorer == "origin":
-        raise ValueError("scorer 'origin' unmasks cells independently of any ranking; pick a ranking scorer")
+    if not get_scorer(scorer).ranks:  # its own selection (origin): no order to record
+        raise ValueError(f"scorer {scorer!r} unmasks cells independently of any ranking; pick a ranking scorer")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     cells = int(np.prod(task.grid_shape))

@@ -107,7 +107,9 @@ class UpoFastLM(LM):
         self.chat_template_applied = False
 
     def _load_policy(self):
-        if self.options.scorer != "policy":
+        from upo_fast.scorers import get_scorer
+
+        if not get_scorer(self.options.scorer).needs_policy:
             return None
         if not self.options.policy:
             raise ValueError("scorer=policy needs policy=DIR (a saved UnmaskingPolicy folder)")
@@ -116,16 +118,18 @@ class UpoFastLM(LM):
         return load_policy(self.options.policy, None, self.model)
 
     def _sampler_options(self) -> dict:
-        """The keyword arguments of ``upo_fast.generate``, checked once here by a dry validation."""
-        from upo_fast.sampler import check_sampling_options
+        """The keyword arguments of ``upo_fast.generate``, its sampling options checked once here
+        (``upo_fast.sampler.SamplingOptions``; ``generate`` checks them again, to the same result)."""
+        from dataclasses import asdict
+
+        from upo_fast.sampler import SamplingOptions
 
         o = self.options
-        options = dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.steps or o.gen_length,
-                       scorer=o.scorer, temperature=o.temperature, cfg_scale=o.cfg_scale, threshold=o.threshold,
-                       factor=o.factor, topk=o.topk, position_temperature=o.position_temperature, policy=self.policy)
-        check_sampling_options(temperature=o.temperature, cfg_scale=o.cfg_scale, threshold=o.threshold, topk=o.topk,
-                               factor=o.factor, position_temperature=o.position_temperature)
-        return options
+        sampling = SamplingOptions(scorer=o.scorer, temperature=o.temperature, cfg_scale=o.cfg_scale,
+                                   threshold=o.threshold, factor=o.factor, topk=o.topk,
+                                   position_temperature=o.position_temperature)
+        return dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.steps or o.gen_length,
+                    policy=self.policy, **asdict(sampling))
 
     # ---- what lm-eval reads -------------------------------------------------------------------------------
     @property
