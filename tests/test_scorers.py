@@ -68,3 +68,8 @@ def test_sampling_options_are_checked_once_and_frozen():
                          (dict(scorer="best"), "unknown scorer 'best'")]:
         with pytest.raises(ValueError, match=message):
             SamplingOptions(**bad)
+
+
+def test_a_scorer_with_its_own_selection_has_no_scores():
+    with pytest.raises(TypeError, match="'origin' ranks nothing"):
+        SCORERS["origin"](None, None, None)

@@ -95,8 +95,6 @@ class _Loop:
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
         self.scorer = SCORERS[options.scorer]
-        self.temperature, self.cfg_scale = options.temperature, options.cfg_scale
-        self.threshold, self.factor, self.parallel = options.threshold, options.factor, options.parallel
         self.row_steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # forwards a row took part in
         self.generator = generator
         self.ctx = ScoringContext(topk=options.topk, policy=policy, position_temperature=options.position_temperature)
@@ -156,11 +154,11 @@ class _Loop:
         classifier-free guidance applied: it is linear, so it combines hidden states exactly as it does logits."""
         x = self.x
         forward = self.adapter.final_hidden if self.fused else self.adapter.logits
-        if self.cfg_scale > 0:
+        if self.options.cfg_scale > 0:
             uncond = x.masked_fill(self.prompt_index, self.adapter.mask_id)
             both = forward(torch.cat([x, uncond]), self.prepared_cfg)[:, start:end]
             cond, un = both.chunk(2)
-            return un + (self.cfg_scale + 1) * (cond - un)
+            return un + (self.options.cfg_scale + 1) * (cond - un)
         return forward(x, self.prepared)[:, start:end]
 
     def statistics(self, out: torch.Tensor) -> VocabStats:
@@ -168,15 +166,15 @@ class _Loop:
         batch, width = out.shape[:2]
         noise = dict(seed=self.token_seed) if self.kernels else dict(generator=self.generator)
         # above MAX_TEMPERATURE the Gumbel noise swamps any logit gap: the same draw, and no fp32 overflow
-        options = dict(temperature=min(self.temperature, MAX_TEMPERATURE), suppress=self.suppress,
-                       exclude=self.exclude, check=False, backend=self.backend, **noise)
+        shared = dict(temperature=min(self.options.temperature, MAX_TEMPERATURE), suppress=self.suppress,
+                      exclude=self.exclude, check=False, backend=self.backend, **noise)
         if self.fused:
             topk = min(FEATURE_TOPK, self.head_weight.shape[0])
             flat = ops.fused_head_stats(out.to(self.head_weight.dtype), self.head_weight, self.head_bias,
                                         logit_scale=self.adapter.logit_scale(), topk=topk, need_ref=self.need_ref,
-                                        **options)
+                                        **shared)
         else:
-            flat = ops.vocab_stats(out, topk=min(FEATURE_TOPK, out.shape[-1]), **options)
+            flat = ops.vocab_stats(out, topk=min(FEATURE_TOPK, out.shape[-1]), **shared)
         return VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
 
     def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
@@ -198,10 +196,10 @@ class _Loop:
             select, order = self.scorer.select(candidates, transfer_prob, self.generator), stats.confidence
         else:
             select, candidates, order = self.ranked_select(stats, candidates, k, start, end)
-        if self.threshold is not None:
-            select |= candidates & (stats.confidence >= self.threshold)
-        if self.factor is not None:
-            select |= factor_select(order, candidates, stats.confidence, self.factor)
+        if self.options.threshold is not None:
+            select |= candidates & (stats.confidence >= self.options.threshold)
+        if self.options.factor is not None:
+            select |= factor_select(order, candidates, stats.confidence, self.options.factor)
         x[:, start:end] = torch.where(select, stats.token, region)
         self.step_index.add_(1)
 
@@ -231,7 +229,7 @@ class _Loop:
     def finish(self) -> torch.Tensor:
         bad_step, policy_bad_step = torch.stack([self.bad_step, self.policy_bad_step]).tolist()  # one host read
         if bad_step >= 0:
-            raise non_finite_logits_error(bad_step, self.cfg_scale)
+            raise non_finite_logits_error(bad_step, self.options.cfg_scale)
         if policy_bad_step >= 0:
             raise ValueError(f"the policy's scores were non-finite (NaN or +-inf) at a candidate position at step "
                              f"{policy_bad_step} (counting from 0 over the whole call); a policy must return finite "
@@ -252,7 +250,7 @@ def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
     step = loop.graphed.step if loop.graphed is not None else loop.step
     for i in range(steps):
         step(start, end, counts[:, i], transfer_prob=1.0 / (steps - i))
-        if loop.parallel and not loop.remaining(start, end):
+        if loop.options.parallel and not loop.remaining(start, end):
             break  # the threshold / factor rules may finish early; this check is their one sync per step
 
 

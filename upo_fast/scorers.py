@@ -128,6 +128,8 @@ class Scorer:
         return self.select is None
 
     def __call__(self, stats: VocabStats, candidates: torch.Tensor, ctx: ScoringContext) -> PositionScores:
+        if self.score is None:
+            raise TypeError(f"scorer {self.name!r} ranks nothing: it selects positions itself (Scorer.select)")
         return self.score(stats, candidates, ctx)
 
     def check_policy(self, policy, model) -> None:
