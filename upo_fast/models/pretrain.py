@@ -208,6 +208,107 @@ def _split_batch(batch):
     return batch if isinstance(batch, tuple) else (batch, None)
 
 
+class _PretrainRun:
+    """One pretraining call's state: the optimizer and lr schedule, the CPU random streams for data and masking noise
+    (runs replay identically on any device), the step, and the log window (the loss is summed on the device: one
+    host read per log step)."""
+
+    def __init__(self, model, cfg: PretrainConfig, mask_id: int):
+        self.model, self.cfg, self.mask_id = model, cfg, mask_id
+        self.vocab_size = model.config.vocab_size
+        self.device = next(model.parameters()).device
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        self.optimizer = _make_optimizer(model, cfg)
+        self.scheduler = _make_scheduler(self.optimizer, cfg)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 2**32)
+        self.step, self.seconds_before = 0, 0.0
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.window_loss, self.window_steps = torch.zeros((), device=self.device), 0
+        self.window_skipped, self.skipped_total = 0, 0  # optimizer steps undone for non-finite parameters
+        self.final_loss = None
+
+    def resume(self) -> None:
+        """Go on from ``out_dir``'s newest readable checkpoint, if any (see :func:`upo_fast.checkpoints.restore`)."""
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        found = check_resume(self.out_dir, asdict(self.cfg), RESUME_MAY_CHANGE)
+        # A fresh start clears a stale log; a resume drops the records of steps that will be replayed.
+        self.step = restore(found, self.model, self.optimizer, self.device, self.out_dir / LOG_FILE)
+        if found is not None:
+            self.scheduler.load_state_dict(found.state["scheduler"])
+            _set_rng_state(found.state["rng"], self.data_gen, self.noise_gen)
+            self.seconds_before = float(found.state.get("seconds", 0.0))
+
+    def train_step(self, sample_batch, check_ids: bool) -> float:
+        """One optimizer step on a fresh batch; returns the learning rate it trained with."""
+        cfg = self.cfg
+        x0, maskable = _split_batch(sample_batch(cfg.batch_size, self.data_gen))
+        if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] != cfg.batch_size:
+            raise ValueError(
+                f"sample_batch must return a [{cfg.batch_size}, L] tensor, got {getattr(x0, 'shape', x0)}"
+            )
+        if check_ids and (int(x0.min()) < 0 or int(x0.max()) >= self.vocab_size):
+            raise ValueError(f"sample_batch returned token ids outside [0, {self.vocab_size})")
+        x0 = x0.to(device=self.device, dtype=torch.long, non_blocking=True)
+        t_min = cfg.min_mask_ratio
+        t = t_min + (1.0 - t_min) * torch.rand(cfg.batch_size, generator=self.noise_gen)  # t ~ U(t_min, 1)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step trains with
+        loss = mdm_loss(self.model, x0, self.mask_id, t=t, weighting=cfg.loss_weighting, generator=self.noise_gen,
+                        maskable=maskable)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        kept = step_if_finite(self.optimizer)  # a step leaving NaN / inf in a parameter is undone (one host read)
+        self.scheduler.step()  # the schedule follows the step count, kept or not
+        self.step += 1
+        if kept:
+            self.window_loss += loss.detach()
+            self.window_steps += 1
+        else:
+            self.window_skipped += 1
+            self.skipped_total += 1
+            logger.warning("step %d: the optimizer step left non-finite parameters; undone", self.step)
+        return lr
+
+    def record(self, lr: float, t_start: float, bar) -> dict:
+        """The log record of this step; closes the log window (mean loss, steps undone since the last record)."""
+        seconds = round(self.seconds_before + time.perf_counter() - t_start, 3)
+        record = {"step": self.step, "lr": lr, "seconds": seconds}
+        if self.window_steps:
+            self.final_loss = (self.window_loss / self.window_steps).item()
+            record["loss"] = self.final_loss
+            self.window_loss.zero_()
+            self.window_steps = 0
+            bar.set_postfix(loss=f"{self.final_loss:.4f}", lr=f"{lr:.2e}")
+        if self.window_skipped:
+            record["skipped_nonfinite"] = self.window_skipped  # steps undone since the previous record
+            self.window_skipped = 0
+        return record
+
+    def save(self, t_start: float) -> Path:
+        trainer_state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(self.data_gen, self.noise_gen),
+            "seconds": self.seconds_before + time.perf_counter() - t_start,
+            "config": asdict(self.cfg),
+        }
+        return save_checkpoint(self.out_dir, self.model, trainer_state, keep=KEEP_CHECKPOINTS)
+
+
+def _evaluate(model, eval_fn) -> dict:
+    """``eval_fn(model)`` in eval mode without gradients; the model goes back to training mode."""
+    model.eval()
+    with torch.no_grad():
+        result = dict(eval_fn(model))
+    model.train()
+    return result
+
+
 def pretrain_mdm(
     model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval_fn=None, progress=True
 ) -> dict:
@@ -231,102 +332,29 @@ def pretrain_mdm(
     vocab_size = model.config.vocab_size
     if not (isinstance(mask_id, int) and 0 <= mask_id < vocab_size):
         raise ValueError(f"mask_id must be an int in [0, vocab_size={vocab_size}), got {mask_id!r}")
-    device = next(model.parameters()).device
-    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
-
-    optimizer = _make_optimizer(model, cfg)
-    scheduler = _make_scheduler(optimizer, cfg)
-    # Separate streams for data and masking noise, both on the CPU so runs replay identically on any device.
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 2**32)
-    step, seconds_before = 0, 0.0
-
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        found = check_resume(out_dir, asdict(cfg), RESUME_MAY_CHANGE)
-        # A fresh start clears a stale log; a resume drops the records of steps that will be replayed.
-        step = restore(found, model, optimizer, device, out_dir / LOG_FILE)
-        if found is not None:
-            scheduler.load_state_dict(found.state["scheduler"])
-            _set_rng_state(found.state["rng"], data_gen, noise_gen)
-            seconds_before = float(found.state.get("seconds", 0.0))
-    start_step = step
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    window_loss, window_steps = torch.zeros((), device=device), 0  # summed on device: one sync per log step
-    window_skipped, skipped_total = 0, 0  # optimizer steps undone for non-finite parameters
-    final_loss, last_eval, checkpoint, stopped_early = None, None, None, False
+    run = _PretrainRun(model, cfg, mask_id)
+    run.resume()
+    start_step, out_dir = run.step, run.out_dir
+    last_eval, checkpoint, stopped_early = None, None, False
     t_start = time.perf_counter()
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="mdm pretrain", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=run.step, disable=not progress, desc="mdm pretrain", dynamic_ncols=True)
     try:
-        while step < cfg.steps:
-            x0, maskable = _split_batch(sample_batch(cfg.batch_size, data_gen))
-            if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] != cfg.batch_size:
-                raise ValueError(
-                    f"sample_batch must return a [{cfg.batch_size}, L] tensor, got {getattr(x0, 'shape', x0)}"
-                )
-            if step == start_step and (int(x0.min()) < 0 or int(x0.max()) >= vocab_size):
-                raise ValueError(f"sample_batch returned token ids outside [0, {vocab_size})")
-            x0 = x0.to(device=device, dtype=torch.long, non_blocking=True)
-            t_min = cfg.min_mask_ratio
-            t = t_min + (1.0 - t_min) * torch.rand(cfg.batch_size, generator=noise_gen)  # t ~ U(t_min, 1)
-            lr = scheduler.get_last_lr()[0]  # the rate this step trains with
-            loss = mdm_loss(model, x0, mask_id, t=t, weighting=cfg.loss_weighting, generator=noise_gen,
-                            maskable=maskable)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            kept = step_if_finite(optimizer)  # a step leaving NaN / inf in a parameter is undone (one host read)
-            scheduler.step()  # the schedule follows the step count, kept or not
-            step += 1
-            if kept:
-                window_loss += loss.detach()
-                window_steps += 1
-            else:
-                window_skipped += 1
-                skipped_total += 1
-                logger.warning("step %d: the optimizer step left non-finite parameters; undone", step)
+        while run.step < cfg.steps:
+            lr = run.train_step(sample_batch, check_ids=run.step == start_step)
             bar.update(1)
-
-            out_of_time = should_stop(step, t_start, cfg.time_limit_s, cfg.stop_at_step)
-            last = step == cfg.steps or out_of_time
-            do_log = step % cfg.log_every == 0 or last
-            do_ckpt = step % cfg.checkpoint_every == 0 or last
-            record = None
-            if do_log or do_ckpt:
-                seconds = round(seconds_before + time.perf_counter() - t_start, 3)
-                record = {"step": step, "lr": lr, "seconds": seconds}
-                if window_steps:
-                    final_loss = (window_loss / window_steps).item()
-                    record["loss"] = final_loss
-                    window_loss.zero_()
-                    window_steps = 0
-                    bar.set_postfix(loss=f"{final_loss:.4f}", lr=f"{lr:.2e}")
-                if window_skipped:
-                    record["skipped_nonfinite"] = window_skipped  # steps undone since the previous record
-                    window_skipped = 0
+            out_of_time = should_stop(run.step, t_start, cfg.time_limit_s, cfg.stop_at_step)
+            last = run.step == cfg.steps or out_of_time
+            do_ckpt = run.step % cfg.checkpoint_every == 0 or last
+            record = run.record(lr, t_start, bar) if do_ckpt or run.step % cfg.log_every == 0 or last else None
             if do_ckpt and eval_fn is not None:
-                model.eval()
-                with torch.no_grad():
-                    last_eval = dict(eval_fn(model))
-                model.train()
-                record["eval"] = last_eval
+                last_eval = record["eval"] = _evaluate(model, eval_fn)
             if out_dir is not None and record is not None:
                 with open(out_dir / LOG_FILE, "a") as f:
                     f.write(json.dumps(record, default=json_default) + "\n")
             if do_ckpt and out_dir is not None:
-                trainer_state = {
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(data_gen, noise_gen),
-                    "seconds": seconds_before + time.perf_counter() - t_start,
-                    "config": asdict(cfg),
-                }
-                checkpoint = save_checkpoint(out_dir, model, trainer_state, keep=KEEP_CHECKPOINTS)
-            if out_of_time and step < cfg.steps:
+                checkpoint = run.save(t_start)
+            if out_of_time and run.step < cfg.steps:
                 stopped_early = True
                 break
     finally:
@@ -335,13 +363,13 @@ def pretrain_mdm(
 
     wall = time.perf_counter() - t_start
     return {
-        "steps": step,
+        "steps": run.step,
         "resumed_from_step": start_step,
-        "final_loss": final_loss,  # mean over the last log window
+        "final_loss": run.final_loss,  # mean over the last log window
         "wall_seconds": wall,
-        "total_seconds": seconds_before + wall,
+        "total_seconds": run.seconds_before + wall,
         "stopped_early": stopped_early,
-        "skipped_nonfinite": skipped_total,  # optimizer steps undone (non-finite parameters) in this call
+        "skipped_nonfinite": run.skipped_total,  # optimizer steps undone (non-finite parameters) in this call
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "last_eval": last_eval,
     }
