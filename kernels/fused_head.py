@@ -22,17 +22,15 @@ The pure-PyTorch reference ``fused_head_stats_ref`` materializes the fp32 logits
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 from upo_fast.kernels.triton_support import (
     check_flat_rows,
-    device_helpers,
+    deferred_kernels,
     id_tensor,
     launch_target,
     require_runnable,
     seed_tensor,
-    triton_interpreting,
     triton_next_pow2,
 )
 from upo_fast.kernels.vocab_stats import VocabStats, check_stat_options, empty_stats, vocab_stats_ref
@@ -64,9 +62,9 @@ def fused_head_stats_ref(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Triton kernel; `tl` is bound on first launch, as in vocab_stats.py (cheap import, no triton needed for the ref).
+# Triton kernel, decorated on the first launch (triton_support.deferred_kernels: this file imports without triton).
 # ----------------------------------------------------------------------------------------------------------------
-tl = gumbel_scores = merge_topk = None  # bound by _jitted (the shared helpers of triton_support.py)
+tl = gumbel_scores = merge_topk = None  # bound by _jitted (merge_topk, gumbel_scores: triton_support's helpers)
 
 
 def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr, tok_ptr, top_ptr, mz_ptr, acc_ptr,
@@ -180,15 +178,8 @@ def _fused_head_kernel(h_ptr, w_ptr, b_ptr, rows_ptr, sup_ptr, exc_ptr, part_ptr
         tl.store(top_ptr + at[:, None] * K + slot[None, :], top, mask=r_ok[:, None] & (slot[None, :] < K))
 
 
-@functools.cache
-def _jitted(interpret: bool):
-    global tl, gumbel_scores, merge_topk
-    import triton
-    import triton.language
-
-    tl = triton.language
-    helpers = device_helpers(interpret)
-    gumbel_scores, merge_topk = helpers.gumbel_scores, helpers.merge_topk
+@deferred_kernels("gumbel_scores", "merge_topk")
+def _jitted(triton):
     return triton.jit(_fused_head_kernel)
 
 
@@ -332,7 +323,7 @@ def _fused_head_op(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     acc = torch.empty(splits, n, **f32)
     bias_arg = bias if bias is not None else part
     rows_arg = rows if rows is not None else tok
-    kernel = _jitted(triton_interpreting())
+    kernel = _jitted()
     common = (hidden, weight, bias_arg, rows_arg, suppress, exclude, part, tok, top)
     sizes = (n, vocab, dim, length, s_hb, s_hl, hidden.stride(-1), weight.stride(0), weight.stride(1), chunk,
              n_sup, n_exc, logit_scale, max(temperature, 1e-30) if sample else 0.0, 1.0 / ref_tau, seed)

@@ -12,7 +12,6 @@ registered with ``torch.library``; the divergence's backward is a Triton kernel 
 
 from __future__ import annotations
 
-import functools
 import types
 
 import torch
@@ -27,7 +26,7 @@ from upo_fast.kernels.position_select import (
     topk_candidates,
     topk_candidates_ref,
 )
-from upo_fast.kernels.triton_support import triton_interpreting, use_triton
+from upo_fast.kernels.triton_support import deferred_kernels, use_triton
 
 REFERENCE_KINDS = ("max_confidence", "softmax_confidence", "topk")
 DIVERGENCES = ("kl", "ce")
@@ -85,7 +84,7 @@ def _check_divergence(scores, candidates, reference, kind, temperature) -> None:
     _check_temperature(temperature)
 
 
-# Triton kernels, one program per row; `tl` is bound on the first launch (see vocab_stats.py for why).
+# Triton kernels, one program per row, decorated on the first launch (triton_support.deferred_kernels).
 tl = None
 
 
@@ -143,21 +142,15 @@ def _divergence_kernel(L, s_ptr, c_ptr, r_ptr, div_ptr, gout_ptr, grad_ptr, temp
         tl.store(div_ptr + row, div)
 
 
-@functools.cache
-def _jitted(interpret: bool):
-    global tl
-    import triton
-    import triton.language
-
-    tl = triton.language
+@deferred_kernels()
+def _jitted(triton):
     return types.SimpleNamespace(refdist=triton.jit(_refdist_kernel), divergence=triton.jit(_divergence_kernel))
 
 
 @torch.library.custom_op("upo_fast::reference_distribution", mutates_args=())
 def _refdist_op(values: torch.Tensor, candidates: torch.Tensor, mode: int) -> torch.Tensor:
     out = torch.empty(values.shape, dtype=torch.float32, device=values.device)
-    launch_rows(_jitted(triton_interpreting()).refdist, values, values.contiguous(), as_bytes(candidates), out,
-                MODE=mode)
+    launch_rows(_jitted().refdist, values, values.contiguous(), as_bytes(candidates), out, MODE=mode)
     return out
 
 
@@ -170,7 +163,7 @@ def _(values, candidates, mode):
 def _divergence_op(scores: torch.Tensor, candidates: torch.Tensor, reference: torch.Tensor, kl: bool,
                    temperature: float) -> torch.Tensor:
     out = torch.empty(scores.shape[:1], dtype=torch.float32, device=scores.device)
-    launch_rows(_jitted(triton_interpreting()).divergence, scores, scores.contiguous(), as_bytes(candidates),
+    launch_rows(_jitted().divergence, scores, scores.contiguous(), as_bytes(candidates),
                 reference.contiguous(), out, out, out, temperature, KL=kl, BACKWARD=False)
     return out
 
@@ -185,7 +178,7 @@ def _divergence_backward_op(scores: torch.Tensor, candidates: torch.Tensor, refe
                             divergence: torch.Tensor, grad_out: torch.Tensor, kl: bool,
                             temperature: float) -> torch.Tensor:
     grad = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
-    launch_rows(_jitted(triton_interpreting()).divergence, scores, scores.contiguous(), as_bytes(candidates),
+    launch_rows(_jitted().divergence, scores, scores.contiguous(), as_bytes(candidates),
                 reference.contiguous(), divergence.contiguous(), grad_out.float().contiguous(), grad, temperature,
                 KL=kl, BACKWARD=True)
     return grad.to(scores.dtype)

@@ -23,14 +23,12 @@ Common conventions:
 from __future__ import annotations
 
 import contextlib
-import functools
 import types
 
 import torch
 from upo_fast.kernels.triton_support import (
-    device_helpers,
+    deferred_kernels,
     seed_tensor,
-    triton_interpreting,
     triton_next_pow2,
     use_triton,
 )
@@ -144,8 +142,8 @@ def topk_candidates_ref(confidence, candidates, K: int) -> torch.Tensor:
     return _rank_select(confidence.double(), candidates, k)
 
 
-# Triton kernels, one program per row. `tl` is imported on the first launch (see vocab_stats.py for why); the kernels
-# read bf16/fp16/fp32/fp64 inputs as fp32. `gumbel_scores` is triton_support's shared helper, bound there too.
+# Triton kernels, one program per row, decorated on the first launch (triton_support.deferred_kernels); they read
+# bf16/fp16/fp32/fp64 inputs as fp32. `gumbel_scores` is triton_support's shared helper, bound there too.
 tl = gumbel_scores = None
 
 
@@ -208,15 +206,8 @@ def _select_kernel(L, s_ptr, c_ptr, k_ptr, out_ptr, temperature, threshold, seed
     tl.store(out_ptr + row * L + offs, sel.to(tl.uint8), mask=offs < L)
 
 
-
-@functools.cache
-def _jitted(interpret: bool):
-    global tl, gumbel_scores
-    import triton
-    import triton.language
-
-    tl = triton.language  # the kernels' globals, resolved when triton parses them
-    gumbel_scores = device_helpers(interpret).gumbel_scores
+@deferred_kernels("gumbel_scores")
+def _jitted(triton):
     return types.SimpleNamespace(log_softmax=triton.jit(_log_softmax_kernel), select=triton.jit(_select_kernel))
 
 
@@ -236,8 +227,7 @@ def as_bytes(candidates: torch.Tensor) -> torch.Tensor:  # triton takes bool mas
 @torch.library.custom_op("upo_fast::position_log_softmax", mutates_args=())
 def _log_softmax_op(scores: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
     out = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
-    launch_rows(_jitted(triton_interpreting()).log_softmax, scores, scores.contiguous(), as_bytes(candidates), out,
-                temperature)
+    launch_rows(_jitted().log_softmax, scores, scores.contiguous(), as_bytes(candidates), out, temperature)
     return out
 
 
@@ -250,7 +240,7 @@ def _(scores, candidates, temperature):
 def _select_op(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor, seed: torch.Tensor,
                temperature: float, threshold: float, mode: int) -> torch.Tensor:
     out = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
-    launch_rows(_jitted(triton_interpreting()).select, scores, scores.contiguous(), as_bytes(candidates),
+    launch_rows(_jitted().select, scores, scores.contiguous(), as_bytes(candidates),
                 counts.contiguous(), out.view(torch.uint8), max(temperature, 1e-30), threshold, seed, MODE=mode)
     return out
 

@@ -1,7 +1,8 @@
 """What every kernel file needs around its Triton code: whether Triton can run here, the backend choice of the
-public ops, the launch target the launchers pick their tiles for, the input checks their launchers share, and the
-``@triton.jit`` helpers several kernels call (Gumbel noise, the running top-K merge), so that they cannot drift
-apart. Triton itself is imported only where a kernel launches."""
+public ops, the launch target the launchers pick their tiles for, the input checks their launchers share, the
+deferred ``triton.jit`` decoration of every file's kernels (``deferred_kernels``), and the ``@triton.jit`` helpers
+several kernels call (Gumbel noise, the running top-K merge), so that they cannot drift apart. Triton itself is
+imported only where a kernel launches."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import functools
 import importlib.util
 import os
 import types
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -158,10 +160,48 @@ def seed_tensor(seed, device: torch.device, generator: torch.Generator | None = 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Shared device helpers, decorated with triton.jit on first use like the kernels (see vocab_stats.py for why). A
-# kernel file binds them as its own globals in its `_jitted` (triton resolves a callee by its global name).
+# Deferred Triton. A kernel file imports without triton (the CPU sampler imports it for the reference, and macOS has
+# no triton): its kernels are plain functions whose global `tl` (and the shared helpers they call) is a None
+# placeholder until the first launch. Kernels are decorated with triton.jit then, once per TRITON_INTERPRET value,
+# because triton decides between compiling and interpreting when it decorates.
 # ----------------------------------------------------------------------------------------------------------------
+def deferred_kernels(*shared: str) -> Callable[[Callable], Callable[[], Any]]:
+    """Decorates a kernel file's ``define(triton)``, which applies ``triton.jit`` to the file's kernels and returns
+    them (one kernel, or a namespace of several). The result is ``jitted()``: on its first call per TRITON_INTERPRET
+    value it imports triton, binds ``tl`` and the ``shared`` helpers of this file (``"gumbel_scores"``,
+    ``"merge_topk"``) as globals of ``define``'s module (triton resolves the names in a kernel by its module's
+    globals), runs ``define`` and caches what it returns. The module declares those names as None placeholders."""
+    unknown = set(shared) - set(_SHARED_HELPERS)
+    if unknown:
+        raise ValueError(f"no shared triton helper named {', '.join(sorted(unknown))}; known: {_SHARED_HELPERS}")
+
+    def wrap(define: Callable) -> Callable[[], Any]:
+        module_globals = define.__globals__
+
+        @functools.cache
+        def for_mode(interpret: bool):
+            import triton
+            import triton.language
+
+            module_globals["tl"] = triton.language
+            if shared:
+                helpers = device_helpers()
+                for name in shared:
+                    module_globals[name] = getattr(helpers, name)
+            return define(triton)
+
+        @functools.wraps(define)
+        def jitted():
+            return for_mode(triton_interpreting())
+
+        return jitted
+
+    return wrap
+
+
+# Shared device helpers, decorated like the kernels; a kernel file names those it calls in its `deferred_kernels`
 tl = None
+_SHARED_HELPERS = ("gumbel_scores", "merge_topk")
 
 
 def _gumbel_scores(x, seed, counter, temperature):
@@ -191,12 +231,7 @@ def _merge_topk(top, xe, lane, slot, K: tl.constexpr):
     return merged
 
 
-@functools.cache
-def device_helpers(interpret: bool) -> types.SimpleNamespace:
+@deferred_kernels()
+def device_helpers(triton) -> types.SimpleNamespace:
     """The shared helpers as triton functions (per TRITON_INTERPRET value, like the kernels)."""
-    global tl
-    import triton
-    import triton.language
-
-    tl = triton.language
     return types.SimpleNamespace(gumbel_scores=triton.jit(_gumbel_scores), merge_topk=triton.jit(_merge_topk))

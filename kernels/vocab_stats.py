@@ -20,18 +20,15 @@ path runs and the tests compare against. The public entry point choosing between
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import NamedTuple
 
 import torch
-from upo_fast.kernels.triton_support import (  # noqa: F401  (some are re-exported)
+from upo_fast.kernels.triton_support import (
     check_flat_rows,
-    device_helpers,
+    deferred_kernels,
     id_tensor,
-    interpreter_ready,
     require_runnable,
     seed_tensor,
-    triton_interpreting,
     triton_next_pow2,
 )
 
@@ -110,11 +107,9 @@ def vocab_stats_ref(logits: torch.Tensor, rows: torch.Tensor | None = None, *, t
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Triton kernel. `tl` is imported on the first launch, not at import time: the CPU sampler imports this file for
-# the reference, which must stay cheap and work without triton (macOS). The kernel is decorated on first use, per
-# TRITON_INTERPRET value, because triton decides between compiling and interpreting when it decorates.
+# Triton kernel, decorated on the first launch (triton_support.deferred_kernels: this file imports without triton).
 # ----------------------------------------------------------------------------------------------------------------
-tl = gumbel_scores = merge_topk = None  # bound by _jitted (the shared helpers of triton_support.py)
+tl = gumbel_scores = merge_topk = None  # bound by _jitted (merge_topk, gumbel_scores: triton_support's helpers)
 
 
 def _vocab_stats_kernel(logits_ptr, rows_ptr, suppress_ptr, exclude_ptr,
@@ -215,15 +210,8 @@ MIN_REF_TAU = 1e-30
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@functools.cache
-def _jitted(interpret: bool):
-    global tl, gumbel_scores, merge_topk
-    import triton
-    import triton.language
-
-    tl = triton.language  # the kernel's globals, resolved when triton parses it
-    helpers = device_helpers(interpret)
-    gumbel_scores, merge_topk = helpers.gumbel_scores, helpers.merge_topk
+@deferred_kernels("gumbel_scores", "merge_topk")
+def _jitted(triton):
     return triton.jit(_vocab_stats_kernel)
 
 
@@ -287,7 +275,7 @@ def _vocab_stats_op(logits: torch.Tensor, rows: torch.Tensor | None, suppress: t
     else:
         length, stride_b, stride_l = logits.shape[1], logits.stride(0), logits.stride(1)
     sample = temperature > 0
-    kernel = _jitted(triton_interpreting())
+    kernel = _jitted()
     with torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext():
         kernel[(out[0].numel(),)](logits, out[0] if rows is None else rows, suppress, exclude, *out,
                                   logits.shape[-1], length, stride_b, stride_l, n_suppress, n_exclude,
