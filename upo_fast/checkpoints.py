@@ -22,6 +22,9 @@ A checkpoint directory only gets its ``ckpt-`` name once every file in it is wri
 leaves either the previous state or the new one. Files can still go bad later (a full disk, a partial copy
 between machines, flipped bytes), so :func:`find_resumable` verifies each candidate against its checksums and
 falls back to an older good one.
+
+Both trainers resume the same way: :func:`check_resume` (the checkpoint and its settings, before any model loads),
+then :func:`restore` (weights, optimizer state, log); and stop early by :func:`should_stop`.
 """
 
 from __future__ import annotations
