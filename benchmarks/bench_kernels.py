@@ -24,7 +24,7 @@ if not torch.cuda.is_available():  # the Triton rows run in the interpreter, whi
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure, metadata, triton_usable, write_results  # noqa: E402
+from common import finish, measure, triton_usable  # noqa: E402
 from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton  # noqa: E402
 from upo_fast.kernels.vocab_stats import vocab_stats_ref, vocab_stats_triton  # noqa: E402
 
@@ -135,18 +135,9 @@ def main(argv=None) -> int:
                         help="stop adding torch.compile entries once the run has taken this long")
     args = parser.parse_args(argv)
     results, extra = run(args)
-    meta = metadata("cuda" if torch.cuda.is_available() else "cpu")
-    meta["quick"] = args.quick
-    paths = write_results(args.out, "bench_kernels", results, meta, extra)
-    try:
-        plot(results, Path(args.out) / "bench_kernels.png")
-        paths["png"] = str(Path(args.out) / "bench_kernels.png")
-    except ImportError:
-        print("matplotlib is not installed: no PNG")
     for key, value in extra["summary"].items():
         print(f"{key}: {value}")
-    print("wrote", ", ".join(paths.values()))
-    return 0
+    return finish(args, "bench_kernels", results, "cuda" if torch.cuda.is_available() else "cpu", extra, plot=plot)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import _quantile, metadata, time_ms, write_results  # noqa: E402
+from common import _quantile, finish, time_ms  # noqa: E402
 
 import upo_fast  # noqa: E402
 
@@ -255,14 +255,13 @@ def main(argv=None) -> int:
     repeats, warmup = (3, 1) if a.quick else (a.repeats, a.warmup)
     import transformers
 
-    meta = dict(metadata("cpu"), transformers=transformers.__version__, official="NVlabs/Fast-dLLM@24cc59e",
+    meta = dict(transformers=transformers.__version__, official="NVlabs/Fast-dLLM@24cc59e",
                 official_dir=os.path.abspath(a.official))
     timing = dict(device="cpu", warmup=warmup, repeats=repeats)
     results, checks = [], []
     for family in FAMILIES:
         bench_family(family, a.official, batches, results, checks, timing)
     rat = ratios(results)
-    paths = write_results(a.out, "bench_native_models", results, meta, dict(checks=checks, ratios=rat))
     print("\n| model | batch | impl | median ms | p20-p80 ms | peak alloc MiB | / official (paired) |\n"
           "|---|---|---|---|---|---|---|")
     for r in results:
@@ -271,8 +270,7 @@ def main(argv=None) -> int:
     print("\n| model | batch | logits max abs diff (official vs native) | logits std |\n|---|---|---|---|")
     for c in checks:
         print(f"| {c['model']} | {c['batch']} | {c['logits_maxabs']:.3g} | {c['logits_std']:.3f} |")
-    print(paths)
-    return 0
+    return finish(a, "bench_native_models", results, "cpu", dict(checks=checks, ratios=rat), meta=meta)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ if not torch.cuda.is_available():  # the Triton rows run in the interpreter, whi
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure, metadata, triton_usable, write_results  # noqa: E402
+from common import finish, measure, triton_usable  # noqa: E402
 from upo_fast.kernels.policy_divergence import policy_divergence, policy_divergence_ref  # noqa: E402
 from upo_fast.kernels.position_select import select_positions, select_positions_ref  # noqa: E402
 
@@ -90,11 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compile-budget-s", type=float, default=90.0)
     args = parser.parse_args(argv)
     results, extra = run(args)
-    meta = metadata("cuda" if torch.cuda.is_available() else "cpu")
-    meta["quick"] = args.quick
-    paths = write_results(args.out, "bench_position_ops", results, meta, extra)
-    print("wrote", ", ".join(paths.values()))
-    return 0
+    return finish(args, "bench_position_ops", results, "cuda" if torch.cuda.is_available() else "cpu", extra)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure, metadata, write_results  # noqa: E402
+from common import finish, measure  # noqa: E402
 
 from upo_fast.adapters import MDMAdapter  # noqa: E402
 from upo_fast.models import TinyMDM, TinyMDMConfig  # noqa: E402
@@ -162,9 +162,7 @@ def main(argv=None) -> int:
                 run_model(results, name, model, x, mask_id, start, end, timing, policy,
                           fused=device.type == "cuda")
         del model
-    paths = write_results(args.out, "bench_sampler", results, {**metadata(device), "quick": args.quick})
-    print("wrote", ", ".join(paths.values()))
-    return 0
+    return finish(args, "bench_sampler", results, device)
 
 
 if __name__ == "__main__":

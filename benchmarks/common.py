@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: run metadata, timing, peak memory, and result files (JSON + CSV).
+"""Shared helpers of the benchmarks: run metadata, timing, peak memory, result files (JSON + CSV), and the common
+end of a benchmark's ``main()`` (``finish``).
 
 Every result file carries the metadata that the README rule asks for: device, torch/triton versions, commit, date
 and the command line.
@@ -130,6 +131,24 @@ def write_results(out_dir: str | Path, name: str, rows: list[dict], meta: dict, 
         for row in rows:
             writer.writerow({**row, **{f"meta_{k}": v for k, v in meta.items()}})
     return dict(json=str(json_path), csv=str(csv_path))
+
+
+def finish(args, name: str, rows: list[dict], device: torch.device | str, extra: dict | None = None, *,
+           meta: dict | None = None, plot: Callable[[list[dict], Path], None] | None = None) -> int:
+    """The end of a benchmark's ``main()``: writes ``<args.out>/<name>.{json,csv}`` with the run's metadata
+    (``metadata(device)``, then ``"quick": args.quick``, then the fields of ``meta``) and ``extra``, draws
+    ``<name>.png`` by ``plot(rows, path)`` when given (a note instead where matplotlib is missing), prints the files
+    written and returns 0, the script's exit status."""
+    paths = write_results(args.out, name, rows, {**metadata(device), "quick": args.quick, **(meta or {})}, extra)
+    if plot is not None:
+        png = Path(args.out) / f"{name}.png"
+        try:
+            plot(rows, png)
+            paths["png"] = str(png)
+        except ImportError:
+            print("matplotlib is not installed: no PNG")
+    print("wrote", ", ".join(paths.values()))
+    return 0
 
 
 def triton_usable(device: torch.device) -> bool:
