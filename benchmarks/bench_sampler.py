@@ -35,7 +35,7 @@ from common import finish, measure  # noqa: E402
 from upo_fast.adapters import MDMAdapter  # noqa: E402
 from upo_fast.models import TinyMDM, TinyMDMConfig  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
-from upo_fast.sampler import _Loop  # noqa: E402
+from upo_fast.sampler import SamplingOptions, _Loop  # noqa: E402
 
 
 def llada_ref_step(model, x, mask_id, start, end, k, fp64=False):
@@ -101,8 +101,8 @@ def run_model(results, name, model, x_prompt, mask_id, start, end, timing, polic
             op="step", impl="paper_rollout", **fields)
     k = torch.ones(batch, dtype=torch.long, device=x_prompt.device)
     for scorer in ("max_confidence", "policy"):
-        loop = _Loop(adapter, fresh(), None, scorer, 0.0, 0.0, policy if scorer == "policy" else None, None, None,
-                     5, 0.0, None, fused_head=fused)
+        options = SamplingOptions(scorer=scorer, topk=5, position_temperature=0.0, fused_head=fused)
+        loop = _Loop(adapter, fresh(), None, options, policy=policy if scorer == "policy" else None)
 
         def step(loop=loop):
             loop.x.copy_(x_prompt)
