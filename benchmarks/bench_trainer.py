@@ -37,7 +37,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import metadata, write_results  # noqa: E402
+from common import finish  # noqa: E402
 from paper_loop import paper_iteration  # noqa: E402
 
 from upo_fast.assets import load_task_model  # noqa: E402
@@ -263,10 +263,8 @@ def main(argv=None) -> int:
                 rows.append(row)
     summary = _summaries(rows)
     print(json.dumps(summary, indent=1))
-    meta = {**metadata(device), "quick": args.quick, "threads": args.threads, "config": json.loads(args.config)}
-    paths = write_results(args.out, "bench_trainer", rows, meta, {"summary": summary})
-    print("wrote", ", ".join(paths.values()))
-    return 0
+    return finish(args, "bench_trainer", rows, device, {"summary": summary},
+                  meta={"threads": args.threads, "config": json.loads(args.config)})
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def upo_records(out):
 def test_an_update_to_non_finite_parameters_is_undone(sudoku4_mdm, tmp_path, caplog, monkeypatch):
     from upo_fast.assets import load_task_model
     from upo_fast.tasks import get_task
-    from upo_fast.training.trainer import make_policy
+    from upo_fast.training.policy_init import make_policy
 
     poison_adamw(monkeypatch)
     cfg = upo_config(sudoku4_mdm, tmp_path, steps=1)

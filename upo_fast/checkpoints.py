@@ -54,11 +54,6 @@ from upo_fast.checkpoint_files import (
     write_checksums,
     write_state,
 )
-from upo_fast.finite_steps import (  # noqa: F401 - re-exported until training/update.py imports finite_steps
-    drop_new_state,
-    finite_flag,
-    step_where_finite,
-)
 from upo_fast.validation import first_non_finite
 
 logger = logging.getLogger(__name__)

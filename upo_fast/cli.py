@@ -132,8 +132,9 @@ def _sample_grid(args, scorer: str, device: str) -> None:
 def _sample_text(args, scorer: str, device: str) -> None:
     from upo_fast.models.loading import load_text_model
     from upo_fast.sampler import generate
+    from upo_fast.scorers import get_scorer
 
-    if scorer == "policy" and not args.policy:
+    if get_scorer(scorer).needs_policy and not args.policy:
         raise ValueError("--scorer policy with --prompt needs --policy DIR: no policy ships for LLaDA/Dream")
     model, tokenizer = load_text_model(args.model, device, args.trust_remote_code)
     ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(device)

@@ -33,10 +33,17 @@ def _scorers(args, default: list[str]) -> list[str]:
     return [resolve_scorer(s) for s in (args.scorer or default)]
 
 
+def needs_policy(scorer: str) -> bool:
+    """Whether ``scorer`` (a canonical name) ranks by a learned policy that must be loaded (``Scorer.needs_policy``)."""
+    from upo_fast.scorers import get_scorer
+
+    return get_scorer(scorer).needs_policy
+
+
 def policy_options(args, scorer: str, task, model) -> dict:
     """``policy`` and ``position_temperature`` (the command's ``--position-temperature``, else 0 = greedy) for
     ``--scorer policy``, the shipped policy of a grid task when ``--policy`` is not given; nothing for heuristics."""
-    if scorer != "policy":
+    if not needs_policy(scorer):
         return {}
     from upo_fast.policy import load_policy
 
@@ -73,7 +80,7 @@ def cmd_eval(args) -> dict:
     results = {}
     for scorer in scorers:
         options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk, temperature=args.temperature)
-        if scorer == "policy":  # greedy positions unless asked, or sampled ones when Pass@N needs samples
+        if needs_policy(scorer):  # greedy positions unless asked, or sampled ones when Pass@N needs samples
             default = 1.0 if args.pass_at > 1 else 0.0
             options.update(policy=load_policy(args.policy, task, model, args.model),
                            position_temperature=default if args.position_temperature is None
@@ -119,7 +126,7 @@ def _eval_text(args) -> dict:
     report = {"task": args.task, "n": len(problems), "results": {}}
     for scorer in _scorers(args, ["max_confidence"]):
         policy = None
-        if scorer == "policy":
+        if needs_policy(scorer):
             from upo_fast.policy import load_policy
 
             if not args.policy:

@@ -25,14 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from upo_fast.assets import load_task_model
-from upo_fast.checkpoints import (
-    changed_settings,
-    find_resumable,
-    json_default,
-    load_model_weights,
-    save_checkpoint,
-    truncate_log,
-)
+from upo_fast.checkpoints import check_resume, json_default, restore, save_checkpoint, should_stop
 from upo_fast.policy import UnmaskingPolicy
 from upo_fast.tasks import get_task
 from upo_fast.training.config import SELECT_ON, TrainConfig
@@ -140,11 +133,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the number of processes "
                          f"({group.world})")
     out_dir = Path(cfg.out_dir)
-    found = find_resumable(out_dir)  # first: a resume with other settings is refused before any model loads
-    changes = {}
-    if found is not None and "config" in found[1]:  # a legacy checkpoint without its config resumes as before
-        changes = changed_settings(found[1]["config"], cfg.to_dict(), RESUME_MAY_CHANGE,
-                                   where=f"the run in {out_dir} (checkpoint {found[0].name})")
+    found = check_resume(out_dir, cfg.to_dict(), RESUME_MAY_CHANGE)  # first: refused before any model loads
     task = get_task(cfg.task)
     mdm = load_task_model(cfg.model, task, device).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the policy's initialization: the same on every process and every fresh start
@@ -154,25 +143,16 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
     group.barrier()
 
-    best_key = SELECT_ON[cfg.select_on]
-    start_step, best = 0, {best_key: -1.0, "step": 0}
-    if found is not None:
-        ckpt, state = found
-        if group.main:
-            for name, (old, new) in changes.items():
-                logger.warning("resume: %s %r -> %r", name, old, new)
-            if changes:  # the settings in force from now on
-                (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        load_model_weights(policy, ckpt, device)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start_step, best = state["step"], {**best, **state.get("best", {})}
-        if group.main:
-            truncate_log(out_dir / "metrics.jsonl", start_step)
-            logger.info("resuming from %s (step %d)", ckpt, start_step)
-    elif group.main:
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if group.main and (found is None or found.changes):  # the settings in force from now on
         (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    start_step = restore(found, policy, optimizer, device, out_dir / "metrics.jsonl", main=group.main)
+    best_key = SELECT_ON[cfg.select_on]
+    best = {best_key: -1.0, "step": 0}
+    if found is not None:
+        torch.set_rng_state(found.state["torch_rng"])
+        best = {**best, **found.state.get("best", {})}
+        if group.main:
+            logger.info("resuming from %s (step %d)", found.checkpoint, start_step)
     log = _MetricsLog(out_dir, group.main, cfg.tensorboard)
     val = None
     if group.main and cfg.eval_every:
@@ -232,15 +212,14 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
                 policy.save_pretrained(out_dir / "best")  # the policy to ship: chosen on validation only
         log.write(record)
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get("val_solved", ""))
-        out_of_time = cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s
-        stop_here = cfg.stop_at_step is not None and step >= cfg.stop_at_step
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time or stop_here:
+        stop_early = should_stop(step, started, cfg.time_limit_s, cfg.stop_at_step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop_early:
             if group.main:
                 save_checkpoint(out_dir, policy, {"step": step, "optimizer": optimizer.state_dict(),
                                                   "torch_rng": torch.get_rng_state(), "best": best,
                                                   "config": cfg.to_dict()}, keep=cfg.keep_checkpoints)
             group.barrier()
-        if out_of_time or stop_here:
+        if stop_early:
             stopped_early = step < cfg.steps
             break
     log.close()

@@ -26,7 +26,7 @@ from upo_fast.flops import policy_cost  # noqa: E402
 from upo_fast.models.tiny_mdm import load_saved  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
-from upo_fast.training.trainer import VALIDATION_SEED  # noqa: E402
+from upo_fast.training.policy_init import VALIDATION_SEED  # noqa: E402
 
 NUM_PUZZLES = 1000
 

@@ -23,7 +23,7 @@ from upo_fast.flops import policy_cost  # noqa: E402
 from upo_fast.policy import load_policy  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 from upo_fast.training.config import TrainConfig  # noqa: E402
-from upo_fast.training.trainer import make_policy  # noqa: E402
+from upo_fast.training.policy_init import make_policy  # noqa: E402
 
 BODIES = {
     "default (block, copy, mlp_hidden 128)": dict(),
