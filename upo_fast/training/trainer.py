@@ -126,105 +126,140 @@ class _MetricsLog:
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     """Run (or resume) UPO training as ``cfg`` says; returns a summary. See the module docstring."""
-    cfg.validate()
-    group = ProcessGroup.from_env(cfg.device)
-    device = f"cuda:{group.local_rank}" if cfg.device == "cuda" and group.world > 1 else cfg.device
-    if cfg.prompts_per_step % group.world:
-        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the number of processes "
-                         f"({group.world})")
-    out_dir = Path(cfg.out_dir)
-    found = check_resume(out_dir, cfg.to_dict(), RESUME_MAY_CHANGE)  # first: refused before any model loads
-    task = get_task(cfg.task)
-    mdm = load_task_model(cfg.model, task, device).eval().requires_grad_(False)
-    torch.manual_seed(cfg.seed)  # the policy's initialization: the same on every process and every fresh start
-    policy = make_policy(cfg, mdm)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if group.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    group.barrier()
-
-    if group.main and (found is None or found.changes):  # the settings in force from now on
-        (out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    start_step = restore(found, policy, optimizer, device, out_dir / "metrics.jsonl", main=group.main)
-    best_key = SELECT_ON[cfg.select_on]
-    best = {best_key: -1.0, "step": 0}
-    if found is not None:
-        torch.set_rng_state(found.state["torch_rng"])
-        best = {**best, **found.state.get("best", {})}
-        if group.main:
-            logger.info("resuming from %s (step %d)", found.checkpoint, start_step)
-    log = _MetricsLog(out_dir, group.main, cfg.tensorboard)
-    val = None
-    if group.main and cfg.eval_every:
-        val = task.make_puzzles(cfg.eval_puzzles, cfg.blanks, seed=VALIDATION_SEED)
-        if start_step == 0:
-            log.write({"step": 0, **validate(mdm, policy, task, *val)})
-
-    local_prompts = cfg.prompts_per_step // group.world
-    update_options = cfg.update_options()
-    runner = compiled(policy, cfg.compile_backend)  # shares the parameters; ``policy`` is what is saved
-    started, stopped_early, step = time.perf_counter(), False, start_step
-    bar = tqdm(range(start_step + 1, cfg.steps + 1), desc="upo train", disable=not (progress and group.main))
+    run = _Run(cfg)
+    cfg = run.cfg
+    started, stopped_early, step = time.perf_counter(), False, run.start_step
+    bar = tqdm(range(run.start_step + 1, cfg.steps + 1), desc="upo train",
+               disable=not (progress and run.group.main))
     for step in bar:
         t_step = time.perf_counter()
+        record = run.grpo_step(step)
+        record["ms_step"] = 1e3 * (time.perf_counter() - t_step)  # puzzles, rollout, rewards, update (no validation)
+        run.validate_and_log(step, record)
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get("val_solved", ""))
+        stop_early = should_stop(step, started, cfg.time_limit_s, cfg.stop_at_step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop_early:
+            run.save(step)
+        if stop_early:
+            stopped_early = step < cfg.steps
+            break
+    run.log.close()
+    return {"last_step": step, "resumed_from_step": run.start_step, "stopped_early": stopped_early,
+            "best": run.best, "seconds": time.perf_counter() - started, "out_dir": str(run.out_dir)}
+
+
+class _Run:
+    """What one call of :func:`train` sets up once (processes, models, optimizer, resume, log, validation puzzles)
+    and the pieces of a step that read it."""
+
+    def __init__(self, cfg: TrainConfig):
+        cfg.validate()
+        self.cfg, self.group = cfg, ProcessGroup.from_env(cfg.device)
+        group = self.group
+        self.device = f"cuda:{group.local_rank}" if cfg.device == "cuda" and group.world > 1 else cfg.device
+        if cfg.prompts_per_step % group.world:
+            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the number of "
+                             f"processes ({group.world})")
+        self.out_dir = out_dir = Path(cfg.out_dir)
+        found = check_resume(out_dir, cfg.to_dict(), RESUME_MAY_CHANGE)  # first: refused before any model loads
+        self.task = get_task(cfg.task)
+        self.mdm = load_task_model(cfg.model, self.task, self.device).eval().requires_grad_(False)
+        torch.manual_seed(cfg.seed)  # the policy's initialization: the same on every process and every fresh start
+        self.policy = make_policy(cfg, self.mdm)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if group.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        group.barrier()
+        self._resume(found)
+        self.log = _MetricsLog(out_dir, group.main, cfg.tensorboard)
+        self.val = None
+        if group.main and cfg.eval_every:
+            self.val = self.task.make_puzzles(cfg.eval_puzzles, cfg.blanks, seed=VALIDATION_SEED)
+            if self.start_step == 0:
+                self.log.write({"step": 0, **validate(self.mdm, self.policy, self.task, *self.val)})
+        self.local_prompts = cfg.prompts_per_step // group.world
+        self.update_options = cfg.update_options()
+        self.runner = compiled(self.policy, cfg.compile_backend)  # shares the parameters; ``policy`` is saved
+
+    def _resume(self, found) -> None:
+        cfg, group = self.cfg, self.group
+        if group.main and (found is None or found.changes):  # the settings in force from now on
+            (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        self.start_step = restore(found, self.policy, self.optimizer, self.device, self.out_dir / "metrics.jsonl",
+                                  main=group.main)
+        self.best_key = SELECT_ON[cfg.select_on]
+        self.best = {self.best_key: -1.0, "step": 0}
+        if found is not None:
+            torch.set_rng_state(found.state["torch_rng"])
+            self.best = {**self.best, **found.state.get("best", {})}
+            if group.main:
+                logger.info("resuming from %s (step %d)", found.checkpoint, self.start_step)
+
+    def grpo_step(self, step: int) -> dict:
+        """Puzzles, a recorded rollout, rewards and (when they are finite) the update: the step's metrics record."""
+        cfg, group = self.cfg, self.group
         seed = step_seed(cfg.seed, step)
-        puzzles, solutions = task.make_puzzles(cfg.prompts_per_step, cfg.blanks, seed=seed)
-        shard = slice(group.rank * local_prompts, (group.rank + 1) * local_prompts)
+        puzzles, solutions = self.task.make_puzzles(cfg.prompts_per_step, cfg.blanks, seed=seed)
+        shard = slice(group.rank * self.local_prompts, (group.rank + 1) * self.local_prompts)
         puzzles, solutions = puzzles[shard], solutions[shard]
-        x = task.encode(puzzles).to(device).repeat_interleave(cfg.group_size, 0)
-        gen = torch.Generator(device=device).manual_seed(seed + group.rank)
+        x = self.task.encode(puzzles).to(self.device).repeat_interleave(cfg.group_size, 0)
+        gen = torch.Generator(device=self.device).manual_seed(seed + group.rank)
         t0 = time.perf_counter()
-        filled, traj = rollout(mdm, x, policy=runner, position_temperature=cfg.position_temperature,
+        filled, traj = rollout(self.mdm, x, policy=self.runner, position_temperature=cfg.position_temperature,
                                temperature=cfg.token_temperature, generator=gen)
         t_rollout = time.perf_counter() - t0
-        rewards = torch.as_tensor(rewards_for(task, filled, puzzles, solutions, cfg.reward), dtype=torch.float32)
-        rewards = rewards.view(local_prompts, cfg.group_size)
-        stats = group.sum(torch.stack([rewards.sum(), (rewards**2).sum(), torch.tensor(float(rewards.numel())),
-                                       zero_std_ratio(rewards) * local_prompts]).double())
-        record = {"step": step, "reward_mean": float(stats[0] / stats[2]),
-                  "reward_std": float(max(stats[1] / stats[2] - (stats[0] / stats[2]) ** 2, 0.0) ** 0.5),
-                  "zero_std_ratio": float(stats[3] / cfg.prompts_per_step), "ms_rollout": 1e3 * t_rollout}
+        rewards = torch.as_tensor(rewards_for(self.task, filled, puzzles, solutions, cfg.reward),
+                                  dtype=torch.float32).view(self.local_prompts, cfg.group_size)
+        record = {"step": step, **self._reward_metrics(rewards), "ms_rollout": 1e3 * t_rollout}
         finite = bool(group.sum(torch.isfinite(rewards).all().double().view(1)) == group.world)
         if not finite:  # NaN guard: a broken reward must not reach the parameters
             record["skipped"] = "non-finite rewards"
             logger.warning("step %d: non-finite rewards, update skipped", step)
         else:
-            advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten().to(device)
-            learn = None
-            if cfg.drop_zero_std:
-                learn = (rewards.amax(1) > rewards.amin(1)).repeat_interleave(cfg.group_size).to(device)
-            t1 = time.perf_counter()
-            metrics = update_policy(runner, optimizer, traj, advantages, update_options, seed=seed + group.rank,
-                                    pg_rows=learn, group=group)
-            record.update(metrics, ms_update=1e3 * (time.perf_counter() - t1))
-            if metrics["skipped_nonfinite"]:
-                record["skipped"] = "non-finite loss or gradients"
-                logger.warning("step %d: non-finite loss or gradients, update skipped", step)
-            if metrics["undone_nonfinite"]:
-                record["skipped"] = "non-finite parameters after the optimizer step (undone)"
-                logger.warning("step %d: the optimizer step left non-finite parameters, undone", step)
+            self._update(step, seed, rewards, traj, record)
         record["policy_entropy"] = _mean_surprisal(traj)
-        record["ms_step"] = 1e3 * (time.perf_counter() - t_step)  # puzzles, rollout, rewards, update (no validation)
-        if val is not None and step % cfg.eval_every == 0:
-            record.update(validate(mdm, policy, task, *val))
-            if record[best_key] > best[best_key]:
-                best = {best_key: record[best_key], "step": step}
-                policy.save_pretrained(out_dir / "best")  # the policy to ship: chosen on validation only
-        log.write(record)
-        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get("val_solved", ""))
-        stop_early = should_stop(step, started, cfg.time_limit_s, cfg.stop_at_step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop_early:
-            if group.main:
-                save_checkpoint(out_dir, policy, {"step": step, "optimizer": optimizer.state_dict(),
-                                                  "torch_rng": torch.get_rng_state(), "best": best,
-                                                  "config": cfg.to_dict()}, keep=cfg.keep_checkpoints)
-            group.barrier()
-        if stop_early:
-            stopped_early = step < cfg.steps
-            break
-    log.close()
-    return {"last_step": step, "resumed_from_step": start_step, "stopped_early": stopped_early, "best": best,
-            "seconds": time.perf_counter() - started, "out_dir": str(out_dir)}
+        return record
+
+    def _reward_metrics(self, rewards: torch.Tensor) -> dict:
+        """Mean and std of the rewards and the fraction of equal-reward groups, over every process."""
+        stats = self.group.sum(torch.stack([rewards.sum(), (rewards**2).sum(), torch.tensor(float(rewards.numel())),
+                                            zero_std_ratio(rewards) * self.local_prompts]).double())
+        return {"reward_mean": float(stats[0] / stats[2]),
+                "reward_std": float(max(stats[1] / stats[2] - (stats[0] / stats[2]) ** 2, 0.0) ** 0.5),
+                "zero_std_ratio": float(stats[3] / self.cfg.prompts_per_step)}
+
+    def _update(self, step: int, seed: int, rewards: torch.Tensor, traj, record: dict) -> None:
+        cfg, group = self.cfg, self.group
+        advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten().to(self.device)
+        learn = None
+        if cfg.drop_zero_std:
+            learn = (rewards.amax(1) > rewards.amin(1)).repeat_interleave(cfg.group_size).to(self.device)
+        t1 = time.perf_counter()
+        metrics = update_policy(self.runner, self.optimizer, traj, advantages, self.update_options,
+                                seed=seed + group.rank, pg_rows=learn, group=group)
+        record.update(metrics, ms_update=1e3 * (time.perf_counter() - t1))
+        if metrics["skipped_nonfinite"]:
+            record["skipped"] = "non-finite loss or gradients"
+            logger.warning("step %d: non-finite loss or gradients, update skipped", step)
+        if metrics["undone_nonfinite"]:
+            record["skipped"] = "non-finite parameters after the optimizer step (undone)"
+            logger.warning("step %d: the optimizer step left non-finite parameters, undone", step)
+
+    def validate_and_log(self, step: int, record: dict) -> None:
+        if self.val is not None and step % self.cfg.eval_every == 0:
+            record.update(validate(self.mdm, self.policy, self.task, *self.val))
+            if record[self.best_key] > self.best[self.best_key]:
+                self.best = {self.best_key: record[self.best_key], "step": step}
+                self.policy.save_pretrained(self.out_dir / "best")  # the policy to ship: chosen on validation only
+        self.log.write(record)
+
+    def save(self, step: int) -> None:
+        if self.group.main:
+            save_checkpoint(self.out_dir, self.policy,
+                            {"step": step, "optimizer": self.optimizer.state_dict(),
+                             "torch_rng": torch.get_rng_state(), "best": self.best, "config": self.cfg.to_dict()},
+                            keep=self.cfg.keep_checkpoints)
+        self.group.barrier()
 
 
 def _mean_surprisal(traj) -> float:
