@@ -26,7 +26,7 @@ LAYERS: dict[str, list[str]] = {
     # atomic checkpoints; input checks; shipped models and policies (assets); names the CLI parses with.
     "foundations": [
         "upo_fast.models", "upo_fast.models.attention", "upo_fast.models.dream", "upo_fast.models.llada",
-        "upo_fast.models.loading", "upo_fast.models.pretrain", "upo_fast.models.tiny_mdm",
+        "upo_fast.models.loading", "upo_fast.models.pretrain", "upo_fast.models.saved", "upo_fast.models.tiny_mdm",
         "upo_fast.tasks", "upo_fast.tasks.math_answers", "upo_fast.tasks.math_tasks", "upo_fast.tasks.metrics",
         "upo_fast.tasks.sudoku", "upo_fast.tasks.zebra", "upo_fast.tasks.zebra_io", "upo_fast.tasks.zebra_solver",
         "upo_fast.checkpoints", "upo_fast.checkpoint_files", "upo_fast.finite_steps", "upo_fast.validation",

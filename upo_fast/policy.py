@@ -374,7 +374,7 @@ def load_policy(path, task, mdm, model_dir=None) -> UnmaskingPolicy:
     """A saved UnmaskingPolicy, checked against the MDM ``mdm``; which folder: ``upo_fast.assets.policy_folder``
     (``path``, else ``model_dir``'s ``policy/``, else the one shipped with ``task``)."""
     from upo_fast.assets import policy_folder
-    from upo_fast.models.tiny_mdm import load_saved
+    from upo_fast.models.saved import load_saved
 
     folder = policy_folder(path, task.name if task is not None else None, model_dir)
     policy = load_saved(UnmaskingPolicy, folder, next(mdm.parameters()).device)  # strict: missing weights error

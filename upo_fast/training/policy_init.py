@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upo_fast.evaluation import HELD_OUT_SEED, evaluate
-from upo_fast.models.tiny_mdm import load_saved
+from upo_fast.models.saved import load_saved
 from upo_fast.policy import BODIES, UnmaskingPolicy
 
 INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `upo-fast pretrain-policy`)
