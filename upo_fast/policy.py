@@ -60,6 +60,39 @@ def _positive_float(name: str, value) -> None:
         raise ValueError(f"{name} must be a float > 0, got {value!r}")
 
 
+def _check_config(*, mdm_family, mdm_hidden_size, feature_topk, policy_dim, num_heads, intermediate_size, mlp_hidden,
+                  anchor, anchor_tau, block_init, extra_blocks, candidate_topk, body, rms_norm_eps,
+                  initializer_range) -> None:
+    """The fields of an UnmaskingPolicyConfig as given: a ValueError naming the first one out of range."""
+    if mdm_family not in FAMILIES:
+        raise ValueError(f"mdm_family must be one of {', '.join(FAMILIES)}, got {mdm_family!r}")
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
+    if block_init not in BLOCK_INITS:
+        raise ValueError(f"block_init must be one of {', '.join(BLOCK_INITS)}, got {block_init!r}")
+    for name, value in [("mdm_hidden_size", mdm_hidden_size), ("feature_topk", feature_topk),
+                        ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)]:
+        _positive_int(name, value)
+    for name, value in [("policy_dim", policy_dim), ("intermediate_size", intermediate_size),
+                        ("candidate_topk", candidate_topk)]:
+        if value is not None:
+            _positive_int(name, value)
+    if not isinstance(extra_blocks, int) or extra_blocks < 0:
+        raise ValueError(f"extra_blocks must be an int >= 0, got {extra_blocks!r}")
+    for name, value in [("anchor_tau", anchor_tau), ("rms_norm_eps", rms_norm_eps),
+                        ("initializer_range", initializer_range)]:
+        _positive_float(name, value)
+    if body not in BODIES:
+        raise ValueError(f"body must be one of {', '.join(BODIES)}, got {body!r}")
+    if body == "features" and (block_init != "fresh" or extra_blocks):
+        raise ValueError("body='features' has no transformer block: it needs block_init='fresh' and "
+                         f"extra_blocks=0, got block_init={block_init!r}, extra_blocks={extra_blocks!r}")
+    width = policy_dim if policy_dim is not None else mdm_hidden_size
+    if body == "block" and width % num_heads != 0:
+        raise ValueError(f"num_heads={num_heads} must divide the policy width {width} (policy_dim or "
+                         "mdm_hidden_size)")
+
+
 class UnmaskingPolicyConfig(PretrainedConfig):
     """Configuration of :class:`UnmaskingPolicy`. Records the MDM it fits (``mdm_family``, ``mdm_hidden_size``).
 
@@ -91,33 +124,11 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
-        if mdm_family not in FAMILIES:
-            raise ValueError(f"mdm_family must be one of {', '.join(FAMILIES)}, got {mdm_family!r}")
-        if anchor not in ANCHORS:
-            raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
-        if block_init not in BLOCK_INITS:
-            raise ValueError(f"block_init must be one of {', '.join(BLOCK_INITS)}, got {block_init!r}")
-        for name, value in [("mdm_hidden_size", mdm_hidden_size), ("feature_topk", feature_topk),
-                            ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)]:
-            _positive_int(name, value)
-        for name, value in [("policy_dim", policy_dim), ("intermediate_size", intermediate_size),
-                            ("candidate_topk", candidate_topk)]:
-            if value is not None:
-                _positive_int(name, value)
-        if not isinstance(extra_blocks, int) or extra_blocks < 0:
-            raise ValueError(f"extra_blocks must be an int >= 0, got {extra_blocks!r}")
-        for name, value in [("anchor_tau", anchor_tau), ("rms_norm_eps", rms_norm_eps),
-                            ("initializer_range", initializer_range)]:
-            _positive_float(name, value)
-        if body not in BODIES:
-            raise ValueError(f"body must be one of {', '.join(BODIES)}, got {body!r}")
-        if body == "features" and (block_init != "fresh" or extra_blocks):
-            raise ValueError("body='features' has no transformer block: it needs block_init='fresh' and "
-                             f"extra_blocks=0, got block_init={block_init!r}, extra_blocks={extra_blocks!r}")
-        width = policy_dim if policy_dim is not None else mdm_hidden_size
-        if body == "block" and width % num_heads != 0:
-            raise ValueError(f"num_heads={num_heads} must divide the policy width {width} (policy_dim or "
-                             "mdm_hidden_size)")
+        _check_config(mdm_family=mdm_family, mdm_hidden_size=mdm_hidden_size, feature_topk=feature_topk,
+                      policy_dim=policy_dim, num_heads=num_heads, intermediate_size=intermediate_size,
+                      mlp_hidden=mlp_hidden, anchor=anchor, anchor_tau=anchor_tau, block_init=block_init,
+                      extra_blocks=extra_blocks, candidate_topk=candidate_topk, body=body, rms_norm_eps=rms_norm_eps,
+                      initializer_range=initializer_range)
         self.mdm_family = mdm_family
         self.mdm_hidden_size = mdm_hidden_size
         self.feature_topk = feature_topk
