@@ -139,6 +139,94 @@ def _naming_step(bad_step: torch.Tensor, logits: torch.Tensor, step: int):
         raise
 
 
+def _prepare_inputs(adapter, input_ids, attention_mask, num_return_sequences):
+    """Check the inputs, move them to the model's device and repeat each row ``num_return_sequences`` times."""
+    check_token_ids(input_ids, "input_ids", adapter.vocab_size)
+    check_attention_mask(attention_mask, input_ids.shape)
+    check_pad_not_mask(input_ids, attention_mask, adapter.mask_id)
+    input_ids = input_ids.to(adapter.device)
+    if num_return_sequences > 1:
+        input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
+    return input_ids, attention_mask
+
+
+def _max_length(adapter, opts, kwargs, prompt_len) -> int:
+    """The total length, as Dream resolves it (``max_new_tokens`` first; the untouched default ``max_length``
+    counts new tokens, capped by the model's positions)."""
+    if opts["max_new_tokens"] is not None:
+        max_length = opts["max_new_tokens"] + prompt_len
+    elif "max_length" not in kwargs and opts["max_length"] == DEFAULTS["max_length"]:
+        max_length = opts["max_length"] + prompt_len
+        limit = getattr(adapter.config, "max_position_embeddings", None)
+        max_length = min(max_length, limit) if limit is not None else max_length
+    else:
+        max_length = opts["max_length"]
+    if prompt_len >= max_length:
+        raise ValueError(f"input length {prompt_len} must be smaller than max_length {max_length} "
+                         "(set max_new_tokens)")
+    return max_length
+
+
+def _masked_logits(adapter, x, prepared, mask_index, logits_hook, step, length):
+    """One forward pass. Returns the raw output, the logits hook's result (None without a hook), the masked
+    positions' flat indices and their (shifted) logits [N, V]."""
+    raw = adapter.model(x, prepared.kwargs["attention_mask"], prepared.kwargs.get("position_ids")).logits
+    vocab = raw.shape[-1]
+    logits = None
+    if logits_hook is not None:
+        logits = logits_hook(step, x, torch.cat([raw[:, :1], raw[:, :-1]], dim=1))
+        source = logits.reshape(-1, vocab)
+        shift = 0
+    else:  # row i reads output i-1 (output 0 for the first position), no shifted copy
+        source, shift = raw.reshape(-1, vocab), 1
+    flat_idx = mask_index.view(-1).nonzero().squeeze(1)  # the masked rows, in the reference's order
+    src_idx = flat_idx - (flat_idx % length > 0).long() * shift
+    return raw, logits, flat_idx, source.index_select(0, src_idx)
+
+
+def _origin_step(x, flat_idx, mask_logits, t, s, step, last, opts, mask_id, bad_step, device) -> None:
+    """alg ``origin``: each masked position is committed with probability 1 - s/t (all at the last step)."""
+    p_transfer = 1 - s / t if not last else 1
+    transfer = torch.rand(flat_idx.shape[0], device=device) < p_transfer
+    # every masked row, transferred now or not (as unmask checks every candidate): NaN, +inf, all -inf
+    _flag(bad_step, mask_logits.amax(dim=-1), step)
+    x0 = torch.full_like(flat_idx, mask_id)
+    if bool(transfer.any()):
+        rows = mask_logits[transfer]
+        with _naming_step(bad_step, rows, step):
+            _, x0[transfer] = token_confidence(rows, "maskgit_plus", opts["temperature"], opts["top_p"],
+                                               opts["top_k"])
+    x.view(-1)[flat_idx] = x0
+
+
+def _confidence_step(x, flat_idx, mask_logits, mask_index, t, s, step, last, opts, mask_id, bad_step,
+                     shape, device) -> None:
+    """algs ``maskgit_plus``/``topk_margin``/``entropy``: commit the k (batch-mean schedule) most confident masked
+    positions of each row, or k drawn by confidence at ``alg_temp``. ``shape`` is x's [B, L] before any hook."""
+    batch, dtype = shape[0], mask_logits.dtype  # the dtype of the logits the rows were read from
+    alg_temp = opts["alg_temp"]
+    with _naming_step(bad_step, mask_logits, step):
+        confidence, x0 = token_confidence(mask_logits, opts["alg"], opts["temperature"], opts["top_p"],
+                                          opts["top_k"])
+    _flag(bad_step, confidence, step)
+    if alg_temp is not None and alg_temp != 0:  # multinomial must not meet NaN
+        confidence = confidence.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+    mean_masks = mask_index.sum() / batch
+    k = int(mean_masks * (1 - s / t)) if not last else int(mean_masks)
+    full_conf = torch.full(shape, float("-inf"), device=device, dtype=dtype)
+    full_conf.view(-1)[flat_idx] = confidence.to(dtype)
+    if k > 0:
+        if alg_temp is None or alg_temp == 0:
+            chosen = full_conf.topk(k, dim=-1).indices
+        else:
+            chosen = torch.multinomial(F.softmax(full_conf / alg_temp, dim=-1), num_samples=k)
+        proposal = torch.full_like(x, mask_id)
+        proposal.view(-1)[flat_idx] = x0
+        x.scatter_(1, chosen, proposal.gather(1, chosen))
+
+
 @torch.no_grad()
 def dream_generate(model, input_ids, attention_mask=None, generation_config=None, **kwargs):
     """Dream diffusion sampling. input_ids: [B, P] (left-padded when B > 1); attention_mask: [B, P] 0/1 or None.
@@ -152,35 +240,17 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
     opts = _resolve_options(model, generation_config, kwargs)
     adapter = MDMAdapter(model, family="dream", mask_id=opts["mask_token_id"])
     mask_id = adapter.mask_id
-    check_token_ids(input_ids, "input_ids", adapter.vocab_size)
-    check_attention_mask(attention_mask, input_ids.shape)
-    check_pad_not_mask(input_ids, attention_mask, mask_id)
+    input_ids, attention_mask = _prepare_inputs(adapter, input_ids, attention_mask, opts["num_return_sequences"])
     device = adapter.device
-    input_ids = input_ids.to(device)
-    if opts["num_return_sequences"] > 1:
-        input_ids = input_ids.repeat_interleave(opts["num_return_sequences"], dim=0)
-        if attention_mask is not None:
-            attention_mask = attention_mask.repeat_interleave(opts["num_return_sequences"], dim=0)
-
     prompt_len = input_ids.shape[1]
-    if opts["max_new_tokens"] is not None:
-        max_length = opts["max_new_tokens"] + prompt_len
-    elif "max_length" not in kwargs and opts["max_length"] == DEFAULTS["max_length"]:
-        max_length = opts["max_length"] + prompt_len
-        limit = getattr(adapter.config, "max_position_embeddings", None)
-        max_length = min(max_length, limit) if limit is not None else max_length
-    else:
-        max_length = opts["max_length"]
-    if prompt_len >= max_length:
-        raise ValueError(f"input length {prompt_len} must be smaller than max_length {max_length} "
-                         "(set max_new_tokens)")
+    max_length = _max_length(adapter, opts, kwargs, prompt_len)
 
     x = F.pad(input_ids, (0, max_length - prompt_len), value=mask_id)
     batch, length = x.shape
     if attention_mask is not None:
         attention_mask = F.pad(attention_mask.to(device), (0, max_length - prompt_len), value=1)
     prepared = adapter.prepare_attention(attention_mask, batch, length)
-    steps, alg = opts["steps"], opts["alg"]
+    steps = opts["steps"]
     timesteps = dream_timesteps(steps, opts["eps"], device)
     history = [] if (opts["return_dict_in_generate"] and opts["output_history"]) else None
     if tokens_hook is not None:
@@ -191,49 +261,13 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     for i in range(steps):
         mask_index = x == mask_id
-        raw = adapter.model(x, prepared.kwargs["attention_mask"], prepared.kwargs.get("position_ids")).logits
-        vocab = raw.shape[-1]
-        if logits_hook is not None:
-            logits = logits_hook(i, x, torch.cat([raw[:, :1], raw[:, :-1]], dim=1))
-            source = logits.reshape(-1, vocab)
-            shift = 0
-        else:  # row i reads output i-1 (output 0 for the first position), no shifted copy
-            source, shift = raw.reshape(-1, vocab), 1
-        flat_idx = mask_index.view(-1).nonzero().squeeze(1)  # the masked rows, in the reference's order
-        src_idx = flat_idx - (flat_idx % length > 0).long() * shift
-        mask_logits = source.index_select(0, src_idx)
+        raw, logits, flat_idx, mask_logits = _masked_logits(adapter, x, prepared, mask_index, logits_hook, i, length)
         t, s = timesteps[i], timesteps[i + 1]
-        if alg == "origin":
-            p_transfer = 1 - s / t if i < steps - 1 else 1
-            transfer = torch.rand(flat_idx.shape[0], device=device) < p_transfer
-            # every masked row, transferred now or not (as unmask checks every candidate): NaN, +inf, all -inf
-            _flag(bad_step, mask_logits.amax(dim=-1), i)
-            x0 = torch.full_like(flat_idx, mask_id)
-            if bool(transfer.any()):
-                rows = mask_logits[transfer]
-                with _naming_step(bad_step, rows, i):
-                    _, x0[transfer] = token_confidence(rows, "maskgit_plus", opts["temperature"], opts["top_p"],
-                                                       opts["top_k"])
-            x.view(-1)[flat_idx] = x0
+        if opts["alg"] == "origin":
+            _origin_step(x, flat_idx, mask_logits, t, s, i, i == steps - 1, opts, mask_id, bad_step, device)
         else:
-            with _naming_step(bad_step, mask_logits, i):
-                confidence, x0 = token_confidence(mask_logits, alg, opts["temperature"], opts["top_p"],
-                                                  opts["top_k"])
-            _flag(bad_step, confidence, i)
-            if opts["alg_temp"] is not None and opts["alg_temp"] != 0:  # multinomial must not meet NaN
-                confidence = confidence.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
-            mean_masks = mask_index.sum() / batch
-            k = int(mean_masks * (1 - s / t)) if i < steps - 1 else int(mean_masks)
-            full_conf = torch.full((batch, length), float("-inf"), device=device, dtype=source.dtype)
-            full_conf.view(-1)[flat_idx] = confidence.to(source.dtype)
-            if k > 0:
-                if opts["alg_temp"] is None or opts["alg_temp"] == 0:
-                    chosen = full_conf.topk(k, dim=-1).indices
-                else:
-                    chosen = torch.multinomial(F.softmax(full_conf / opts["alg_temp"], dim=-1), num_samples=k)
-                proposal = torch.full_like(x, mask_id)
-                proposal.view(-1)[flat_idx] = x0
-                x.scatter_(1, chosen, proposal.gather(1, chosen))
+            _confidence_step(x, flat_idx, mask_logits, mask_index, t, s, i, i == steps - 1, opts, mask_id, bad_step,
+                             (batch, length), device)
         if tokens_hook is not None:
             shifted = logits if logits_hook is not None else torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
             x = tokens_hook(i, x, shifted)
