@@ -43,3 +43,19 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert got["metrics"]["update_steps"] == want["update_steps"] == int(traj.active.sum())
     assert abs(got["metrics"]["loss"] - want["loss"]) < 1e-5
     assert any(not torch.equal(value, make_policy().state_dict()[name]) for name, value in single.state_dict().items())
+
+
+def _any_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    group = ProcessGroup(rank, world)
+    agreed = [group.any(rank == 0), group.any(False), group.any(True)]
+    torch.save(agreed, f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_any_is_the_same_decision_on_every_process(tmp_path):
+    # a time limit read from each process's own clock may say "stop" on one process only: all must stop together
+    out = str(tmp_path / "agreed")
+    mp.spawn(_any_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    assert [torch.load(f"{out}.{rank}") for rank in range(2)] == [[True, False, True]] * 2
+    assert ProcessGroup().any(True) and not ProcessGroup().any(False)

@@ -33,11 +33,24 @@ class ProcessGroup:
         return self.rank == 0
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Elementwise sum over processes (a copy; the input is left alone)."""
+        """Elementwise sum over processes (a copy on the input's device; the input is left alone). NCCL reduces
+        CUDA tensors only, so a CPU tensor (rewards, a flag) travels through this process's GPU there."""
         out = values.clone()
-        if self.world > 1:
-            dist.all_reduce(out)
+        if self.world == 1:
+            return out
+        if dist.get_backend() == "nccl" and not out.is_cuda:
+            moved = out.to(f"cuda:{self.local_rank}")
+            dist.all_reduce(moved)
+            return moved.to(values.device)
+        dist.all_reduce(out)
         return out
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any: a decision all of them must take at the same step
+        (e.g. stopping on a time limit, which each process reads from its own clock)."""
+        if self.world == 1:
+            return bool(flag)
+        return bool(self.sum(torch.tensor([float(flag)], dtype=torch.float64)) > 0)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
         if self.world == 1:

@@ -137,7 +137,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         record["ms_step"] = 1e3 * (time.perf_counter() - t_step)  # puzzles, rollout, rewards, update (no validation)
         run.validate_and_log(step, record)
         bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get("val_solved", ""))
-        stop_early = should_stop(step, started, cfg.time_limit_s, cfg.stop_at_step)
+        # agreed: a process that stopped alone would leave the others waiting at the checkpoint barrier
+        stop_early = run.group.any(should_stop(step, started, cfg.time_limit_s, cfg.stop_at_step))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop_early:
             run.save(step)
         if stop_early:
