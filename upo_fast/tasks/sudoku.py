@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from upo_fast.tasks.sudoku_solver import search
+
 # Fewest givens a uniquely solvable puzzle can have: 17 for 9x9 (McGuire et al., 2012), 4 for 4x4.
 _MIN_GIVENS = {4: 4, 9: 17}
 _DEFAULT_BLANKS = {4: 10, 9: 50}
@@ -23,73 +25,6 @@ _POOL_SIZE = 8
 # A grid whose random removal order gets stuck is replaced; give up after this many grids per puzzle so that
 # near-minimal requests (e.g. 64 blanks on 9x9, which random removal practically never reaches) fail loudly.
 _MAX_GRID_ATTEMPTS = 1000
-
-
-def _search(cells: list[int], n: int, box: int, limit: int, rng: np.random.Generator | None = None):
-    """Backtracking over bitmask candidates, always branching on the most constrained blank cell.
-
-    ``cells`` is a flat list (0 = blank). Returns ``(count, first_solution)`` where ``count`` stops at
-    ``limit``; with ``rng`` the digits of each branch are tried in random order (used to make random grids).
-    """
-    full = (1 << n) - 1
-    rows, cols, boxes = [0] * n, [0] * n, [0] * n
-    blanks = []
-    for index, value in enumerate(cells):
-        r, c = divmod(index, n)
-        b = (r // box) * box + c // box
-        if value == 0:
-            blanks.append((index, r, c, b))
-            continue
-        bit = 1 << (value - 1)
-        if (rows[r] | cols[c] | boxes[b]) & bit:  # contradictory givens: no solution at all
-            return 0, None
-        rows[r] |= bit
-        cols[c] |= bit
-        boxes[b] |= bit
-    grid = list(cells)
-    count = 0
-    first = None
-
-    def recurse(k: int) -> bool:  # returns True once `limit` solutions are found (stop everything)
-        nonlocal count, first
-        if k == len(blanks):
-            count += 1
-            if first is None:
-                first = list(grid)
-            return count >= limit
-        # Most-constrained-cell heuristic: keeps the tree tiny on the nearly-full grids we mostly see.
-        best, best_mask, best_size = k, 0, n + 1
-        for i in range(k, len(blanks)):
-            _, r, c, b = blanks[i]
-            mask = full & ~(rows[r] | cols[c] | boxes[b])
-            size = mask.bit_count()
-            if size < best_size:
-                best, best_mask, best_size = i, mask, size
-                if size <= 1:
-                    break
-        if best_size == 0:
-            return False
-        blanks[k], blanks[best] = blanks[best], blanks[k]
-        index, r, c, b = blanks[k]
-        bits = [1 << d for d in range(n) if best_mask >> d & 1]
-        if rng is not None and len(bits) > 1:
-            bits = [bits[j] for j in rng.permutation(len(bits))]
-        for bit in bits:
-            rows[r] |= bit
-            cols[c] |= bit
-            boxes[b] |= bit
-            grid[index] = bit.bit_length()
-            stop = recurse(k + 1)
-            rows[r] ^= bit
-            cols[c] ^= bit
-            boxes[b] ^= bit
-            grid[index] = 0
-            if stop:
-                return True
-        return False
-
-    recurse(0)
-    return count, first
 
 
 def _as_grids(array, name: str) -> np.ndarray:
@@ -179,19 +114,19 @@ class SudokuTask:
     def count_solutions(self, grid, limit: int = 2) -> int:
         """Number of solutions of a puzzle (0 = blank), counting stops at ``limit``."""
         cells = [int(v) for v in _as_grids(grid, "grid")[0].reshape(-1)]
-        return _search(cells, self.n, self.box, limit)[0]
+        return search(cells, self.n, self.box, limit)[0]
 
     def solve(self, grid) -> np.ndarray | None:
         """One solution of a puzzle as [n, n] int64, or None if it has none."""
         cells = [int(v) for v in _as_grids(grid, "grid")[0].reshape(-1)]
-        solution = _search(cells, self.n, self.box, 1)[1]
+        solution = search(cells, self.n, self.box, 1)[1]
         return None if solution is None else np.array(solution, dtype=np.int64).reshape(self.n, self.n)
 
     def _base_pool(self) -> np.ndarray:
         if self.n not in self._pools:
             rng = np.random.default_rng(20240 + self.n)
             empty = [0] * self.seq_len
-            pool = [_search(empty, self.n, self.box, 1, rng)[1] for _ in range(_POOL_SIZE)]
+            pool = [search(empty, self.n, self.box, 1, rng)[1] for _ in range(_POOL_SIZE)]
             self._pools[self.n] = np.array(pool, dtype=np.int64).reshape(_POOL_SIZE, self.n, self.n)
         return self._pools[self.n]
 
@@ -252,7 +187,7 @@ class SudokuTask:
                 if digit == value or digit in peers:
                     continue
                 cells[index] = digit
-                found = _search(cells, n, box, 1)[0]
+                found = search(cells, n, box, 1)[0]
                 cells[index] = 0
                 if found:
                     unique = False
