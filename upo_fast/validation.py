@@ -41,6 +41,17 @@ def check_finite(value, name: str, *, low=None, low_inclusive: bool = True, high
     return value
 
 
+def field_check(config):
+    """``check(ok, name, valid)`` for the fields of a settings object: when ``ok`` is false, a ValueError saying that
+    field ``name`` must be ``valid`` and showing its value (the shared form of every config's own checks)."""
+
+    def check(ok: bool, name: str, valid: str) -> None:
+        if not ok:
+            raise ValueError(f"{name} must be {valid}, got {getattr(config, name)!r}")
+
+    return check
+
+
 def describe_range(low=None, low_inclusive: bool = True, high=None, high_inclusive: bool = True,
                    integer: bool = False) -> str:
     """What ``check_finite`` accepts, in words: "a finite number in (0, 1]", "an integer >= 1", ..."""

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from upo_fast.validation import options_from_dict
+from upo_fast.validation import field_check, options_from_dict
 
 REWARDS = ("solved", "cells", "solved+cells")
 COMPILE_BACKENDS = ("inductor", "aot_eager")  # aot_eager: traced and differentiated, not code-generated
@@ -82,9 +82,7 @@ class TrainConfig:
         from upo_fast.tasks import TASKS, is_grid_task  # lazily: reading the fields needs no task
         from upo_fast.validation import check_device
 
-        def check(ok: bool, name: str, valid: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+        check = field_check(self)
 
         check(is_grid_task(self.task), "task", f"a grid task ({', '.join(TASKS)}, zebraHxA)")
         for f in dataclasses.fields(self):

@@ -35,6 +35,7 @@ from upo_fast.tasks import get_task
 from upo_fast.training.policy_init import INITS, VALIDATION_SEED, PolicyInit, make_policy, step_seed, validate
 from upo_fast.training.references import get_reference
 from upo_fast.training.rollout import Trajectories, rollout
+from upo_fast.validation import field_check
 
 _HARD_TOP = 5  # a state is "contested" when a wrongly filled candidate is among this many most confident ones
 _FIELDS = ("hidden", "topk_probs", "confidence", "ref_logsumexp", "candidates", "correct")
@@ -69,9 +70,7 @@ class ImitationConfig:
     def validate(self) -> ImitationConfig:
         from upo_fast.tasks import TASKS, is_grid_task
 
-        def check(ok: bool, name: str, valid: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+        check = field_check(self)
 
         check(is_grid_task(self.task), "task", f"a grid task ({', '.join(TASKS)}, zebraHxA)")
         get_reference(self.reference)

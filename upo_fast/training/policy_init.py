@@ -12,6 +12,7 @@ from pathlib import Path
 from upo_fast.evaluation import HELD_OUT_SEED, evaluate
 from upo_fast.models.saved import load_saved
 from upo_fast.policy import BODIES, UnmaskingPolicy
+from upo_fast.validation import field_check
 
 INITS = ("anchor", "fresh", "copy")  # or a path to a saved policy (e.g. from `upo-fast pretrain-policy`)
 VALIDATION_SEED = 97_531  # validation puzzles; != HELD_OUT_SEED, and training seeds are derived differently
@@ -50,9 +51,7 @@ class PolicyInit:
     candidate_topk: int | None = None
 
     def __post_init__(self):
-        def check(ok: bool, name: str, valid: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+        check = field_check(self)
 
         check(self.init in INITS or (Path(self.init) / "config.json").is_file(), "init",
               f"one of {', '.join(INITS)} or a saved policy folder (with config.json)")

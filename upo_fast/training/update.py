@@ -24,6 +24,7 @@ from upo_fast.training.distributed import SINGLE_PROCESS, ProcessGroup
 from upo_fast.training.losses import grpo_loss, sequence_kl_surrogate, step_log_probs
 from upo_fast.training.references import Reference, get_reference
 from upo_fast.training.rollout import Trajectories
+from upo_fast.validation import field_check
 
 KL_MODES = ("exact", "sequence")  # the exact per-step divergence, or the paper's sequence-level surrogate
 
@@ -55,9 +56,7 @@ class UpdateOptions:
     certain_keep: float = 1.0
 
     def __post_init__(self):
-        def check(ok: bool, name: str, valid: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+        check = field_check(self)
 
         reference = get_reference(self.reference)
         object.__setattr__(self, "reference", reference)  # frozen: the name is resolved once, here
