@@ -353,3 +353,15 @@ def test_property_sampler_options_raise_naming_the_argument_or_fill_every_mask(t
         return
     assert _valid(name, value), f"{name}={value!r} was accepted"
     assert torch.is_tensor(out) and not (out == MASK).any()
+
+
+@pytest.mark.parametrize("alg", ["origin", "entropy"])
+def test_dream_names_the_step_when_distribution_validation_is_off(dream, alg):
+    # torch.compile turns torch.distributions' argument validation off for the whole process; the sampling then
+    # refuses NaN probabilities with a RuntimeError, which must still become the error that names the step
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        test_dream_generate_non_finite_logits_name_the_step(dream, NAN, alg, {"temperature": 1.0})
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)

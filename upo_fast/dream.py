@@ -129,11 +129,13 @@ def _raise_if_bad(bad_step: torch.Tensor) -> None:
 
 @contextlib.contextmanager
 def _naming_step(bad_step: torch.Tensor, logits: torch.Tensor, step: int):
-    """At temperature > 0 sampling refuses NaN probabilities (torch.distributions' ValueError) before the check
-    after the loop: then say which step's logits caused it."""
+    """At temperature > 0 sampling refuses NaN probabilities before the check after the loop: then say which
+    step's logits caused it. torch.distributions refuses them with a ValueError while it validates its arguments,
+    and ``multinomial`` with a RuntimeError once that is off (torch.compile turns it off for the whole process);
+    any other error is raised as it is."""
     try:
         yield
-    except ValueError:
+    except (ValueError, RuntimeError):
         _flag(bad_step, logits.amax(dim=-1), step)
         _raise_if_bad(bad_step)
         raise
