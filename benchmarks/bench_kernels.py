@@ -25,6 +25,7 @@ if not torch.cuda.is_available():  # the Triton rows run in the interpreter, whi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish, measure, triton_usable  # noqa: E402
+
 from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton  # noqa: E402
 from upo_fast.kernels.vocab_stats import vocab_stats_ref, vocab_stats_triton  # noqa: E402
 

@@ -27,6 +27,7 @@ if not torch.cuda.is_available():  # the Triton rows run in the interpreter, whi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish, measure, triton_usable  # noqa: E402
+
 from upo_fast.kernels.policy_divergence import policy_divergence, policy_divergence_ref  # noqa: E402
 from upo_fast.kernels.position_select import select_positions, select_positions_ref  # noqa: E402
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from upo_fast.kernels.triton_support import interpreter_ready, triton_interpreting
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from common import REPO, git_commit, package_version
+
 from upo_fast.kernels.compile_check import ARCHES, backend_missing, problems, run_processes
 
 COLUMNS = ("arch", "kernel", "dtype", "config", "registers", "spill_stores", "spill_loads", "shared", "mma",

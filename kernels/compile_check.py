@@ -63,6 +63,7 @@ class Case(NamedTuple):
 
 def _fused_head_cases():
     import torch
+
     from upo_fast.kernels.fused_head import fused_head_stats_triton
 
     def case(dtype, vocab, dim, n, temperature, need_ref, bias=False, rows=False):
@@ -96,6 +97,7 @@ def _fused_head_cases():
 
 def _vocab_stats_cases():
     import torch
+
     from upo_fast.kernels.vocab_stats import vocab_stats_triton
 
     def case(dtype, vocab, temperature, need_ref, rows):
@@ -122,6 +124,7 @@ def _vocab_stats_cases():
 
 def _position_cases():
     import torch
+
     from upo_fast.kernels.policy_divergence import policy_divergence, reference_distribution
     from upo_fast.kernels.position_select import position_log_softmax, select_positions
 
@@ -257,6 +260,7 @@ def check(arch: int, matrix: str = "ci", emit: Callable[[dict], None] = print) -
     import torch  # noqa: F401  (before triton: the launchers' torch.library registrations)
     import triton
     from triton import knobs
+
     from upo_fast.kernels.triton_support import LaunchTarget, force_launch_target, triton_interpreting
 
     if triton_interpreting():

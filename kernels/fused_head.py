@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
 from upo_fast.kernels.triton_support import (
     check_flat_rows,
     deferred_kernels,

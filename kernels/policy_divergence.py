@@ -15,6 +15,7 @@ from __future__ import annotations
 import types
 
 import torch
+
 from upo_fast.kernels.position_select import (
     _check_K,
     _check_rows,

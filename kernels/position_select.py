@@ -26,6 +26,7 @@ import contextlib
 import types
 
 import torch
+
 from upo_fast.kernels.triton_support import (
     deferred_kernels,
     seed_tensor,

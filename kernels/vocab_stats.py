@@ -23,6 +23,7 @@ import contextlib
 from typing import NamedTuple
 
 import torch
+
 from upo_fast.kernels.triton_support import (
     check_flat_rows,
     deferred_kernels,
@@ -31,7 +32,6 @@ from upo_fast.kernels.triton_support import (
     seed_tensor,
     triton_next_pow2,
 )
-
 from upo_fast.validation import check_finite
 
 

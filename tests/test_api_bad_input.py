@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import make_dream_like, make_llada_like
-from upo_fast.kernels.vocab_stats import check_stat_options, vocab_stats_ref
 
 import upo_fast
 from upo_fast import ops
+from upo_fast.kernels.vocab_stats import check_stat_options, vocab_stats_ref
 from upo_fast.validation import check_finite
 
 VOCAB, MASK = 13, 12

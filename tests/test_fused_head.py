@@ -5,6 +5,8 @@ slow there) or on a GPU when there is one, plus the public wrapper ``upo_fast.op
 import pytest
 import torch
 from kernel_device import DEVICE
+
+from upo_fast import ops
 from upo_fast.kernels.fused_head import (
     fused_head_stats_ref,
     fused_head_stats_triton,
@@ -14,8 +16,6 @@ from upo_fast.kernels.vocab_stats import (
     vocab_stats_ref,
     vocab_stats_triton,
 )
-
-from upo_fast import ops
 
 FIELDS = ("confidence", "margin", "entropy", "topk_probs", "ref_logsumexp")
 TILES = dict(block_r=16, block_v=32, block_d=16)  # small tiles keep the interpreter fast and make several of them

@@ -6,6 +6,7 @@ here on every ``make test`` (both arches in parallel processes, under 2 minutes 
 import os
 
 import pytest
+
 from upo_fast.kernels.compile_check import _config, _mma, _ptxas_figures, backend_missing, problems, run_processes
 
 KERNELS = {"_fused_head_kernel", "_vocab_stats_kernel", "_select_kernel", "_log_softmax_kernel", "_refdist_kernel",

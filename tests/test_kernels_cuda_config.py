@@ -14,6 +14,7 @@ import pytest
 import torch
 from kernel_device import DEVICE
 from test_fused_head import assert_matches, lowp_reference, make_head
+
 from upo_fast.kernels import fused_head
 from upo_fast.kernels.fused_head import fused_head_stats_ref, fused_head_stats_triton, head_logits
 from upo_fast.kernels.position_select import select_positions, select_positions_ref

@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+
 from upo_fast.kernels.triton_support import deferred_kernels, device_helpers
 
 NO_TRITON = """

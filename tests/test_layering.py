@@ -37,7 +37,7 @@ LAYERS: dict[str, list[str]] = {
     "model adapter": ["upo_fast.adapters"],
     # Ops: token statistics and position selection, the Triton kernels and their references.
     "ops": [
-        "upo_fast.ops", "upo_fast.kernels", "upo_fast.kernels.compile_check", "upo_fast.kernels.fused_head",
+        "upo_fast.ops", "upo_fast.kernels.compile_check", "upo_fast.kernels.fused_head",
         "upo_fast.kernels.policy_divergence", "upo_fast.kernels.position_select", "upo_fast.kernels.triton_support",
         "upo_fast.kernels.vocab_stats",
     ],
@@ -72,7 +72,8 @@ LAYER_NAMES = list(LAYERS)
 
 
 def source_modules() -> dict[str, Path]:
-    """{module name: file} for every .py file of upo_fast/ and kernels/ (as upo_fast.kernels)."""
+    """{module name: file} for every .py file of upo_fast/ and kernels/ (as upo_fast.kernels: a namespace folder, no
+    ``__init__``, reached through the symlink upo_fast/kernels, which rglob does not follow)."""
     found = {}
     for folder, package in (("upo_fast", ("upo_fast",)), ("kernels", ("upo_fast", "kernels"))):
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -94,8 +95,12 @@ def _packages_of(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
+# Namespace packages (folders without __init__.py) run no code, so passing through them adds no edge.
+NAMESPACE_PACKAGES = {"upo_fast.kernels"}
+
+
 def _with_parents(target: str, importer: str) -> set[str]:
-    started = set(_packages_of(importer)) | ({importer} if _is_package(importer) else set())
+    started = set(_packages_of(importer)) | ({importer} if _is_package(importer) else set()) | NAMESPACE_PACKAGES
     return {name for name in [*_packages_of(target), target] if name.startswith("upo_fast") and name not in started}
 
 

@@ -5,8 +5,8 @@ import logging
 import pytest
 import torch
 from transformers import AutoModel
-from upo_fast.kernels.vocab_stats import VocabStats
 
+from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.models import TinyMDM, TinyMDMConfig
 from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
 from upo_fast.scorers import ScoringContext, learned_policy

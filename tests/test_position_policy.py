@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_device import DEVICE
+
 from upo_fast.kernels import policy_divergence as pd
 from upo_fast.kernels import position_select as ps
 

@@ -4,10 +4,10 @@ restriction, its g_ref kernel kind, its divergence and its sampling scorer, and 
 
 import pytest
 import torch
-from upo_fast.kernels.policy_divergence import REFERENCE_KINDS
 
 import upo_fast.training as training
 from upo_fast import ops
+from upo_fast.kernels.policy_divergence import REFERENCE_KINDS
 from upo_fast.scorers import SCORERS
 from upo_fast.training import references
 from upo_fast.training.imitation import ImitationConfig

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 from transformers.modeling_outputs import MaskedLMOutput
-from upo_fast.kernels.vocab_stats import vocab_stats_ref
 
 import upo_fast
+from upo_fast.kernels.vocab_stats import vocab_stats_ref
 from upo_fast.ops import select_positions
 from upo_fast.scorers import HEURISTICS, SCORERS, ScoringContext, resolve_scorer
 

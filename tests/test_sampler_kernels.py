@@ -49,7 +49,6 @@ def test_triton_path_gives_the_same_tokens_at_temperature_zero(model, scorer):
 def test_topk_scorer_keeps_exactly_k_tied_candidates_on_both_paths():
     # the Top-K rule of the topk scorer (upo_fast.ops.topk_candidates, ties to the lower position) on the kernel path
     from upo_fast.kernels.vocab_stats import vocab_stats_ref
-
     from upo_fast.scorers import SCORERS, ScoringContext
 
     table = torch.zeros(2, 8, VOCAB)

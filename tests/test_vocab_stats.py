@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from upo_fast.kernels.vocab_stats import vocab_stats_ref
 
 

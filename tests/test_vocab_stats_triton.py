@@ -6,12 +6,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_device import DEVICE
+
+from upo_fast import ops
 from upo_fast.kernels.vocab_stats import (
     vocab_stats_ref,
     vocab_stats_triton,
 )
-
-from upo_fast import ops
 
 FIELDS = ("confidence", "margin", "entropy", "topk_probs", "ref_logsumexp")
 # (dtype, atol, rtol): the kernel reads the same values as the fp32-upcast reference and accumulates in fp32, so
