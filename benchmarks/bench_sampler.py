@@ -32,10 +32,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import finish, measure  # noqa: E402
 
-from upo_fast.adapters import MDMAdapter  # noqa: E402
 from upo_fast.models import TinyMDM, TinyMDMConfig  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
-from upo_fast.sampler import SamplingOptions, _Loop  # noqa: E402
+from upo_fast.sampling.adapters import MDMAdapter  # noqa: E402
+from upo_fast.sampling.loop import SamplingOptions, _Loop  # noqa: E402
 
 
 def llada_ref_step(model, x, mask_id, start, end, k, fp64=False):
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         runs = [("tiny", TinyMDM(config).to(device).eval(), 16, 32, (1, 4))]
     else:
         from upo_fast.assets import load_task_model
-        from upo_fast.evaluation import HELD_OUT_SEED
+        from upo_fast.evaluation.grids import HELD_OUT_SEED
         from upo_fast.tasks import get_task
 
         task = get_task("sudoku9")

@@ -41,8 +41,8 @@ from common import finish  # noqa: E402
 from paper_loop import paper_iteration  # noqa: E402
 
 from upo_fast.assets import load_task_model  # noqa: E402
-from upo_fast.evaluation import HELD_OUT_SEED  # noqa: E402
-from upo_fast.flops import policy_cost  # noqa: E402
+from upo_fast.evaluation.flops import policy_cost  # noqa: E402
+from upo_fast.evaluation.grids import HELD_OUT_SEED  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 from upo_fast.training.config import TrainConfig  # noqa: E402
 from upo_fast.training.losses import group_advantages  # noqa: E402

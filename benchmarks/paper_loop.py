@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from upo_fast.adapters import MDMAdapter
 from upo_fast.kernels.vocab_stats import VocabStats
+from upo_fast.sampling.adapters import MDMAdapter
 from upo_fast.training.losses import group_advantages
 
 

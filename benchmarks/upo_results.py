@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import metadata  # noqa: E402
 
 from upo_fast.assets import load_task_model  # noqa: E402
-from upo_fast.evaluation import HELD_OUT_SEED, solve_puzzles  # noqa: E402
-from upo_fast.intervals import paired_difference  # noqa: E402
+from upo_fast.evaluation.grids import HELD_OUT_SEED, solve_puzzles  # noqa: E402
+from upo_fast.evaluation.intervals import paired_difference  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
-from upo_fast.scorers import HEURISTICS  # noqa: E402
+from upo_fast.sampling.scorers import HEURISTICS  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 
 
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     (out / "upo_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.curves:
-        from upo_fast.plots import plot_runs
+        from upo_fast.evaluation.plots import plot_runs
 
         print(plot_runs(_pairs(args.curves, "--curves"), out / "curves.png", metric=args.metric))
     return 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import make_dream_like, make_llada_like
 
-from upo_fast.adapters import DREAM_MASK_ID, LLADA_MASK_ID, MDMAdapter, detect_family
+from upo_fast.sampling.adapters import DREAM_MASK_ID, LLADA_MASK_ID, MDMAdapter, detect_family
 
 
 @pytest.fixture(scope="module")

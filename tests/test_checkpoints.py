@@ -27,7 +27,7 @@ from upo_fast.checkpoints import (
     should_stop,
     truncate_log,
 )
-from upo_fast.finite_steps import step_if_finite
+from upo_fast.training.finite_steps import step_if_finite
 
 
 class TinyModel(torch.nn.Module):
@@ -336,8 +336,9 @@ def test_truncate_log_and_json_default(tmp_path):
 
 
 def test_pretrain_resumes_from_previous_checkpoint_when_newest_is_corrupt(tmp_path, monkeypatch):
-    from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, pretrain_mdm
-    from upo_fast.models import pretrain as pretrain_module
+    from upo_fast.models import TinyMDM, TinyMDMConfig
+    from upo_fast.training import pretrain_mdm as pretrain_module
+    from upo_fast.training.pretrain_mdm import PretrainConfig, pretrain_mdm
 
     monkeypatch.setattr(pretrain_module, "KEEP_CHECKPOINTS", 2)
     config = TinyMDMConfig(vocab_size=13, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from upo_fast.cli import main
+from upo_fast.cli.commands import main
 
 SHARED_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sudoku4x4_test_upo.csv"
 

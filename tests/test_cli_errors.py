@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from upo_fast.cli import main
+from upo_fast.cli.commands import main
 from upo_fast.policy import UnmaskingPolicy
 
 
@@ -77,7 +77,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(model_dir, t
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     ran = []
-    monkeypatch.setattr("upo_fast.evaluation.evaluate", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr("upo_fast.evaluation.grids.evaluate", lambda *a, **k: ran.append(1))
     code, err = run(capsys, "eval", "--task", "sudoku4", "--model", model_dir, "--limit", 2,
                     "--json", a_file / "r.json")
     one_line_error(code, err, "--json", "a_file")
@@ -193,8 +193,8 @@ def test_unexpected_errors_are_one_line_with_a_hint(model_dir, capsys, monkeypat
     def broken(args):
         raise KeyError("oops")
 
-    monkeypatch.setattr("upo_fast.cli.cmd_eval", broken)
-    from upo_fast import cli
+    monkeypatch.setattr("upo_fast.cli.commands.cmd_eval", broken)
+    from upo_fast.cli.commands import commands as cli
 
     parser = cli.build_parser()
     args = parser.parse_args(["eval", "--task", "sudoku4"])
@@ -208,7 +208,7 @@ def test_unexpected_errors_are_one_line_with_a_hint(model_dir, capsys, monkeypat
 def test_the_entry_point_prints_no_traceback(tmp_path):
     import subprocess
 
-    result = subprocess.run([sys.executable, "-m", "upo_fast.cli", "eval", "--task", "sudoku4", "--model",
+    result = subprocess.run([sys.executable, "-m", "upo_fast.cli.commands", "eval", "--task", "sudoku4", "--model",
                              str(tmp_path / "absent"), "--limit", "2"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "absent" in result.stderr
 

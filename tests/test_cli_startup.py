@@ -1,7 +1,7 @@
 """``upo-fast --help``, ``upo-fast <command> --help`` and a bad argument answer at once: parsing and checking the
 command line imports neither torch nor numpy nor transformers (they take seconds to load). The task and scorer
 names it checks come from ``upo_fast.names``, a standard-library copy of the lists in ``upo_fast.tasks`` and
-``upo_fast.scorers``; the tests below keep the copies equal."""
+``upo_fast.sampling.scorers``; the tests below keep the copies equal."""
 
 import json
 import subprocess
@@ -17,7 +17,7 @@ HEAVY = ("torch", "numpy", "transformers")
 # string defaults with the option's type: --device cpu, --task sudoku9), and bad arguments; then prints what loaded.
 _PROBE = """
 import contextlib, io, json, sys
-from upo_fast import cli
+from upo_fast.cli.commands import commands as cli
 
 codes = {}
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -53,11 +53,11 @@ def test_help_and_bad_arguments_load_no_heavy_module():
 
 def test_the_probe_sees_a_heavy_import():
     """The check above can fail: the same probe reports torch once something imports it."""
-    assert "torch" in probe("import upo_fast.scorers")["heavy"]
+    assert "torch" in probe("import upo_fast.sampling.scorers")["heavy"]
 
 
 def test_importing_the_cli_loads_no_heavy_module():
-    code = f"import sys, upo_fast.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    code = f"import sys, upo_fast.cli.commands; print([m for m in {HEAVY!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -76,7 +76,7 @@ def test_task_names_equal_their_home():
 
 
 def test_scorer_names_equal_their_home():
-    from upo_fast import scorers
+    from upo_fast.sampling import scorers
 
     assert names.SCORERS == tuple(scorers.SCORERS)
     assert names.SCORER_ALIASES == scorers.ALIASES

@@ -1,11 +1,11 @@
-"""Tests for upo_fast/flops.py: the policy's FLOPs beside its MDM's, counted by torch."""
+"""Tests for upo_fast/evaluation/flops.py: the policy's FLOPs beside its MDM's, counted by torch."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_policy import tiny_mdm
 
-from upo_fast.flops import count_flops, policy_cost
+from upo_fast.evaluation.flops import count_flops, policy_cost
 from upo_fast.policy import UnmaskingPolicy
 
 

@@ -7,8 +7,8 @@ import torch
 from tiny_models import left_padded_batch, make_dream_like, make_llada_like
 
 import upo_fast
-from upo_fast.adapters import MDMAdapter
 from upo_fast.models import TinyMDM, TinyMDMConfig
+from upo_fast.sampling.adapters import MDMAdapter
 
 SCORERS = ["max_confidence", "margin", "entropy", "topk", "softmax_confidence"]
 

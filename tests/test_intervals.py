@@ -1,9 +1,16 @@
-"""The demo's 95% intervals (``upo_fast.intervals``)."""
+"""The demo's 95% intervals (``upo_fast.evaluation.intervals``)."""
 
 import numpy as np
 import pytest
 
-from upo_fast.intervals import excludes_zero, mean_interval, paired_difference, points, solved_interval, wilson
+from upo_fast.evaluation.intervals import (
+    excludes_zero,
+    mean_interval,
+    paired_difference,
+    points,
+    solved_interval,
+    wilson,
+)
 
 
 def test_wilson_matches_known_values_and_stays_in_range():

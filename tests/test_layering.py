@@ -20,53 +20,76 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Bottom layer first: a module may import modules of its own layer and of the layers listed before it.
+# Bottom layer first: a module may import modules of its own layer and of the layers listed before it. The folders
+# of upo_fast/ show these rows (HOMES below); a package's __init__ sits in the lowest row of its modules and
+# imports nothing, so that importing one module of a folder does not pull in the rest.
 LAYERS: dict[str, list[str]] = {
-    # Foundations: TinyMDM, the native LLaDA/Dream families and their pretraining; tasks (data, rewards, metrics);
+    # Foundations: the models (TinyMDM, native LLaDA/Dream) and their loading; tasks (data, rewards, metrics);
     # atomic checkpoints; input checks; shipped models and policies (assets); names the CLI parses with.
     "foundations": [
         "upo_fast.models", "upo_fast.models.attention", "upo_fast.models.dream", "upo_fast.models.llada",
-        "upo_fast.models.loading", "upo_fast.models.pretrain", "upo_fast.models.saved", "upo_fast.models.tiny_mdm",
+        "upo_fast.models.loading", "upo_fast.models.saved", "upo_fast.models.tiny_mdm",
         "upo_fast.tasks", "upo_fast.tasks.math_answers", "upo_fast.tasks.math_tasks", "upo_fast.tasks.metrics",
         "upo_fast.tasks.sudoku", "upo_fast.tasks.sudoku_solver", "upo_fast.tasks.zebra", "upo_fast.tasks.zebra_io",
         "upo_fast.tasks.zebra_solver",
-        "upo_fast.checkpoints", "upo_fast.checkpoint_files", "upo_fast.finite_steps", "upo_fast.validation",
-        "upo_fast.assets", "upo_fast.names", "upo_fast.intervals",
+        "upo_fast.checkpoints", "upo_fast.checkpoint_files", "upo_fast.validation", "upo_fast.assets", "upo_fast.names",
     ],
-    # Model adapter: any HF MDM behind one interface (mask id, logit shift, last-block hook, head).
-    "model adapter": ["upo_fast.adapters"],
     # Ops: token statistics and position selection, the Triton kernels and their references.
     "ops": [
         "upo_fast.ops", "upo_fast.kernels.compile_check", "upo_fast.kernels.fused_head",
         "upo_fast.kernels.policy_divergence", "upo_fast.kernels.position_select", "upo_fast.kernels.triton_support",
         "upo_fast.kernels.vocab_stats",
     ],
-    # Scorers: statistics (and the policy's scores) -> scores over candidate positions.
-    "scorers": ["upo_fast.scorers"],
-    # Loop: schedules, the generic sampler, CUDA graphs, the drop-in samplers, LLaDA's likelihood estimate.
-    "loop": ["upo_fast.schedules", "upo_fast.sampler", "upo_fast.graphs", "upo_fast.llada", "upo_fast.dream",
-             "upo_fast.likelihood"],
+    # Sampling, model adapter: any HF MDM behind one interface (mask id, logit shift, last-block hook, head).
+    "sampling: model adapter": ["upo_fast.sampling", "upo_fast.sampling.adapters"],
+    # Sampling, scorers: statistics (and the policy's scores) -> scores over candidate positions.
+    "sampling: scorers": ["upo_fast.sampling.scorers"],
+    # Sampling, loop: schedules, the step loop, CUDA graphs, the drop-in samplers, LLaDA's likelihood estimate,
+    # patching loaded models.
+    "sampling: loop": [
+        "upo_fast.sampling.schedules", "upo_fast.sampling.loop", "upo_fast.sampling.cuda_graphs",
+        "upo_fast.sampling.llada_dropin", "upo_fast.sampling.dream_dropin", "upo_fast.sampling.likelihood",
+        "upo_fast.sampling.patching",
+    ],
     # Policy: the unmasking-policy network.
     "policy": ["upo_fast.policy"],
     # Grid evaluation of orders (solve_puzzles, evaluate, pass_at, HELD_OUT_SEED): below training, because the
     # trainer validates with it (one home for the cell-accuracy evaluation).
-    "grid evaluation": ["upo_fast.evaluation"],
-    # Training: rollouts, references, losses, update, trainer, imitation, config, distributed.
+    "grid evaluation": ["upo_fast.evaluation", "upo_fast.evaluation.grids"],
+    # Training: rollouts, references, losses, update, trainer, imitation, config, distributed, MDM pretraining.
     "training": [
         "upo_fast.training", "upo_fast.training.config", "upo_fast.training.distributed",
         "upo_fast.training.imitation", "upo_fast.training.losses", "upo_fast.training.policy_init",
         "upo_fast.training.references", "upo_fast.training.rollout", "upo_fast.training.trainer",
-        "upo_fast.training.update",
+        "upo_fast.training.update", "upo_fast.training.pretrain_mdm", "upo_fast.training.finite_steps",
     ],
-    # Evaluation and benchmarks: text tasks through the sampler, FLOP counts (benchmarks/ itself is outside).
-    "evaluation, benchmarks": ["upo_fast.evaluation_text", "upo_fast.flops"],
-    # CLI and integrations: commands, pictures, the demo, lm-eval, patching loaded models, the lazy public API.
+    # Evaluation: text tasks through the sampler, intervals, plots, order pictures, the demo, FLOP counts
+    # (benchmarks/ itself is outside the package).
+    "evaluation": [
+        "upo_fast.evaluation.text", "upo_fast.evaluation.intervals", "upo_fast.evaluation.plots",
+        "upo_fast.evaluation.order_pictures", "upo_fast.evaluation.demo", "upo_fast.evaluation.flops",
+    ],
+    # CLI and integrations: commands, argument types, lm-eval, the lazy public API.
     "CLI and integrations": [
-        "upo_fast", "upo_fast.cli", "upo_fast.cli_args", "upo_fast.cli_eval", "upo_fast.demo", "upo_fast.plots",
-        "upo_fast.viz", "upo_fast.patching", "upo_fast.integrations", "upo_fast.integrations.lm_eval",
+        "upo_fast", "upo_fast.cli", "upo_fast.cli.commands", "upo_fast.cli.args", "upo_fast.cli.evaluate",
+        "upo_fast.cli.__main__", "upo_fast.integrations", "upo_fast.integrations.lm_eval",
         "upo_fast.integrations.lm_eval_generate",
     ],
 }
+# The folder (package) each layer lives in; None: a module at the top of upo_fast/ (a few foundations, ops, policy).
+HOMES: dict[str, set[str | None]] = {
+    "foundations": {"upo_fast.models", "upo_fast.tasks", "upo_fast.assets", None},
+    "ops": {"upo_fast.kernels", None},
+    "sampling: model adapter": {"upo_fast.sampling"},
+    "sampling: scorers": {"upo_fast.sampling"},
+    "sampling: loop": {"upo_fast.sampling"},
+    "policy": {None},
+    "grid evaluation": {"upo_fast.evaluation"},
+    "training": {"upo_fast.training"},
+    "evaluation": {"upo_fast.evaluation"},
+    "CLI and integrations": {"upo_fast.cli", "upo_fast.integrations", None},
+}
+TOP_LEVEL_AT_MOST = 10  # modules directly in upo_fast/, __init__ included
 LAYER_OF = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 LAYER_NAMES = list(LAYERS)
 
@@ -243,12 +266,13 @@ def test_no_import_circles():
 
 def test_the_layer_check_can_fail():
     graph = import_graph()
-    assert graph["upo_fast.cli"] and LAYER_OF["upo_fast.cli"] > LAYER_OF["upo_fast.sampler"]
-    assert "upo_fast.sampler" in graph["upo_fast.evaluation"]  # edges are found, also inside functions:
-    assert "upo_fast.training.trainer" in graph["upo_fast.cli"]
+    assert graph["upo_fast.cli.commands"] and LAYER_OF["upo_fast.cli.commands"] > LAYER_OF["upo_fast.sampling.loop"]
+    assert "upo_fast.sampling.loop" in graph["upo_fast.evaluation.grids"]  # edges are found, also inside functions:
+    assert "upo_fast.training.trainer" in graph["upo_fast.cli.commands"]
     assert _cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c", "a"]]
     assert _with_parents("upo_fast.tasks.zebra_io", "upo_fast.tasks.zebra") == {"upo_fast.tasks.zebra_io"}
-    assert _with_parents("upo_fast.tasks.sudoku", "upo_fast.cli") == {"upo_fast.tasks", "upo_fast.tasks.sudoku"}
+    assert _with_parents("upo_fast.tasks.sudoku", "upo_fast.cli.commands") == \
+        {"upo_fast.tasks", "upo_fast.tasks.sudoku"}
 
 
 def test_nothing_imports_the_top_level_kernels_name():
@@ -260,3 +284,39 @@ def test_nothing_imports_the_top_level_kernels_name():
             wrong += [_where(module, node.lineno) for name in names if name.split(".")[0] == "kernels"]
     assert not wrong, "import upo_fast.kernels..., never kernels (a PyPI package of that name exists):\n  " + \
         "\n  ".join(wrong)
+
+
+def _home(module: str) -> str | None:
+    """The package a module sits in below upo_fast (its own name for a package's __init__), None at the top."""
+    parts = module.split(".")
+    package = parts if _is_package(module) else parts[:-1]
+    return ".".join(package[:2]) if len(package) > 1 else None
+
+
+def test_each_layer_lives_in_its_folder():
+    misplaced = [f"{MODULES[m].relative_to(ROOT)} ({layer}: belongs in {sorted(map(str, HOMES[layer]))})"
+                 for layer, modules in LAYERS.items() for m in modules if m in MODULES and _home(m) not in HOMES[layer]]
+    assert not misplaced, "modules outside their layer's folder:\n  " + "\n  ".join(misplaced)
+    top = sorted(m for m in MODULES if _home(m) is None)
+    assert len(top) <= TOP_LEVEL_AT_MOST, \
+        f"{len(top)} modules at the top of upo_fast/ (at most {TOP_LEVEL_AT_MOST}): {top}"
+
+
+def test_package_inits_import_nothing_and_say_what_lives_there():
+    for module, path in MODULES.items():
+        if not _is_package(module) or module == "upo_fast":
+            continue
+        tree = ast.parse(path.read_text())
+        assert ast.get_docstring(tree), f"{path.relative_to(ROOT)}: one docstring says what lives in the folder"
+        if module in ("upo_fast.sampling", "upo_fast.evaluation", "upo_fast.cli"):
+            imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            assert not imports, f"{path.relative_to(ROOT)} imports: it spans several layers, so it must import nothing"
+
+
+def test_no_two_modules_share_a_name():
+    by_name: dict[str, list[str]] = {}
+    for path in MODULES.values():
+        if path.stem not in ("__init__", "__main__"):
+            by_name.setdefault(path.stem, []).append(str(path.relative_to(ROOT)))
+    shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert not shared, f"modules that share a name but not a meaning (rename one): {shared}"

@@ -1,5 +1,5 @@
-"""``upo_fast.likelihood``: LLaDA's Monte-Carlo likelihood estimate (checked against a paraphrase of its harness
-code on the same masks, and exactly for a one-token target) and the greedy check, on LLaDA and Dream."""
+"""``upo_fast.sampling.likelihood``: LLaDA's Monte-Carlo likelihood estimate (checked against a paraphrase of its
+harness code on the same masks, and exactly for a one-token target) and the greedy check, on LLaDA and Dream."""
 
 import pytest
 import torch
@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from native_factories import make_native_dream, make_native_llada
 from tiny_models import make_dream_like, make_llada_like
 
-from upo_fast.adapters import wrap_model
-from upo_fast.likelihood import greedy_reproduces, mc_loglikelihood, stratified_masks
-from upo_fast.sampler import unmask
+from upo_fast.sampling.adapters import wrap_model
+from upo_fast.sampling.likelihood import greedy_reproduces, mc_loglikelihood, stratified_masks
+from upo_fast.sampling.loop import unmask
 
 SMALL = dict(vocab_size=400, mask_id=397)  # small vocabularies keep the tests fast
 FACTORIES = {

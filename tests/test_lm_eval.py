@@ -15,7 +15,7 @@ import torch
 
 lm_eval = pytest.importorskip("lm_eval", reason='lm-evaluation-harness is the optional extra: pip install -e ".[eval]"')
 
-from upo_fast.cli import main  # noqa: E402
+from upo_fast.cli.commands import main  # noqa: E402
 from upo_fast.integrations.lm_eval import HarnessOptions, UpoFastLM  # noqa: E402
 from upo_fast.integrations.lm_eval_generate import finish_text, left_pad, request_seed  # noqa: E402
 

@@ -15,7 +15,7 @@ from tiny_models import make_dream_like, make_llada_like
 from torch import nn
 from transformers.modeling_outputs import MaskedLMOutput
 
-from upo_fast.evaluation_text import evaluate_math
+from upo_fast.evaluation.text import evaluate_math
 from upo_fast.tasks.math_answers import answers_equal, extract_answer, normalize_answer, parse_number
 from upo_fast.tasks.math_tasks import (
     MathProblem,

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import upo_fast
-from upo_fast.adapters import MDMAdapter
 from upo_fast.models.attention import attend, flash_attention, flash_packing
+from upo_fast.sampling.adapters import MDMAdapter
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official"
 NAMES = ("llada_untied", "llada_tied", "dream")

@@ -8,7 +8,7 @@ from reference_samplers import dream_generate_reference, llada_generate_referenc
 from tiny_models import left_padded_batch, make_dream_like, make_llada_like
 
 import upo_fast
-from upo_fast.patching import is_patched
+from upo_fast.sampling.patching import is_patched
 
 # small vocabularies keep these fast; the ids play LLaDA's / Dream's roles
 VOCAB, MASK, PAD = 400, 397, 396

@@ -9,7 +9,7 @@ from transformers import AutoModel
 from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.models import TinyMDM, TinyMDMConfig
 from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
-from upo_fast.scorers import ScoringContext, learned_policy
+from upo_fast.sampling.scorers import ScoringContext, learned_policy
 
 HIDDEN, K = 32, 8
 

@@ -8,7 +8,7 @@ import torch
 import upo_fast.training as training
 from upo_fast import ops
 from upo_fast.kernels.policy_divergence import REFERENCE_KINDS
-from upo_fast.scorers import SCORERS
+from upo_fast.sampling.scorers import SCORERS
 from upo_fast.training import references
 from upo_fast.training.imitation import ImitationConfig
 from upo_fast.training.references import REFERENCES, Reference, get_reference

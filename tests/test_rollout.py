@@ -93,7 +93,7 @@ def test_top_k_policy_chooses_among_the_most_confident(mdm):
 def test_recorder_refuses_several_positions_per_step(mdm):
     x = puzzles(2)
     recorder = TrajectoryRecorder(16)
-    from upo_fast.sampler import unmask
+    from upo_fast.sampling.loop import unmask
 
     unmask(mdm, x, steps=2, recorder=recorder)
     with pytest.raises(ValueError, match="several positions"):
@@ -113,7 +113,7 @@ def test_reference_rollouts_record_without_a_policy(mdm):
 
 
 def test_sampler_refuses_a_policy_trained_beside_another_mdm(mdm):
-    from upo_fast.sampler import unmask
+    from upo_fast.sampling.loop import unmask
 
     other = UnmaskingPolicy(UnmaskingPolicyConfig(mdm_family="tiny_mdm", mdm_hidden_size=48, num_heads=4))
     with pytest.raises(ValueError, match="hidden size"):

@@ -22,8 +22,9 @@ from upo_fast.checkpoints import (
     load_trainer_state,
     save_checkpoint,
 )
-from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, pretrain_mdm
+from upo_fast.models import TinyMDM, TinyMDMConfig
 from upo_fast.training.config import TrainConfig
+from upo_fast.training.pretrain_mdm import PretrainConfig, pretrain_mdm
 from upo_fast.training.trainer import train
 
 MDM_CONFIG = dict(vocab_size=13, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -149,7 +150,7 @@ def test_a_legacy_checkpoint_still_resumes(tmp_path):
 
 
 def test_flipped_weight_bytes_fall_back_to_the_older_checkpoint(tmp_path, monkeypatch):
-    from upo_fast.models import pretrain as pretrain_module
+    from upo_fast.training import pretrain_mdm as pretrain_module
 
     monkeypatch.setattr(pretrain_module, "KEEP_CHECKPOINTS", 2)
     reference, _ = pretrain(tmp_path / "ref")

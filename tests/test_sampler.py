@@ -8,7 +8,7 @@ from transformers.modeling_outputs import MaskedLMOutput
 import upo_fast
 from upo_fast.kernels.vocab_stats import vocab_stats_ref
 from upo_fast.ops import select_positions
-from upo_fast.scorers import HEURISTICS, SCORERS, ScoringContext, resolve_scorer
+from upo_fast.sampling.scorers import HEURISTICS, SCORERS, ScoringContext, resolve_scorer
 
 VOCAB, MASK = 13, 12
 
@@ -262,9 +262,9 @@ def test_generate_on_dream_and_llada_batched_with_left_padding_equals_row_by_row
 @pytest.mark.gpu
 @pytest.mark.parametrize("scorer", ["max_confidence", "topk", "softmax_confidence", "origin"])
 def test_a_step_never_waits_on_the_host(scorer):
-    from upo_fast.adapters import MDMAdapter
     from upo_fast.models import TinyMDM, TinyMDMConfig
-    from upo_fast.sampler import SamplingOptions, _Loop
+    from upo_fast.sampling.adapters import MDMAdapter
+    from upo_fast.sampling.loop import SamplingOptions, _Loop
 
     config = TinyMDMConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=64, mask_token_id=MASK)
@@ -282,7 +282,7 @@ def test_a_step_never_waits_on_the_host(scorer):
 
 
 def test_factor_rule_walks_the_scorer_order():
-    from upo_fast.sampler import factor_select
+    from upo_fast.sampling.loop import factor_select
 
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.5, 0.4, 0.3, 0.2]])
     cand = torch.tensor([[True, True, True, True], [True, False, True, True]])

@@ -49,7 +49,7 @@ def test_triton_path_gives_the_same_tokens_at_temperature_zero(model, scorer):
 def test_topk_scorer_keeps_exactly_k_tied_candidates_on_both_paths():
     # the Top-K rule of the topk scorer (upo_fast.ops.topk_candidates, ties to the lower position) on the kernel path
     from upo_fast.kernels.vocab_stats import vocab_stats_ref
-    from upo_fast.scorers import SCORERS, ScoringContext
+    from upo_fast.sampling.scorers import SCORERS, ScoringContext
 
     table = torch.zeros(2, 8, VOCAB)
     table[0, 1:7, 0] = 5.0  # row 0: positions 1..6 tie at the top
@@ -82,8 +82,8 @@ def test_triton_path_sampling_is_reproducible_and_fills_every_mask(model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_auto_on_cuda_is_the_triton_path(model, temperature):
-    from upo_fast.adapters import MDMAdapter
-    from upo_fast.sampler import SamplingOptions, _Loop
+    from upo_fast.sampling.adapters import MDMAdapter
+    from upo_fast.sampling.loop import SamplingOptions, _Loop
 
     loop = _Loop(MDMAdapter(model), masked_batch(), None, SamplingOptions(temperature=temperature))
     assert loop.kernels

@@ -1,5 +1,5 @@
-"""The scorer registry (``upo_fast.scorers``): what each scorer declares, and the options of a sampling call
-(``upo_fast.sampler.SamplingOptions``) checked once."""
+"""The scorer registry (``upo_fast.sampling.scorers``): what each scorer declares, and the options of a sampling call
+(``upo_fast.sampling.loop.SamplingOptions``) checked once."""
 
 from dataclasses import FrozenInstanceError
 from types import SimpleNamespace
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from upo_fast.graphs import unsupported
-from upo_fast.sampler import SamplingOptions
-from upo_fast.scorers import HEURISTICS, SCORERS, Scorer, get_scorer, independent_transfer
+from upo_fast.sampling.cuda_graphs import unsupported
+from upo_fast.sampling.loop import SamplingOptions
+from upo_fast.sampling.scorers import HEURISTICS, SCORERS, Scorer, get_scorer, independent_transfer
 
 
 def test_each_scorer_is_registered_under_its_own_name():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from upo_fast.assets import load_task_model, shipped_model_path
-from upo_fast.evaluation import HELD_OUT_SEED, evaluate
+from upo_fast.evaluation.grids import HELD_OUT_SEED, evaluate
 from upo_fast.tasks import get_task
 
 

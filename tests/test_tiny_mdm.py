@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from upo_fast.checkpoints import load_trainer_state
-from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, load_tiny_mdm, mdm_loss, pretrain_mdm
+from upo_fast.models import TinyMDM, TinyMDMConfig, load_tiny_mdm
+from upo_fast.training.pretrain_mdm import PretrainConfig, mdm_loss, pretrain_mdm
 
 VOCAB, MASK_ID = 12, 11
 

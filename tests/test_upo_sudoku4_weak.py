@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from upo_fast.assets import load_task_model, model_folder, shipped_model_path
-from upo_fast.evaluation import evaluate
+from upo_fast.evaluation.grids import evaluate
 from upo_fast.policy import load_policy
 from upo_fast.tasks import get_task
 from upo_fast.training.config import TrainConfig, config_path, presets
@@ -47,7 +47,7 @@ def test_eval_cli_reads_the_model_folders_policy(tmp_path, capsys):
     """A model folder with a policy/ subfolder: `eval --scorer policy` without --policy uses it."""
     import shutil
 
-    from upo_fast.cli import main
+    from upo_fast.cli.commands import main
 
     model_dir = tmp_path / "m"
     shutil.copytree(shipped_model_path("sudoku9"), model_dir)
@@ -72,7 +72,7 @@ def test_paper_preset_loads_by_name_and_validates():
 
 @pytest.mark.parametrize("value, expected", [("false", False), ("yes", True)])
 def test_drop_zero_std_and_blanks_from_the_cli(tmp_path, value, expected, monkeypatch):
-    from upo_fast import cli
+    from upo_fast.cli.commands import commands as cli
 
     seen = {}
     monkeypatch.setattr("upo_fast.training.trainer.train", lambda cfg: seen.setdefault("cfg", cfg) and {})

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from upo_fast.assets import load_task_model
-from upo_fast.cli import main
-from upo_fast.evaluation import pass_at, solve_puzzles
-from upo_fast.tasks import get_task
-from upo_fast.viz import (
+from upo_fast.cli.commands import main
+from upo_fast.evaluation.grids import pass_at, solve_puzzles
+from upo_fast.evaluation.order_pictures import (
     OrderRecord,
     format_trajectory,
     order_statistics,
@@ -21,6 +20,7 @@ from upo_fast.viz import (
     record_order,
     write_order_pictures,
 )
+from upo_fast.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_demo_tells_its_story_with_intervals(tmp_path, capsys):
 
 
 def test_demo_plans():
-    from upo_fast.demo import FULL, QUICK
+    from upo_fast.evaluation.demo import FULL, QUICK
 
     assert set(QUICK.sudoku_scorers) < set(FULL.sudoku_scorers) and "origin" in FULL.sudoku_scorers
     assert QUICK.with_puzzles(10).pass_at_puzzles == min(10, QUICK.pass_at_puzzles)
@@ -204,7 +204,7 @@ def test_demo_plans():
 def test_demo_threads_leave_busy_cores_alone(monkeypatch):
     import os
 
-    from upo_fast import demo
+    from upo_fast.evaluation.grids import demo
 
     busy = demo._busy_cores(window=0.05)
     assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6

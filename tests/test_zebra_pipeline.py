@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from upo_fast.cli import main
-from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, pretrain_mdm
+from upo_fast.cli.commands import main
+from upo_fast.models import TinyMDM, TinyMDMConfig
 from upo_fast.tasks import get_task
+from upo_fast.training.pretrain_mdm import PretrainConfig, pretrain_mdm
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,18 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "generate": "upo_fast.sampler",
-    "unmask": "upo_fast.sampler",
-    "llada_generate": "upo_fast.llada",
-    "dream_generate": "upo_fast.dream",
+    "generate": "upo_fast.sampling.loop",
+    "unmask": "upo_fast.sampling.loop",
+    "llada_generate": "upo_fast.sampling.llada_dropin",
+    "dream_generate": "upo_fast.sampling.dream_dropin",
     "load_model": "upo_fast.models.loading",
     "load_tokenizer": "upo_fast.models.loading",
-    "patch": "upo_fast.patching",
-    "unpatch": "upo_fast.patching",
-    "mc_loglikelihood": "upo_fast.likelihood",
-    "MDMAdapter": "upo_fast.adapters",
-    "wrap_model": "upo_fast.adapters",
-    "SCORERS": "upo_fast.scorers",
+    "patch": "upo_fast.sampling.patching",
+    "unpatch": "upo_fast.sampling.patching",
+    "mc_loglikelihood": "upo_fast.sampling.likelihood",
+    "MDMAdapter": "upo_fast.sampling.adapters",
+    "wrap_model": "upo_fast.sampling.adapters",
+    "SCORERS": "upo_fast.sampling.scorers",
     "TinyMDM": "upo_fast.models",
     "TinyMDMConfig": "upo_fast.models",
 }

@@ -2,11 +2,11 @@
 anything heavy (``upo-fast --help`` and a bad argument must answer in well under a second; torch alone takes
 seconds to import).
 
-The names' homes are ``upo_fast.tasks`` (``TASKS``, ``TEXT_TASKS``, ``is_grid_task``) and ``upo_fast.scorers``
+The names' homes are ``upo_fast.tasks`` (``TASKS``, ``TEXT_TASKS``, ``is_grid_task``) and ``upo_fast.sampling.scorers``
 (the ``Scorer`` registry ``SCORERS``, ``ALIASES``, ``resolve_scorer``), which import torch and numpy. The lists
 here mirror them by hand, because deriving them would import torch at parse time; ``tests/test_cli_startup.py``
 checks that they are equal: a new task or scorer is added in both places (its name only, here). The aliases live
-here alone (``upo_fast.scorers.ALIASES`` is this dict).
+here alone (``upo_fast.sampling.scorers.ALIASES`` is this dict).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def is_grid_task(name: str) -> bool:
 
 
 def check_scorer(name: str) -> str:
-    """The canonical scorer name, or the ValueError ``upo_fast.scorers.resolve_scorer`` raises."""
+    """The canonical scorer name, or the ValueError ``upo_fast.sampling.scorers.resolve_scorer`` raises."""
     canonical = SCORER_ALIASES.get(name, name)
     if canonical not in SCORERS:
         valid = sorted(set(SCORERS) | set(SCORER_ALIASES))

@@ -12,9 +12,9 @@ the MDM's last block); ``extra_blocks`` more fresh blocks (default 0); a final R
 LayerNorm) to one score per position.
 
 Lighter bodies (issue 13: the paper's policy is < 2% of its 8B MDM, but a block at the MDM's width costs about a
-quarter of a 4-layer TinyMDM; ``upo_fast.flops`` measures it): ``policy_dim`` runs the block at a narrower width
-("narrow"), and ``body="features"`` drops the transformer block: the per-position MLP reads the (projected) hidden
-state plus the features embedding only, and nothing compares positions.
+quarter of a 4-layer TinyMDM; ``upo_fast.evaluation.flops`` measures it): ``policy_dim`` runs the block at a
+narrower width ("narrow"), and ``body="features"`` drops the transformer block: the per-position MLP reads the
+(projected) hidden state plus the features embedding only, and nothing compares positions.
 
 Why extra blocks: a copied block ends where the MDM's own prediction is formed, so after it only the per-position
 MLP is left, and no layer can compare the predictions of *different* positions (two cells of a Sudoku row both
@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from upo_fast.adapters import FAMILIES, MDMAdapter, detect_family
 from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.models.tiny_mdm import TinyMDM, TinyMDMBlock, TinyMDMConfig
+from upo_fast.sampling.adapters import FAMILIES, MDMAdapter, detect_family
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init

@@ -1,6 +1,6 @@
 """An lm-evaluation-harness model, registered as ``upo_fast``: LLaDA, Dream or a TinyMDM with a tokenizer, sampled
 by ``upo_fast.generate`` with any unmasking order (a learned policy included) and scored by LLaDA's Monte-Carlo
-likelihood estimate (``upo_fast.likelihood``).
+likelihood estimate (``upo_fast.sampling.likelihood``).
 
     upo-fast lm-eval --model upo_fast --model_args pretrained=DIR,scorer=margin,gen_length=256,steps=256 \\
         --tasks gsm8k --batch_size 8 --output_path OUT
@@ -59,7 +59,7 @@ class HarnessOptions:
     max_length: int | None = None  # prompt + answer; longer prompts lose their left end (default: the model's)
     add_bos_token: bool | None = None  # None: the tokenizer's default, off once a chat template was applied
     seed: int = 1234
-    # likelihoods (upo_fast.likelihood)
+    # likelihoods (upo_fast.sampling.likelihood)
     mc_num: int = 128
     cfg: float = 0.0
     check_greedy: bool = False  # lm-eval's is_greedy (LLaDA's harness recommends off: it unmasks every target)
@@ -80,8 +80,8 @@ class UpoFastLM(LM):
 
     def __init__(self, **model_args):
         super().__init__()
-        from upo_fast.adapters import wrap_model
         from upo_fast.models.loading import load_model, load_tokenizer
+        from upo_fast.sampling.adapters import wrap_model
 
         self.options = opts = HarnessOptions.from_model_args(model_args)
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -107,7 +107,7 @@ class UpoFastLM(LM):
         self.chat_template_applied = False
 
     def _load_policy(self):
-        from upo_fast.scorers import get_scorer
+        from upo_fast.sampling.scorers import get_scorer
 
         if not get_scorer(self.options.scorer).needs_policy:
             return None
@@ -119,10 +119,10 @@ class UpoFastLM(LM):
 
     def _sampler_options(self) -> dict:
         """The keyword arguments of ``upo_fast.generate``, its sampling options checked once here
-        (``upo_fast.sampler.SamplingOptions``; ``generate`` checks them again, to the same result)."""
+        (``upo_fast.sampling.loop.SamplingOptions``; ``generate`` checks them again, to the same result)."""
         from dataclasses import asdict
 
-        from upo_fast.sampler import SamplingOptions
+        from upo_fast.sampling.loop import SamplingOptions
 
         o = self.options
         sampling = SamplingOptions(scorer=o.scorer, temperature=o.temperature, cfg_scale=o.cfg_scale,
@@ -177,7 +177,7 @@ class UpoFastLM(LM):
         return generate_texts(self, [req.args for req in requests], progress=not disable_tqdm and self.group.main)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        from upo_fast.likelihood import greedy_reproduces, mc_loglikelihood
+        from upo_fast.sampling.likelihood import greedy_reproduces, mc_loglikelihood
 
         o, out = self.options, []
         for req in tqdm(requests, desc="upo_fast loglikelihood", disable=disable_tqdm or not self.group.main):

@@ -65,7 +65,7 @@ def generate_texts(lm, requests_args: list[tuple], *, progress: bool = True) -> 
     ``upo_fast.generate`` call; prompts longer than ``max_length - gen_length`` lose their left end. Each batch
     draws its noise from a seed made of its prompts' text, so a run is reproducible under any sharding.
     """
-    from upo_fast.sampler import generate
+    from upo_fast.sampling.loop import generate
 
     o = lm.options
     room = lm.max_length - o.gen_length

@@ -1,6 +1,7 @@
-"""Small masked diffusion models for toy tasks: :class:`TinyMDM` and its pretraining loop."""
+"""The models and their loading: native LLaDA and Dream (the official checkpoints' parameter names), the small
+:class:`TinyMDM` for grid tasks, ``load_model`` for local hub-layout folders, and the package's own saved models.
+Their training (MDM pretraining) lives in ``upo_fast.training.pretrain_mdm``."""
 
-from upo_fast.models.pretrain import PretrainConfig, mdm_loss, pretrain_mdm
 from upo_fast.models.tiny_mdm import TinyMDM, TinyMDMConfig, load_tiny_mdm
 
 
@@ -21,4 +22,4 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
-__all__ = ["TinyMDM", "TinyMDMConfig", "load_tiny_mdm", "PretrainConfig", "pretrain_mdm", "mdm_loss"]
+__all__ = ["TinyMDM", "TinyMDMConfig", "load_tiny_mdm"]

@@ -1,5 +1,5 @@
 """GSM8K and MATH500 for LLaDA-8B-Instruct / Dream-7B-Instruct: local data, prompts, rewards and metrics (the
-evaluation loop, which runs the sampler, is :func:`upo_fast.evaluation_text.evaluate_math`).
+evaluation loop, which runs the sampler, is :func:`upo_fast.evaluation.text.evaluate_math`).
 
 Data is read from a local copy only (JSON, JSONL, parquet, or a folder written by ``datasets``' save_to_disk);
 nothing is downloaded at run time. Completions are asked to reason inside ``<reasoning>`` tags and give the

@@ -34,7 +34,7 @@ class TrainConfig:
     block_init: str = "copy"  # the policy's transformer block: a copy of the MDM's last block, or "fresh"
     policy_dim: int | None = None  # a narrower block: hidden states projected d -> policy_dim (block_init fresh)
     # "block": one transformer block (+ extra_blocks) before the MLP head; "features": no block, the per-position
-    # MLP reads the hidden state and the features only (cheaper; see upo_fast.flops and UnmaskingPolicyConfig)
+    # MLP reads the hidden state and the features only (cheaper; see evaluation.flops and UnmaskingPolicyConfig)
     policy_body: str = "block"
     mlp_hidden: int = 128
     extra_blocks: int = 0  # fresh transformer blocks after the first (they compare positions' predictions)

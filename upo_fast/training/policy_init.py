@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from upo_fast.evaluation import HELD_OUT_SEED, evaluate
+from upo_fast.evaluation.grids import HELD_OUT_SEED, evaluate
 from upo_fast.models.saved import load_saved
 from upo_fast.policy import BODIES, UnmaskingPolicy
 from upo_fast.validation import field_check

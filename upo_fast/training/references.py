@@ -6,7 +6,7 @@ A :class:`Reference` holds everything that differs between references:
                   most confident of them (``upo_fast.ops.topk_candidates``, ties to the lower position)
     distribution  g_ref over those candidates (``upo_fast.ops.reference_distribution`` with its ``kernel_kind``)
     regularizer   D_n between g_phi and g_ref (``upo_fast.ops.policy_divergence`` with its ``divergence`` mode)
-    scorer        the sampling scorer of the same name (``upo_fast.scorers``), which rolls the reference out
+    scorer        the sampling scorer of the same name (``upo_fast.sampling.scorers``), which rolls the reference out
 
 Losses, the update, the trainer, imitation, the configs and the trainer benchmark read references from
 :data:`REFERENCES` / :func:`get_reference`; adding a reference is one entry there (its kernel kind and its scorer
@@ -39,7 +39,7 @@ class Reference:
 
     @property
     def scorer(self) -> str:
-        """The sampling scorer of the same name (``upo_fast.scorers``): what rolls this reference out."""
+        """The sampling scorer of the same name (``upo_fast.sampling.scorers``): what rolls this reference out."""
         return self.name
 
     def candidates(self, candidates: torch.Tensor, confidence: torch.Tensor | None = None, K: int | None = None, *,

@@ -22,9 +22,9 @@ from typing import NamedTuple
 import torch
 
 from upo_fast import ops
-from upo_fast.adapters import wrap_model
 from upo_fast.kernels.vocab_stats import VocabStats
-from upo_fast.sampler import unmask
+from upo_fast.sampling.adapters import wrap_model
+from upo_fast.sampling.loop import unmask
 
 
 class Trajectories(NamedTuple):

@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import torch
 
-from upo_fast.finite_steps import drop_new_state, finite_flag, step_where_finite
 from upo_fast.training.distributed import SINGLE_PROCESS, ProcessGroup
+from upo_fast.training.finite_steps import drop_new_state, finite_flag, step_where_finite
 from upo_fast.training.losses import grpo_loss, sequence_kl_surrogate, step_log_probs
 from upo_fast.training.references import Reference, get_reference
 from upo_fast.training.rollout import Trajectories

@@ -21,8 +21,8 @@ from common import metadata  # noqa: E402
 from upo_results import _cells, _paired  # noqa: E402
 
 from upo_fast.assets import load_task_model  # noqa: E402
-from upo_fast.evaluation import solve_puzzles  # noqa: E402
-from upo_fast.flops import policy_cost  # noqa: E402
+from upo_fast.evaluation.flops import policy_cost  # noqa: E402
+from upo_fast.evaluation.grids import solve_puzzles  # noqa: E402
 from upo_fast.models.saved import load_saved  # noqa: E402
 from upo_fast.policy import UnmaskingPolicy  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402

@@ -1,5 +1,5 @@
 """Issue 13: policy/MDM FLOPs per sampling step (and per update step) for every shipped MDM, counted by
-``upo_fast.flops.policy_cost`` (torch's FlopCounterMode): the shipped policy, the default GRPO policy
+``upo_fast.evaluation.flops.policy_cost`` (torch's FlopCounterMode): the shipped policy, the default GRPO policy
 (TrainConfig defaults: init=anchor, block_init=copy, mlp_hidden=128) and the lighter bodies.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/results/policy_body_20261130/flop_table.py   (a few seconds)
@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parent.parent))  # benchmarks/
 from common import metadata  # noqa: E402
 
 from upo_fast.assets import load_task_model, shipped_policy_path  # noqa: E402
-from upo_fast.flops import policy_cost  # noqa: E402
+from upo_fast.evaluation.flops import policy_cost  # noqa: E402
 from upo_fast.policy import load_policy  # noqa: E402
 from upo_fast.tasks import get_task  # noqa: E402
 from upo_fast.training.config import TrainConfig  # noqa: E402

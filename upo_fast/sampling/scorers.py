@@ -9,8 +9,8 @@ the statistics pass) and turns ``(stats, candidates, context)`` into ``PositionS
                 replacement from softmax(scores / position_temperature)
 
 A scorer may own its selection instead of ranking (``select``): Dream's ``origin`` unmasks each masked position
-independently with the step's transfer probability. The loop (``upo_fast.sampler``) and CUDA-graph capture
-(``upo_fast.graphs``) ask the scorer object, never its name.
+independently with the step's transfer probability. The loop (``upo_fast.sampling.loop``) and CUDA-graph capture
+(``upo_fast.sampling.cuda_graphs``) ask the scorer object, never its name.
 
 Adding a scorer: write its scoring function here and add one ``Scorer`` entry to ``SCORERS``; then add its name to
 ``upo_fast.names.SCORERS`` (the command line checks names without importing torch; tests/test_cli_startup.py
@@ -124,7 +124,7 @@ class Scorer:
 
     @property
     def ranks(self) -> bool:
-        """Whether the scorer orders the candidates (what a recorder and ``upo_fast.viz`` need)."""
+        """Whether the scorer orders the candidates (what a recorder and ``evaluation.order_pictures`` need)."""
         return self.select is None
 
     def __call__(self, stats: VocabStats, candidates: torch.Tensor, ctx: ScoringContext) -> PositionScores:

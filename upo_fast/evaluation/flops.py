@@ -21,7 +21,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from upo_fast.adapters import MDMAdapter, wrap_model
+from upo_fast.sampling.adapters import MDMAdapter, wrap_model
 
 
 @dataclass(frozen=True)

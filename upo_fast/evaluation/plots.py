@@ -97,7 +97,7 @@ def plot_pass_at(curves: dict[str, dict[str, float]], out: str | Path, title: st
 
 def plot_puzzle_orders(rows: list[list], out: str | Path, title: str = "", *, row_names: list[str] | None = None,
                        axis_labels=(None, None), box: int | None = None) -> Path:
-    """A grid of puzzle pictures: one row per puzzle, one column per order (``upo_fast.viz.PuzzlePanel``s). Each
+    """A grid of puzzle pictures: one row per puzzle, one column per order (``order_pictures.PuzzlePanel``s). Each
     blank shows the step at which it was filled, coloured by it (early = light, late = dark); givens are grey with
     their value; a wrong fill gets a red frame. ``box``: the Sudoku box size, drawn as thick lines."""
     plt = _pyplot()
@@ -156,7 +156,7 @@ def _label_axes(ax, axis_labels, *, show_rows: bool, show_cols: bool, height: in
 
 
 def plot_order_statistics(stats: dict[str, dict[str, list[float]]], out: str | Path, title: str = "") -> Path:
-    """Three panels over the unmasking steps, one line per order (``upo_fast.viz.order_statistics``): the mean
+    """Three panels over the unmasking steps, one line per order (``order_pictures.order_statistics``): the mean
     confidence rank of the cell filled (1 = the model's most confident masked cell), the share of fills that took
     that cell, and the share of puzzles already lost (a wrong fill at or before the step)."""
     plt = _pyplot()

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from upo_fast.cli_args import (
+from upo_fast.cli.args import (
     OneLineParser,
     check_outputs,
     check_scorers,
@@ -21,10 +21,10 @@ from upo_fast.cli_args import (
     positive_int,
     report_error,
 )
-from upo_fast.cli_eval import _grid_task, _task, parser_eval, parser_parallel_curve, parser_viz, policy_options
-from upo_fast.cli_eval import cmd_eval as cmd_eval  # the commands stay reachable as upo_fast.cli.cmd_*
-from upo_fast.cli_eval import cmd_parallel_curve as cmd_parallel_curve
-from upo_fast.cli_eval import cmd_viz as cmd_viz
+from upo_fast.cli.evaluate import _grid_task, _task, parser_eval, parser_parallel_curve, parser_viz, policy_options
+from upo_fast.cli.evaluate import cmd_eval as cmd_eval  # the commands stay reachable as upo_fast.cli.commands.cmd_*
+from upo_fast.cli.evaluate import cmd_parallel_curve as cmd_parallel_curve
+from upo_fast.cli.evaluate import cmd_viz as cmd_viz
 
 # torch, numpy and the modules that import them load inside the commands, after parsing: `upo-fast --help` and a
 # bad argument answer at once (tests/test_cli_startup.py checks that parsing imports none of them)
@@ -64,7 +64,7 @@ def cmd_pretrain_policy(args) -> dict:
 
 
 def cmd_plot_runs(args) -> None:
-    from upo_fast.plots import plot_runs
+    from upo_fast.evaluation.plots import plot_runs
 
     runs = {}
     for spec in args.run:
@@ -89,7 +89,7 @@ _TRAIN_OPTIONS = {
 
 
 def cmd_demo(args) -> dict:
-    from upo_fast.demo import FULL, QUICK, run_demo
+    from upo_fast.evaluation.demo import FULL, QUICK, run_demo
 
     plan = FULL if args.full else QUICK
     if args.num_puzzles is not None:
@@ -102,7 +102,7 @@ def cmd_sample(args) -> None:
         raise ValueError("sample needs --grid (Sudoku, shipped model) or --model DIR with --prompt TEXT")
     import torch
 
-    from upo_fast.scorers import resolve_scorer
+    from upo_fast.sampling.scorers import resolve_scorer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     scorer = resolve_scorer(args.scorer)
@@ -116,7 +116,7 @@ def _sample_grid(args, scorer: str, device: str) -> None:
     import numpy as np
 
     from upo_fast.assets import load_task_model
-    from upo_fast.sampler import unmask
+    from upo_fast.sampling.loop import unmask
 
     task = _task(args.task)
     grid = task.parse_grid(args.grid)
@@ -131,8 +131,8 @@ def _sample_grid(args, scorer: str, device: str) -> None:
 
 def _sample_text(args, scorer: str, device: str) -> None:
     from upo_fast.models.loading import load_text_model
-    from upo_fast.sampler import generate
-    from upo_fast.scorers import get_scorer
+    from upo_fast.sampling.loop import generate
+    from upo_fast.sampling.scorers import get_scorer
 
     if get_scorer(scorer).needs_policy and not args.policy:
         raise ValueError("--scorer policy with --prompt needs --policy DIR: no policy ships for LLaDA/Dream")
@@ -146,8 +146,9 @@ def _sample_text(args, scorer: str, device: str) -> None:
 def cmd_pretrain_mdm(args) -> None:
     import torch
 
-    from upo_fast.evaluation import HELD_OUT_SEED, evaluate
-    from upo_fast.models import PretrainConfig, TinyMDM, TinyMDMConfig, pretrain_mdm
+    from upo_fast.evaluation.grids import HELD_OUT_SEED, evaluate
+    from upo_fast.models import TinyMDM, TinyMDMConfig
+    from upo_fast.training.pretrain_mdm import PretrainConfig, pretrain_mdm
 
     task = _grid_task(args.task)
     if args.position_embedding == "grid" and not hasattr(task, "n"):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from upo_fast.adapters import LLADA_MASK_ID, MDMAdapter
-from upo_fast.schedules import llada_block_counts
+from upo_fast.sampling.adapters import LLADA_MASK_ID, MDMAdapter
+from upo_fast.sampling.schedules import llada_block_counts
 from upo_fast.validation import (
     check_attention_mask,
     check_finite,

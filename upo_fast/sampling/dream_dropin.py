@@ -26,8 +26,8 @@ import torch.distributions as dists
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from upo_fast.adapters import MDMAdapter
-from upo_fast.schedules import dream_timesteps
+from upo_fast.sampling.adapters import MDMAdapter
+from upo_fast.sampling.schedules import dream_timesteps
 from upo_fast.validation import (
     check_attention_mask,
     check_finite,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from upo_fast.adapters import MDMAdapter, wrap_model
+from upo_fast.sampling.adapters import MDMAdapter, wrap_model
 from upo_fast.validation import check_finite, check_token_ids
 
 
@@ -106,7 +106,7 @@ def greedy_reproduces(model, prefix: torch.Tensor, target: torch.Tensor, *, cfg_
                       mask_id: int | None = None, family: str | None = None) -> bool:
     """Whether unmasking ``len(target)`` masks after ``prefix`` one position per step by max-confidence, argmax
     tokens (LLaDA's ``suffix_greedy_prediction``), gives exactly ``target``: lm-eval's ``is_greedy``."""
-    from upo_fast.sampler import unmask
+    from upo_fast.sampling.loop import unmask
 
     adapter = wrap_model(model, family, mask_id)
     prefix = _check_ids(prefix, "prefix", adapter.vocab_size, allow_empty=True)

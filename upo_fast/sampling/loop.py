@@ -7,7 +7,7 @@ which may finish early, checks once per step whether anything is left, and the n
 once after the loop).
 
 The options of a call travel as one :class:`SamplingOptions`, checked once when ``unmask`` / ``generate`` make it.
-The scorer is a ``upo_fast.scorers.Scorer``: the loop asks it what to prepare (a policy, the last-block input
+The scorer is a ``upo_fast.sampling.scorers.Scorer``: the loop asks it what to prepare (a policy, the last-block input
 hook, the reference term of the statistics) and whether it selects by itself (Dream's ``origin``, whose draws come
 from the torch generator as the reference's do), never its name.
 """
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from upo_fast import ops
-from upo_fast.adapters import MDMAdapter, wrap_model
 from upo_fast.kernels.triton_support import seed_tensor, use_triton
 from upo_fast.kernels.vocab_stats import MAX_TEMPERATURE, VocabStats
-from upo_fast.schedules import row_counts
-from upo_fast.scorers import SCORERS, ScoringContext, resolve_scorer
+from upo_fast.sampling.adapters import MDMAdapter, wrap_model
+from upo_fast.sampling.schedules import row_counts
+from upo_fast.sampling.scorers import SCORERS, ScoringContext, resolve_scorer
 from upo_fast.validation import (
     check_attention_mask,
     check_finite,
@@ -122,7 +122,7 @@ class _Loop:
         self._choose_head(options.fused_head)
         self.graphed = None
         if options.cuda_graph:
-            from upo_fast.graphs import GraphedSteps
+            from upo_fast.sampling.cuda_graphs import GraphedSteps
 
             self.graphed = GraphedSteps(self)
 
@@ -277,7 +277,8 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     fused_head: compute the statistics from the final hidden states and the LM head for the region's rows only
     (``upo_fast.ops.fused_head_stats``), never materializing [B, L, V] logits; None = on CUDA when the model's
     head is a separate Linear module (True on a tied head is a ValueError). cuda_graph: capture each step once
-    and replay it (``upo_fast.graphs``; CUDA and the Triton path only; off by default until verified on a GPU).
+    and replay it (``upo_fast.sampling.cuda_graphs``; CUDA and the Triton path only; off by default until verified
+    on a GPU).
     """
     options = SamplingOptions(scorer=scorer, temperature=temperature, cfg_scale=cfg_scale, threshold=threshold,
                               factor=factor, topk=topk, position_temperature=position_temperature,

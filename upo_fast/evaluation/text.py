@@ -1,5 +1,6 @@
 """Evaluate unmasking orders on text tasks (GSM8K, MATH500) with LLaDA / Dream: the task's prompts
-(:mod:`upo_fast.tasks.math_tasks`) completed by :func:`upo_fast.sampler.generate`, then scored by the task's rewards.
+(:mod:`upo_fast.tasks.math_tasks`) completed by :func:`upo_fast.sampling.loop.generate`, then
+scored by the task's rewards.
 
 The task module holds the data, prompts and rewards and never runs a model; this module runs the sampler, so it
 sits above the loop (and the policy, which ``scorer="policy"`` passes through)."""
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from upo_fast.sampler import generate
+from upo_fast.sampling.loop import generate
 from upo_fast.tasks.math_tasks import build_prompts, check_task, flexible_match, math_rewards
 from upo_fast.tasks.metrics import pass_at_k
 
@@ -96,7 +97,7 @@ def evaluate_math(model, tokenizer, problems, *, task: str, scorer="max_confiden
                   block_length: int = 32, steps: int | None = None, batch_size: int = 8, temperature: float = 0.0,
                   position_temperature: float = 1.0, pass_at: int = 1, seed: int = 0, chat: bool = True,
                   policy=None, device=None, progress: bool = True) -> dict:
-    """Accuracy of ``model`` (LLaDA / Dream, or any model ``upo_fast.sampler.generate`` takes) on ``problems``.
+    """Accuracy of ``model`` (LLaDA / Dream, or any model ``upo_fast.sampling.loop.generate`` takes) on ``problems``.
 
     Prompts (``build_prompts``) are tokenized with left padding (the tokenizer's ``padding_side`` is restored
     afterwards; a tokenizer without a pad token pads with its EOS token) and completed by ``generate`` with

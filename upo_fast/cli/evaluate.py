@@ -1,5 +1,5 @@
 """The commands that evaluate and draw unmasking orders: ``eval`` (grid puzzles with TinyMDM, GSM8K/MATH500 with
-LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``, with their options (``parser_eval`` ...; ``upo_fast.cli``
+LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``, with their options (``parser_eval`` ...; ``upo_fast.cli.commands``
 builds the whole command line).
 
 torch and the modules that import it load inside the commands, after the arguments are parsed and checked, so that
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from upo_fast.cli_args import device_name, grid_task_name, nonneg_float, nonneg_int, positive_int, task_name
+from upo_fast.cli.args import device_name, grid_task_name, nonneg_float, nonneg_int, positive_int, task_name
 from upo_fast.names import TEXT_TASKS
 
 
@@ -28,14 +28,14 @@ def _grid_task(name: str):
 
 def _scorers(args, default: list[str]) -> list[str]:
     """The canonical names of the command's ``--scorer`` options (``default`` when none is given)."""
-    from upo_fast.scorers import resolve_scorer
+    from upo_fast.sampling.scorers import resolve_scorer
 
     return [resolve_scorer(s) for s in (args.scorer or default)]
 
 
 def needs_policy(scorer: str) -> bool:
     """Whether ``scorer`` (a canonical name) ranks by a learned policy that must be loaded (``Scorer.needs_policy``)."""
-    from upo_fast.scorers import get_scorer
+    from upo_fast.sampling.scorers import get_scorer
 
     return get_scorer(scorer).needs_policy
 
@@ -55,7 +55,7 @@ def _puzzles(args, task):
     if args.data:
         puzzles, solutions = task.load(args.data)
     else:
-        from upo_fast.evaluation import HELD_OUT_SEED
+        from upo_fast.evaluation.grids import HELD_OUT_SEED
 
         puzzles, solutions = task.make_puzzles(args.num_puzzles, blanks=args.blanks, seed=HELD_OUT_SEED)
     if args.limit is not None:
@@ -69,7 +69,7 @@ def cmd_eval(args) -> dict:
     import torch
 
     from upo_fast.assets import load_task_model
-    from upo_fast.evaluation import evaluate, format_table, pass_at
+    from upo_fast.evaluation.grids import evaluate, format_table, pass_at
     from upo_fast.policy import load_policy
 
     task = _task(args.task)
@@ -103,7 +103,7 @@ def cmd_eval(args) -> dict:
 
 
 def _plot_pass_at(args, name: str, n: int, results: dict) -> Path:
-    from upo_fast.plots import plot_pass_at
+    from upo_fast.evaluation.plots import plot_pass_at
 
     path = args.plot or (Path(args.json).with_suffix("").as_posix() + "_pass_at.png" if args.json
                          else f"{name}_pass_at.png")
@@ -118,7 +118,7 @@ def _eval_text(args) -> dict:
     if not args.model or not args.data:
         raise ValueError(f"--task {args.task} needs --model (a local LLaDA/Dream folder) and --data (a local "
                          "JSON/JSONL/parquet copy of the test set); nothing is downloaded at run time")
-    from upo_fast.evaluation_text import evaluate_math
+    from upo_fast.evaluation.text import evaluate_math
     from upo_fast.models.loading import load_text_model
 
     problems = load_problems(args.data, args.task, limit=args.limit)
@@ -154,7 +154,7 @@ def _write_json(path, report: dict) -> None:
 
 def cmd_viz(args) -> dict:
     from upo_fast.assets import load_task_model
-    from upo_fast.viz import record_order, write_order_pictures
+    from upo_fast.evaluation.order_pictures import record_order, write_order_pictures
 
     task = _grid_task(args.task)
     model = load_task_model(args.model, task, args.device)
@@ -189,8 +189,8 @@ def _viz_scorers(args, task, model) -> dict[str, dict]:
 
 def cmd_parallel_curve(args) -> dict:
     from upo_fast.assets import load_task_model
-    from upo_fast.evaluation import evaluate
-    from upo_fast.plots import plot_parallel_curve
+    from upo_fast.evaluation.grids import evaluate
+    from upo_fast.evaluation.plots import plot_parallel_curve
 
     task = _task(args.task)
     model = load_task_model(args.model, task, args.device)

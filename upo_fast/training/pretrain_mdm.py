@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from upo_fast.checkpoints import check_resume, json_default, restore, save_checkpoint, should_stop
-from upo_fast.finite_steps import step_if_finite
+from upo_fast.training.finite_steps import step_if_finite
 
 logger = logging.getLogger(__name__)
 LOSS_WEIGHTINGS = ("inverse_t", "none")

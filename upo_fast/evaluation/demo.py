@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from upo_fast.assets import load_task_model, shipped_model_path
-from upo_fast.evaluation import HELD_OUT_SEED, solve_puzzles
-from upo_fast.intervals import excludes_zero, mean_interval, paired_difference, points, solved_interval
+from upo_fast.evaluation.grids import HELD_OUT_SEED, solve_puzzles
+from upo_fast.evaluation.intervals import excludes_zero, mean_interval, paired_difference, points, solved_interval
 from upo_fast.policy import load_policy
-from upo_fast.scorers import HEURISTICS, SCORERS
+from upo_fast.sampling.scorers import HEURISTICS, SCORERS
 from upo_fast.tasks import get_task
 from upo_fast.tasks.metrics import pass_at_k
 
@@ -66,7 +66,7 @@ class OrderResult:
     cell_accuracy: np.ndarray
     mean_steps: float
     seconds: float
-    record: object = None  # upo_fast.viz.OrderRecord
+    record: object = None  # upo_fast.evaluation.order_pictures.OrderRecord
 
     def summary(self) -> dict:
         solved, cells = solved_interval(self.solved), mean_interval(self.cell_accuracy, within=(0.0, 1.0))
@@ -92,7 +92,7 @@ class _Phases:
 
 
 def _run_order(model, task, puzzles, solutions, scorer: str, options: dict) -> OrderResult:
-    from upo_fast.viz import record_order
+    from upo_fast.evaluation.order_pictures import record_order
 
     start = time.perf_counter()
     if not SCORERS[scorer].ranks:  # no ranking to record (origin): the plain evaluation path
@@ -231,8 +231,8 @@ def _conclusions(sudoku: dict, comparisons: dict, pass_at: dict | None) -> list[
 
 
 def _pictures(runs: dict, pass_at: dict | None, out_dir: Path, plan: DemoPlan) -> list[Path]:
-    from upo_fast.plots import plot_pass_at
-    from upo_fast.viz import pick_puzzles, write_order_pictures
+    from upo_fast.evaluation.order_pictures import pick_puzzles, write_order_pictures
+    from upo_fast.evaluation.plots import plot_pass_at
 
     written = []
     for run in runs.values():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import types
 
-from upo_fast.adapters import detect_family
+from upo_fast.sampling.adapters import detect_family
 
 _PATCHED = "_upo_fast_patched"  # instance attribute: {method name: the instance's own attribute before, or _ABSENT}
 _ABSENT = object()
@@ -24,17 +24,17 @@ PATCHABLE = {"llada": "generate", "dream": "diffusion_generate"}
 def _llada_generate(self, input_ids, attention_mask=None, **kwargs):
     """LLaDA's ``generate(model, prompt, attention_mask, ...)`` as a method, from ``upo_fast.patch``."""
     if "scorer" in kwargs:
-        from upo_fast.sampler import generate
+        from upo_fast.sampling.loop import generate
 
         return generate(self, input_ids, attention_mask, family="llada", **kwargs)
-    from upo_fast.llada import llada_generate
+    from upo_fast.sampling.llada_dropin import llada_generate
 
     return llada_generate(self, input_ids, attention_mask, **kwargs)
 
 
 def _dream_diffusion_generate(self, inputs=None, generation_config=None, **kwargs):
     """Dream's ``diffusion_generate`` (same signature, defaults and return types), from ``upo_fast.patch``."""
-    from upo_fast.dream import dream_generate
+    from upo_fast.sampling.dream_dropin import dream_generate
 
     if inputs is None:
         inputs = kwargs.pop("input_ids", None)

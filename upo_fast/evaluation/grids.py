@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from upo_fast.sampler import unmask
+from upo_fast.sampling.loop import unmask
 from upo_fast.tasks.metrics import pass_at_k
 
 HELD_OUT_SEED = 20261128  # held-out puzzles are generated from this seed; training grids never use it

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upo_fast.sampler import unmask
-from upo_fast.scorers import get_scorer
+from upo_fast.sampling.loop import unmask
+from upo_fast.sampling.scorers import get_scorer
 
 
 class _CommitLog:
@@ -178,7 +178,7 @@ def write_order_pictures(task, puzzles, solutions, records: list[OrderRecord], i
     """``<task>_orders.png`` (puzzles ``indices`` as each order filled them, side by side), ``<task>_order_stats.png``
     (the aggregate over all the records' puzzles) and ``<task>_trajectory.txt`` (each order on the first of
     ``indices``) in ``out_dir``; returns their paths. ``note`` is added to the per-puzzle picture's title."""
-    from upo_fast.plots import plot_order_statistics, plot_puzzle_orders
+    from upo_fast.evaluation.plots import plot_order_statistics, plot_puzzle_orders
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
