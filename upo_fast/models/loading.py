@@ -3,7 +3,8 @@
 LLaDA and Dream folders build this project's own implementations (``models/llada.py``, ``models/dream.py``) and
 read the official checkpoints' safetensors directly, under any transformers from 4.46 to 5.x; no code from the
 folder is executed. TinyMDM folders load as TinyMDM. Any other model goes through ``AutoModel`` and only with
-``trust_remote_code=True``. Nothing is downloaded: a path must be an existing local folder.
+``trust_remote_code=True``. Nothing is downloaded: a path must be an existing local folder. What differs between
+the families that load natively is one ``NativeFamily`` each in ``NATIVE``: ``load_model`` asks it, never a name.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import contextlib
 import json
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-
-SUPPORTED = ("llada", "Dream", "tiny_mdm")
 
 
 def _local_folder(path) -> str:
@@ -97,13 +98,8 @@ def _read_state(model: torch.nn.Module, files: dict[str, str], dtype, device, sk
     return state
 
 
-def _build_native(family: str, config_dict: dict):
-    if family == "llada":
-        from upo_fast.models.llada import LLaDAConfig as config_cls
-        from upo_fast.models.llada import LLaDAModelLM as model_cls
-    else:
-        from upo_fast.models.dream import DreamConfig as config_cls
-        from upo_fast.models.dream import DreamModel as model_cls
+def _build_native(family: NativeFamily, config_dict: dict):
+    config_cls, model_cls = family.classes()
     fields = {k: v for k, v in config_dict.items() if k not in ("model_type", "auto_map", "architectures")}
     config = config_cls(**fields)
     with torch.device("meta"):
@@ -124,6 +120,61 @@ def _dream_generation_config(folder: str, config):
     return GenerationConfig(mask_token_id=config.mask_token_id, pad_token_id=config.pad_token_id,
                             bos_token_id=getattr(config, "bos_token_id", None),
                             eos_token_id=getattr(config, "eos_token_id", None))
+
+
+def _llada_classes():
+    from upo_fast.models.llada import LLaDAConfig, LLaDAModelLM
+
+    return LLaDAConfig, LLaDAModelLM
+
+
+def _dream_classes():
+    from upo_fast.models.dream import DreamConfig, DreamModel
+
+    return DreamConfig, DreamModel
+
+
+def _load_tiny_mdm(folder: str, device):
+    from upo_fast.models.tiny_mdm import load_tiny_mdm
+
+    return load_tiny_mdm(folder, device=device)
+
+
+@dataclass(frozen=True)
+class NativeFamily:
+    """How a folder of one family loads without running the folder's code (``load_model``).
+
+    ``name``: the family's name, as in ``upo_fast.sampling.adapters.FAMILIES`` (the adapter that then runs it;
+    tests/test_families.py keeps the two tables' names in step). ``model_type``: config.json's ``model_type`` as the
+    official checkpoints spell it (matched lower-cased). ``classes``: () -> (config class, model class) of this
+    project's implementation, imported on first use, whose parameters are read from the safetensors; None when
+    ``load_folder`` reads the folder in its own format instead. ``load_folder``: (folder, device) -> model.
+    ``tied_head``: the head parameter that a checkpoint with ``tie_word_embeddings`` leaves out (tied after
+    loading); None where the tied form has no head parameter at all (LLaDA's ``weight_tying``).
+    ``generation_config``: the model gets a ``generation_config`` (Dream's samplers read the mask id there).
+    """
+
+    name: str
+    model_type: str
+    classes: Callable[[], tuple[type, type]] | None
+    load_folder: Callable[[str, torch.device], torch.nn.Module] | None
+    tied_head: str | None
+    generation_config: bool
+
+
+def _entries(*families: NativeFamily) -> dict[str, NativeFamily]:
+    return {family.model_type.lower(): family for family in families}
+
+
+# keyed by the lower-cased model_type (config.json spells Dream's "Dream"), what load_model looks up
+NATIVE: dict[str, NativeFamily] = _entries(
+    NativeFamily("llada", "llada", classes=_llada_classes, load_folder=None, tied_head=None, generation_config=False),
+    NativeFamily("dream", "Dream", classes=_dream_classes, load_folder=None, tied_head="lm_head.weight",
+                 generation_config=True),
+    NativeFamily("tiny_mdm", "tiny_mdm", classes=None, load_folder=_load_tiny_mdm, tied_head=None,
+                 generation_config=False),
+)
+SUPPORTED = tuple(family.model_type for family in NATIVE.values())
 
 
 def load_model(path, *, dtype: torch.dtype = torch.bfloat16, device=None, attn: str = "auto",
@@ -147,20 +198,18 @@ def load_model(path, *, dtype: torch.dtype = torch.bfloat16, device=None, attn: 
     device = torch.device(device) if device is not None else torch.device("cpu")
     config_dict = read_config(folder)
     model_type = str(config_dict.get("model_type", ""))
-    family = {"llada": "llada", "dream": "dream", "tiny_mdm": "tiny_mdm"}.get(model_type.lower())
-    if family == "tiny_mdm":
-        from upo_fast.models.tiny_mdm import load_tiny_mdm
-
-        return load_tiny_mdm(folder, device=device).to(dtype)
+    family = NATIVE.get(model_type.lower())
     if family is None:
         return _load_with_remote_code(folder, model_type, dtype, device, trust_remote_code)
+    if family.load_folder is not None:
+        return family.load_folder(folder, device).to(dtype)
     model = _build_native(family, config_dict)
-    tied = family == "dream" and bool(model.config.tie_word_embeddings)
-    state = _read_state(model, weight_files(folder), dtype, device, skip={"lm_head.weight"} if tied else set())
+    tied = family.tied_head is not None and bool(model.config.tie_word_embeddings)
+    state = _read_state(model, weight_files(folder), dtype, device, skip={family.tied_head} if tied else set())
     model.load_state_dict(state, strict=not tied, assign=True)
     if tied:
         model.tie_weights()
-    if family == "dream":
+    if family.generation_config:
         model.generation_config = _dream_generation_config(folder, model.config)
     model.set_attention_backend(attn)
     return model.eval().requires_grad_(False)

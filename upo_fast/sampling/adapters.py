@@ -1,6 +1,7 @@
 """Model adapters: one small object that knows how to call a masked diffusion model and read what we need from it.
 
-Families:
+What differs between kinds of MDM lives on one frozen :class:`ModelFamily` per family, registered by name in
+``FAMILIES``; the adapter asks that object and never tests a family's name:
 
     llada     LLaDAModelLM (remote code): mask id 126336, no logit shift, blocks at model.model.transformer.blocks,
               head model.model.transformer.ff_out (or the tied embedding wte)
@@ -8,6 +9,8 @@ Families:
               layers at model.model.layers, head lm_head; left padding becomes a 4-D mask plus position ids
     tiny_mdm  this project's TinyMDM: mask id from its config, layers at model.model.layers, head lm_head
     generic   anything whose output has ``.logits``; ``mask_id`` must be given
+
+Adding a family: write its ``ModelFamily`` entry in ``FAMILIES`` (tests/test_families.py checks every entry).
 
 The project's native LLaDA and Dream (``upo_fast.load_model``) have the same layout and also expose
 ``final_hidden_states`` and ``output_head``: the fused head path calls them directly (a tied LLaDA head included)
@@ -20,6 +23,7 @@ copy): the unmasking policy reads it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +31,6 @@ from torch import nn
 
 LLADA_MASK_ID = 126336
 DREAM_MASK_ID = 151666
-FAMILIES = ("llada", "dream", "tiny_mdm", "generic")
 
 
 @dataclass(frozen=True)
@@ -38,17 +41,6 @@ class PreparedAttention:
     valid: torch.Tensor | None  # [B, L] bool, True at real (non-pad) positions; None = no padding
 
 
-def detect_family(model: nn.Module) -> str:
-    model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "").lower()
-    if model_type.startswith("llada"):
-        return "llada"
-    if model_type.startswith("dream"):
-        return "dream"
-    if model_type == "tiny_mdm":
-        return "tiny_mdm"
-    return "generic"
-
-
 def _get_path(obj, path: str):
     for name in path.split("."):
         obj = getattr(obj, name, None)
@@ -57,44 +49,150 @@ def _get_path(obj, path: str):
     return obj
 
 
+def padding_mask_kwargs(attention_mask: torch.Tensor | None, valid: torch.Tensor | None) -> dict:
+    """The forward takes the [B, L] 0/1 padding mask as it is, and nothing when there is no padding."""
+    return {} if attention_mask is None else {"attention_mask": attention_mask}
+
+
+def dream_attention_kwargs(attention_mask: torch.Tensor | None, valid: torch.Tensor | None) -> dict:
+    """Dream's forward wants "full" when nothing is padded (as its own sampler passes), else a [B, 1, L, L] bool
+    mask with position ids that start at 0 on the first real token (left padding must not shift the rotary
+    positions)."""
+    if valid is None or bool(valid.all()):
+        return {"attention_mask": "full"}
+    position_ids = valid.long().cumsum(-1) - 1
+    position_ids.masked_fill_(~valid, 1)
+    mask4d = valid[:, None, None, :] & valid[:, None, :, None]
+    return {"attention_mask": mask4d, "position_ids": position_ids}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """The facts the adapter needs about one kind of MDM: where its parts live and how its forward is called.
+
+    ``name``: the family's name (``MDMAdapter.family``, an unmasking policy's ``mdm_family``).
+    ``model_type``: the lower-cased ``config.model_type`` that names the family, matched as a prefix when
+    ``model_type_prefix`` (remote-code variants append to it), else exactly; None: never detected (the fallback).
+    ``mask_id_from``: attribute paths on the model that record its [MASK] id, read in order.
+    ``mask_id``: the official checkpoints' id, used when none is recorded (a recorded 0 then counts as none);
+    None: the id must be recorded or given.
+    ``shift_logits``: output i scores token i + 1 (Dream), so rows move down by one.
+    ``block_paths``: where the transformer blocks may live (the first non-empty ``nn.ModuleList`` found).
+    ``head_paths``: where the LM head (or the tied embedding it reads) may live, tried after
+    ``get_output_embeddings()`` when ``head_from_output_embeddings``.
+    ``head_module``: dotted path of the head when the forward calls it as a separate module (so the fused head path
+    can swap it out); None: not known to be one.
+    ``scales_logits``: the forward honours ``config.scale_logits`` (LLaDA divides by sqrt(d_model)).
+    ``attention``: ``(attention_mask or None, valid or None) -> forward keyword arguments`` for a padded batch.
+    ``positional``: those keyword arguments that the forward takes positionally after the ids, in order (Dream's
+    forward is called as ``(input_ids, attention_mask, position_ids)``); (): all by keyword.
+    """
+
+    name: str
+    model_type: str | None
+    model_type_prefix: bool
+    mask_id_from: tuple[str, ...]
+    mask_id: int | None
+    shift_logits: bool
+    block_paths: tuple[str, ...]
+    head_paths: tuple[str, ...]
+    head_from_output_embeddings: bool
+    head_module: str | None
+    scales_logits: bool
+    attention: Callable[[torch.Tensor | None, torch.Tensor | None], dict]
+    positional: tuple[str, ...]
+
+    def matches(self, model_type: str) -> bool:
+        """Whether a (lower-cased) ``config.model_type`` names this family."""
+        if self.model_type is None:
+            return False
+        return model_type.startswith(self.model_type) if self.model_type_prefix else model_type == self.model_type
+
+    def default_mask_id(self, model: nn.Module) -> int | None:
+        """The [MASK] id the model records, else the official one; None when neither exists."""
+        for path in self.mask_id_from:
+            value = _get_path(model, path)
+            # the same rule as ``config.mask_token_id or LLADA_MASK_ID``: with a fallback, 0 reads as unset
+            if value is not None and (value or self.mask_id is None):
+                return int(value)
+        return self.mask_id
+
+
+def _entries(*families: ModelFamily) -> dict[str, ModelFamily]:
+    return {family.name: family for family in families}
+
+
+_CONFIG_MASK = ("config.mask_token_id",)
+FAMILIES: dict[str, ModelFamily] = _entries(
+    ModelFamily("llada", model_type="llada", model_type_prefix=True, mask_id_from=_CONFIG_MASK,
+                mask_id=LLADA_MASK_ID, shift_logits=False, block_paths=("model.transformer.blocks",),
+                head_paths=("model.transformer.ff_out", "model.transformer.wte"),  # wte: a tied head
+                head_from_output_embeddings=False, head_module="model.transformer.ff_out", scales_logits=True,
+                attention=padding_mask_kwargs, positional=()),
+    ModelFamily("dream", model_type="dream", model_type_prefix=True,
+                mask_id_from=("generation_config.mask_token_id", *_CONFIG_MASK), mask_id=DREAM_MASK_ID,
+                shift_logits=True, block_paths=("model.layers",), head_paths=("lm_head",),
+                head_from_output_embeddings=True, head_module="lm_head", scales_logits=False,
+                attention=dream_attention_kwargs, positional=("attention_mask", "position_ids")),
+    ModelFamily("tiny_mdm", model_type="tiny_mdm", model_type_prefix=False, mask_id_from=_CONFIG_MASK, mask_id=None,
+                shift_logits=False, block_paths=("model.layers",), head_paths=("lm_head",),
+                head_from_output_embeddings=True, head_module="lm_head", scales_logits=False,
+                attention=padding_mask_kwargs, positional=()),
+    # unknown layout: look for blocks wherever a known family keeps them; the head cannot be swapped safely
+    ModelFamily("generic", model_type=None, model_type_prefix=False, mask_id_from=_CONFIG_MASK, mask_id=None,
+                shift_logits=False, block_paths=("model.transformer.blocks", "model.layers"),
+                head_paths=("lm_head",), head_from_output_embeddings=True, head_module=None, scales_logits=False,
+                attention=padding_mask_kwargs, positional=()),
+)
+# the family of a model whose config.model_type names none: the one that no model_type names
+FALLBACK = next(name for name, family in FAMILIES.items() if family.model_type is None)
+
+
+def get_family(name: str) -> ModelFamily:
+    """The :class:`ModelFamily` registered as ``name``, or a ValueError listing the valid names."""
+    if not isinstance(name, str) or name not in FAMILIES:
+        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {name!r}")
+    return FAMILIES[name]
+
+
+def detect_family(model: nn.Module) -> str:
+    """The name of the family that ``model.config.model_type`` names (the fallback when none does)."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "").lower()
+    return next((name for name, family in FAMILIES.items() if family.matches(model_type)), FALLBACK)
+
+
 class MDMAdapter:
     """Wraps a masked diffusion model for the samplers.
 
     Args:
         model: the MDM (an ``nn.Module`` returning an object with ``.logits`` of shape [B, L, V]).
-        family: one of FAMILIES, or None to detect it from ``model.config.model_type``.
+        family: a name in FAMILIES, or None to detect it from ``model.config.model_type``.
         mask_id: the [MASK] token id; defaults per family (LLaDA 126336, Dream from its generation config or
             151666, TinyMDM from its config); required for generic models.
+
+    ``family`` stays the family's name (callers compare and pass it on); ``model_family`` is its
+    :class:`ModelFamily`, which every family-specific step below asks.
     """
 
     def __init__(self, model: nn.Module, family: str | None = None, mask_id: int | None = None):
-        if family is None:
-            family = detect_family(model)
-        if family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        self.model_family = get_family(detect_family(model) if family is None else family)
         self.model = model
-        self.family = family
+        self.family = self.model_family.name
         self.config = getattr(model, "config", None)
         self.mask_id = int(mask_id) if mask_id is not None else self._default_mask_id()
         self.vocab_size = self._vocab_size()
         if self.vocab_size is not None and not 0 <= self.mask_id < self.vocab_size:
             raise ValueError(f"mask_id={self.mask_id} is outside the vocabulary [0, {self.vocab_size})")
-        self.shift_logits = family == "dream"
+        self.shift_logits = self.model_family.shift_logits
         self.last_hidden: torch.Tensor | None = None
         self._hook = None
 
     # ---- static facts -------------------------------------------------------------------------------------
     def _default_mask_id(self) -> int:
-        if self.family == "llada":
-            return int(getattr(self.config, "mask_token_id", None) or LLADA_MASK_ID)
-        if self.family == "dream":
-            gen = getattr(self.model, "generation_config", None)
-            return int(getattr(gen, "mask_token_id", None) or getattr(self.config, "mask_token_id", None)
-                       or DREAM_MASK_ID)
-        mask_id = getattr(self.config, "mask_token_id", None)
+        mask_id = self.model_family.default_mask_id(self.model)
         if mask_id is None:
             raise ValueError(f"mask_id is required for a {self.family} model whose config has no mask_token_id")
-        return int(mask_id)
+        return mask_id
 
     def _vocab_size(self) -> int | None:
         head = self.head_weight()
@@ -108,8 +206,7 @@ class MDMAdapter:
         return next(self.model.parameters()).device
 
     def blocks(self) -> nn.ModuleList | None:
-        paths = {"llada": "model.transformer.blocks", "dream": "model.layers", "tiny_mdm": "model.layers"}
-        for path in ([paths[self.family]] if self.family in paths else paths.values()):
+        for path in self.model_family.block_paths:
             found = _get_path(self.model, path)
             if isinstance(found, nn.ModuleList) and len(found) > 0:
                 return found
@@ -117,32 +214,31 @@ class MDMAdapter:
 
     def head_weight(self) -> torch.Tensor | None:
         """The LM-head weight [V, d] (nn.Linear layout), tied or untied; None if it cannot be found."""
-        if self.family == "llada":
-            head = _get_path(self.model, "model.transformer.ff_out")
-            if head is None:  # weight tying: logits = h @ wte.weight.T
-                head = _get_path(self.model, "model.transformer.wte")
-            return getattr(head, "weight", None)
-        out = getattr(self.model, "get_output_embeddings", lambda: None)()
-        if out is None:
-            out = getattr(self.model, "lm_head", None)
-        return getattr(out, "weight", None)
+        head = next((found for found in self._head_candidates() if found is not None), None)
+        return getattr(head, "weight", None)
+
+    def _head_candidates(self):
+        """Where the head may be, in the family's order (lazily: the first one found ends the search)."""
+        if self.model_family.head_from_output_embeddings:
+            yield getattr(self.model, "get_output_embeddings", lambda: None)()
+        for path in self.model_family.head_paths:
+            yield _get_path(self.model, path)
 
     def head_module(self) -> tuple[nn.Module, str] | None:
         """(parent, attribute) of the LM head when it is a separate ``nn.Linear`` that the forward calls as a
         module (untied LLaDA ``ff_out``, Dream / TinyMDM ``lm_head``); None otherwise (tied LLaDA calls
         F.linear on the embedding, generic models are unknown)."""
-        if self.family == "llada":
-            parent, name = _get_path(self.model, "model.transformer"), "ff_out"
-        elif self.family in ("dream", "tiny_mdm"):
-            parent, name = self.model, "lm_head"
-        else:
+        path = self.model_family.head_module
+        if path is None:
             return None
+        parent_path, _, name = path.rpartition(".")
+        parent = _get_path(self.model, parent_path) if parent_path else self.model
         head = getattr(parent, name, None) if parent is not None else None
         return (parent, name) if isinstance(head, nn.Linear) else None
 
     def logit_scale(self) -> float:
         """Factor the forward applies to the head's output (LLaDA's ``scale_logits`` option)."""
-        if self.family == "llada" and getattr(self.config, "scale_logits", False):
+        if self.model_family.scales_logits and getattr(self.config, "scale_logits", False):
             return 1.0 / float(self.config.d_model) ** 0.5
         return 1.0
 
@@ -218,24 +314,17 @@ class MDMAdapter:
     def prepare_attention(self, attention_mask: torch.Tensor | None, batch: int, length: int) -> PreparedAttention:
         """Turn a [B, L] 0/1 padding mask into what this family's forward expects (once per call)."""
         if attention_mask is None:
-            return PreparedAttention({"attention_mask": "full"} if self.family == "dream" else {}, None)
+            return PreparedAttention(self.model_family.attention(None, None), None)
         if attention_mask.shape != (batch, length):
             raise ValueError(f"attention_mask must have shape {(batch, length)} (the sequence being sampled), "
                              f"got {tuple(attention_mask.shape)}")
         valid = attention_mask.bool()
-        if self.family != "dream":
-            return PreparedAttention({"attention_mask": attention_mask}, valid)
-        if bool(valid.all()):  # Dream's own sampler uses full attention when nothing is padded
-            return PreparedAttention({"attention_mask": "full"}, valid)
-        position_ids = valid.long().cumsum(-1) - 1
-        position_ids.masked_fill_(~valid, 1)
-        mask4d = valid[:, None, None, :] & valid[:, None, :, None]
-        return PreparedAttention({"attention_mask": mask4d, "position_ids": position_ids}, valid)
+        return PreparedAttention(self.model_family.attention(attention_mask, valid), valid)
 
     def _call(self, forward, x: torch.Tensor, prepared: PreparedAttention):
-        if self.family == "dream":
-            # Dream's forward takes (input_ids, attention_mask, position_ids) positionally
-            return forward(x, prepared.kwargs["attention_mask"], prepared.kwargs.get("position_ids"))
+        positional = self.model_family.positional
+        if positional:  # e.g. Dream's forward, called as (input_ids, attention_mask, position_ids)
+            return forward(x, *(prepared.kwargs.get(name) for name in positional))
         return forward(x, **prepared.kwargs)
 
     def _shift(self, rows: torch.Tensor) -> torch.Tensor:
