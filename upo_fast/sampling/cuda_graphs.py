@@ -1,10 +1,12 @@
 """CUDA-graph replay of the sampler's step (opt-in: ``unmask(..., cuda_graph=True)``).
 
-A step of ``sampler._Loop`` (MDM forward, statistics, scoring, selection, commit) has fixed shapes and reads no
+A step of ``loop._Loop`` (MDM forward, statistics, scoring, selection, commit) has fixed shapes and reads no
 device value, so it can be captured once per region and replayed: on small models (TinyMDM, the policy network)
 a step is launch-bound and replay removes the launch overhead. What changes between steps lives in device memory
-that the graph reads: the tokens ``x`` (updated in place), the per-step counts (copied into a static buffer
-before each replay) and the Philox seeds (advanced in place by the step itself).
+that the graph reads: the loop's ``StepState`` (tokens, counters, Philox seeds, all updated in place by the step
+itself) and the per-step counts (copied into a static buffer before each replay). Capture runs the step twice
+(warm-up, recording), so it saves the whole ``StepState`` first and writes it back after: every tensor field, as
+the dataclass lists them, so a buffer added to the state is restored too.
 
 Capture is not possible for a scorer that says why not (``Scorer.no_capture``: the origin rule draws from a torch
 generator), for recording (a host-side step counter) or off the Triton path; those raise a ValueError up front.
@@ -42,7 +44,8 @@ class GraphedSteps:
         if reason is not None:
             raise ValueError(f"cuda_graph=True: {reason}")
         self.loop, self.graphs, self.failed = loop, {}, None
-        self.k = torch.zeros(loop.x.shape[0], dtype=torch.long, device=loop.x.device)
+        # the graph's input: the step's counts are copied here before each replay (not loop state, so not restored)
+        self.k = torch.zeros(loop.state.x.shape[0], dtype=torch.long, device=loop.state.x.device)
 
     def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
         if self.failed is None and (start, end) not in self.graphs:
@@ -59,11 +62,9 @@ class GraphedSteps:
 
     def _capture(self, start: int, end: int) -> torch.cuda.CUDAGraph:
         loop = self.loop
-        state = [loop.x, loop.step_index, loop.bad_step, loop.policy_bad_step, loop.row_steps, loop.token_seed,
-                 loop.position_seed]
-        saved = [t.clone() for t in state]  # the warm-up and capture runs must leave no trace
+        saved = loop.state.snapshot()  # the warm-up and capture runs must leave no trace
         self.k.zero_()
-        side = torch.cuda.Stream(device=loop.x.device)
+        side = torch.cuda.Stream(device=loop.state.x.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: Triton compiles, cuBLAS picks kernels, allocations settle
             loop.step(start, end, self.k)
@@ -71,6 +72,5 @@ class GraphedSteps:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             loop.step(start, end, self.k)
-        for tensor, value in zip(state, saved):
-            tensor.copy_(value)
+        loop.state.restore(saved)  # in place: the graph keeps the addresses it recorded
         return graph

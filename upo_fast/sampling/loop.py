@@ -4,9 +4,11 @@ One step = one MDM forward, token statistics for the positions of the active reg
 positions, selection of k positions per row, commit. Shapes are fixed for the whole call; the per-step counts are
 a ``[B, steps]`` device tensor made before the loop, so a step never waits on the host (the ``threshold`` rule,
 which may finish early, checks once per step whether anything is left, and the non-finite-logits check is read
-once after the loop).
+once after the loop). What a step writes lives in one :class:`StepState` of preallocated device buffers, written
+in place, which CUDA-graph capture saves and restores field by field.
 
-The options of a call travel as one :class:`SamplingOptions`, checked once when ``unmask`` / ``generate`` make it.
+The options of a call travel as one :class:`SamplingOptions`, built and checked once, by ``_begin``, for both
+``unmask`` and ``generate``.
 The scorer is a ``upo_fast.sampling.scorers.Scorer``: the loop asks it what to prepare (a policy, the last-block input
 hook, the reference term of the statistics) and whether it selects by itself (Dream's ``origin``, whose draws come
 from the torch generator as the reference's do), never its name.
@@ -14,7 +16,7 @@ from the torch generator as the reference's do), never its name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -22,7 +24,7 @@ from upo_fast import ops
 from upo_fast.kernels.triton_support import seed_tensor, use_triton
 from upo_fast.kernels.vocab_stats import MAX_TEMPERATURE, VocabStats
 from upo_fast.sampling.adapters import MDMAdapter, wrap_model
-from upo_fast.sampling.schedules import row_counts
+from upo_fast.sampling.schedules import factor_select, row_counts
 from upo_fast.sampling.scorers import SCORERS, ScoringContext, resolve_scorer
 from upo_fast.validation import (
     check_attention_mask,
@@ -34,21 +36,6 @@ from upo_fast.validation import (
 )
 
 FEATURE_TOPK = 8  # top-k probabilities per position, a policy feature
-
-
-def factor_select(scores: torch.Tensor, candidates: torch.Tensor, confidence: torch.Tensor,
-                  factor: float) -> torch.Tensor:
-    """[B, W] bool: the factor rule of parallel unmasking (Fast-dLLM's, along the scorer's order). Walking the
-    candidates by descending score, the n-th one (1-based) is committed while (n + 1) * (1 - its confidence) <
-    ``factor`` holds for it and every earlier one; the caller adds the scorer's own pick (at least one a step)."""
-    keys = scores.float().masked_fill(~candidates, float("-inf"))
-    order = keys.argsort(dim=-1, descending=True, stable=True)
-    conf = torch.where(candidates, confidence.float(), torch.zeros_like(confidence, dtype=torch.float32))
-    conf = conf.gather(1, order)
-    n = torch.arange(1, keys.shape[-1] + 1, device=keys.device, dtype=torch.float32)
-    ok = ((n + 1) * (1 - conf) < factor) & candidates.gather(1, order)
-    prefix = ok.to(torch.int8).cumprod(-1).bool()
-    return torch.zeros_like(candidates).scatter(1, order, prefix)
 
 
 @dataclass(frozen=True)
@@ -86,16 +73,60 @@ class SamplingOptions:
         return self.threshold is not None or self.factor is not None
 
 
+@dataclass(frozen=True)
+class StepState:
+    """What the steps of one call write: preallocated device tensors, updated in place and never re-assigned
+    (frozen), since a captured CUDA graph replays into the addresses it saw at capture. Capture saves and restores
+    every tensor field (``snapshot`` / ``restore`` list them from the dataclass), so a buffer added here is covered
+    without another edit."""
+
+    x: torch.Tensor  # [B, L] token ids, their masks filled step by step
+    row_steps: torch.Tensor  # [B] forwards in which a row still had a candidate (unmask's return_steps)
+    # the non-finite checks, recorded on the device (a host read per step would stall the loop), read by finish():
+    step_index: torch.Tensor  # () steps taken over the whole call
+    bad_step: torch.Tensor  # () first step with non-finite logits at a candidate, -1 = never
+    policy_bad_step: torch.Tensor  # () first step with non-finite policy scores at a candidate, -1 = never
+    # the Triton path's Philox seeds ([1] int64), advanced in place by each step so a graph replay draws fresh
+    # noise; None on the reference path, which draws from the torch generator instead
+    token_seed: torch.Tensor | None = None
+    position_seed: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, x: torch.Tensor, *, seeds: bool, generator=None) -> StepState:
+        """The state of a call filling ``x`` (used in place); seeds: draw the two Philox seeds from ``generator``
+        (token seed first), one host draw each, here rather than inside a step."""
+        def counter(value: int) -> torch.Tensor:
+            return torch.full((), value, dtype=torch.long, device=x.device)
+
+        drawn = {}
+        if seeds:
+            drawn = {name: seed_tensor(None, x.device, generator) for name in ("token_seed", "position_seed")}
+        return cls(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), counter(0), counter(-1),
+                   counter(-1), **drawn)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every field that holds a tensor, by name (found from the dataclass, not a list kept by hand)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if torch.is_tensor(getattr(self, f.name))}
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {name: t.clone() for name, t in self.tensors().items()}
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        """Write ``saved`` (a ``snapshot``) back in place: the buffers keep their addresses for the graphs."""
+        for name, t in self.tensors().items():
+            t.copy_(saved[name])
+
+
 class _Loop:
-    """State shared by the steps of one sampling call; ``options`` were checked when they were made."""
+    """What the steps of one sampling call share: the model, the options (checked when they were made), what was
+    prepared once, and ``state``, the one object the steps write."""
 
     def __init__(self, adapter: MDMAdapter, x, attention_mask, options: SamplingOptions, *, policy=None,
                  generator=None, recorder=None):
-        self.adapter, self.x, self.options = adapter, x, options
+        self.adapter, self.options = adapter, options
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
         self.scorer = SCORERS[options.scorer]
-        self.row_steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # forwards a row took part in
         self.generator = generator
         self.ctx = ScoringContext(topk=options.topk, policy=policy, position_temperature=options.position_temperature)
         # committing the mask token would leave the position masked and break the schedule, so it is never chosen
@@ -112,36 +143,34 @@ class _Loop:
         if options.cfg_scale > 0:  # the doubled batch's attention, prepared once (Dream's preparation reads the device)
             doubled = None if self.valid is None else torch.cat([self.valid] * 2).long()
             self.prepared_cfg = adapter.prepare_attention(doubled, 2 * x.shape[0], x.shape[1])
-        # Non-finite checks without a host sync inside the loop: the step counter and the first step at which the
-        # model's logits (bad_step) or the policy's scores (policy_bad_step) were non-finite at a candidate, -1 =
-        # never; device tensors updated in place by each step (also inside a CUDA graph), read once by finish()
-        self.step_index = torch.zeros((), dtype=torch.long, device=x.device)
-        self.bad_step = torch.full((), -1, dtype=torch.long, device=x.device)
-        self.policy_bad_step = torch.full((), -1, dtype=torch.long, device=x.device)
-        self._choose_backend(options.backend, generator)
-        self._choose_head(options.fused_head)
+        self._choose_backend(options.backend, x.device)
+        self.state = StepState.start(x, seeds=self.kernels, generator=generator)
+        self._choose_head(options.fused_head, x.device)
         self.graphed = None
         if options.cuda_graph:
             from upo_fast.sampling.cuda_graphs import GraphedSteps
 
             self.graphed = GraphedSteps(self)
 
-    def _choose_backend(self, backend: str, generator) -> None:
+    @property
+    def x(self) -> torch.Tensor:
+        """The sequence being filled (``state.x``), read-only here: for readers such as ``cuda_graphs.unsupported``."""
+        return self.state.x
+
+    def _choose_backend(self, backend: str, device: torch.device) -> None:
         """On CUDA the statistics and the selection run as Triton kernels (upo_fast.ops, backend "auto"), which draw
-        their noise from seeds kept on the device and advanced in place each step: one host draw here, none inside
-        the loop. On CPU the references draw from ``generator`` directly."""
-        self.kernels = use_triton(backend, self.x.device)
+        their noise from seeds kept in the step state and advanced in place each step: one host draw when the state
+        is made, none inside the loop. On CPU the references draw from ``generator`` directly."""
+        self.kernels = use_triton(backend, device)
         self.backend = "triton" if self.kernels else "torch"
         self.ctx.backend = self.backend  # the Top-K candidate rule of the topk and policy scorers runs there too
-        if self.kernels:
-            self.token_seed, self.position_seed = (seed_tensor(None, self.x.device, generator) for _ in range(2))
 
-    def _choose_head(self, fused_head: bool | None) -> None:
+    def _choose_head(self, fused_head: bool | None, device: torch.device) -> None:
         """Fused head: the forward stops at the final hidden states and the statistics come from hidden @ head.T
         for the region's rows only, never a [B, L, V] tensor (on CUDA by default when the head is a module)."""
         head = self.adapter.fused_head()
         if fused_head is None:
-            fused_head = self.x.device.type == "cuda" and head is not None
+            fused_head = device.type == "cuda" and head is not None
         if fused_head and head is None:
             with self.adapter.headless():  # raises the ValueError that says why this model has no separable head
                 pass
@@ -152,7 +181,7 @@ class _Loop:
     def region_outputs(self, start: int, end: int) -> torch.Tensor:
         """[B, W, V] logits of the region (or [B, W, d] final hidden states on the fused path), with
         classifier-free guidance applied: it is linear, so it combines hidden states exactly as it does logits."""
-        x = self.x
+        x = self.state.x
         forward = self.adapter.final_hidden if self.fused else self.adapter.logits
         if self.options.cfg_scale > 0:
             uncond = x.masked_fill(self.prompt_index, self.adapter.mask_id)
@@ -164,7 +193,7 @@ class _Loop:
     def statistics(self, out: torch.Tensor) -> VocabStats:
         """Token statistics of every row of the region, shaped [B, W] (topk_probs [B, W, k])."""
         batch, width = out.shape[:2]
-        noise = dict(seed=self.token_seed) if self.kernels else dict(generator=self.generator)
+        noise = dict(seed=self.state.token_seed) if self.kernels else dict(generator=self.generator)
         # above MAX_TEMPERATURE the Gumbel noise swamps any logit gap: the same draw, and no fp32 overflow
         shared = dict(temperature=min(self.options.temperature, MAX_TEMPERATURE), suppress=self.suppress,
                       exclude=self.exclude, check=False, backend=self.backend, **noise)
@@ -180,18 +209,19 @@ class _Loop:
     def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
         """One unmasking step on the region [start, end); k: [B] positions to commit per row; transfer_prob: the
         step's share of the remaining masks, for a scorer with its own selection (Dream's origin)."""
-        x = self.x
+        state = self.state
+        x = state.x
         if self.kernels:
-            self.token_seed.add_(1)
-            self.position_seed.add_(1)
+            state.token_seed.add_(1)
+            state.position_seed.add_(1)
         stats = self.statistics(self.region_outputs(start, end))
         region = x[:, start:end]
         candidates = region == self.adapter.mask_id
         if self.valid is not None:
             candidates &= self.valid[:, start:end]
-        self.row_steps += candidates.any(-1)
+        state.row_steps.add_(candidates.any(-1))
         # NaN logits, or a row with nothing finite, at a position we may unmask: reported after the loop
-        record_first_step(self.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any(), self.step_index)
+        record_first_step(state.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any(), state.step_index)
         if self.scorer.select is not None:  # no ranking: the factor rule walks down the confidences
             select, order = self.scorer.select(candidates, transfer_prob, self.generator), stats.confidence
         else:
@@ -201,7 +231,7 @@ class _Loop:
         if self.options.factor is not None:
             select |= factor_select(order, candidates, stats.confidence, self.options.factor)
         x[:, start:end] = torch.where(select, stats.token, region)
-        self.step_index.add_(1)
+        state.step_index.add_(1)
 
     def ranked_select(self, stats: VocabStats, candidates: torch.Tensor, k: torch.Tensor, start: int, end: int):
         """(select, candidates, scores): the k best-scored (or Gumbel-top-k sampled) candidates of each row, the
@@ -213,9 +243,9 @@ class _Loop:
         if scored.candidates is not None:
             candidates = scored.candidates
         if self.scorer.needs_policy:  # a trained policy's scores are finite; NaN or inf would rank at random
-            record_first_step(self.policy_bad_step, (candidates & ~torch.isfinite(scored.scores)).any(),
-                              self.step_index)
-        noise = dict(seed=self.position_seed) if self.kernels else dict(generator=self.generator)
+            record_first_step(self.state.policy_bad_step, (candidates & ~torch.isfinite(scored.scores)).any(),
+                              self.state.step_index)
+        noise = dict(seed=self.state.position_seed) if self.kernels else dict(generator=self.generator)
         position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
         select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
                                       temperature=min(position_temperature, MAX_TEMPERATURE))
@@ -224,17 +254,26 @@ class _Loop:
         return select, candidates, scored.scores
 
     def remaining(self, start: int, end: int) -> bool:
-        return bool((self.x[:, start:end] == self.adapter.mask_id).any())
+        return bool((self.state.x[:, start:end] == self.adapter.mask_id).any())
 
     def finish(self) -> torch.Tensor:
-        bad_step, policy_bad_step = torch.stack([self.bad_step, self.policy_bad_step]).tolist()  # one host read
+        state = self.state
+        bad_step, policy_bad_step = torch.stack([state.bad_step, state.policy_bad_step]).tolist()  # one host read
         if bad_step >= 0:
             raise non_finite_logits_error(bad_step, self.options.cfg_scale)
         if policy_bad_step >= 0:
             raise ValueError(f"the policy's scores were non-finite (NaN or +-inf) at a candidate position at step "
                              f"{policy_bad_step} (counting from 0 over the whole call); a policy must return finite "
                              "scores for every candidate")
-        return self.x
+        return state.x
+
+
+def _begin(call: dict) -> tuple[SamplingOptions, MDMAdapter]:
+    """The checked options and the adapter of an ``unmask`` / ``generate`` call, from the call's arguments (its
+    ``locals()`` taken first thing). The options are picked by SamplingOptions' own field names, so both entry
+    points build them here alike, and an option added to the dataclass and the two signatures needs nothing else."""
+    options = SamplingOptions(**{f.name: call[f.name] for f in fields(SamplingOptions)})
+    return options, wrap_model(call["model"], call["family"], call["mask_id"])
 
 
 def _prepare_input(adapter: MDMAdapter, x, attention_mask, name: str):
@@ -280,11 +319,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     and replay it (``upo_fast.sampling.cuda_graphs``; CUDA and the Triton path only; off by default until verified
     on a GPU).
     """
-    options = SamplingOptions(scorer=scorer, temperature=temperature, cfg_scale=cfg_scale, threshold=threshold,
-                              factor=factor, topk=topk, position_temperature=position_temperature,
-                              suppress_tokens=suppress_tokens, backend=backend, fused_head=fused_head,
-                              cuda_graph=cuda_graph)
-    adapter = wrap_model(model, family, mask_id)
+    options, adapter = _begin(locals())  # first statement: locals() holds the arguments only
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
     masked = x == adapter.mask_id
     if attention_mask is not None:
@@ -300,7 +335,7 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     loop = _Loop(adapter, x, attention_mask, options, policy=policy, generator=generator, recorder=recorder)
     _run(loop, 0, x.shape[1], row_counts(per_row, steps))
     out = loop.finish()
-    return (out, loop.row_steps) if return_steps else out
+    return (out, loop.state.row_steps) if return_steps else out
 
 
 @torch.no_grad()
@@ -315,11 +350,7 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     4-D padding mask handled by the adapter), TinyMDM and any model with ``.logits`` given ``mask_id``. Other
     options as in ``unmask``.
     """
-    options = SamplingOptions(scorer=scorer, temperature=temperature, cfg_scale=cfg_scale, threshold=threshold,
-                              factor=factor, topk=topk, position_temperature=position_temperature,
-                              suppress_tokens=suppress_tokens, backend=backend, fused_head=fused_head,
-                              cuda_graph=cuda_graph)
-    adapter = wrap_model(model, family, mask_id)
+    options, adapter = _begin(locals())  # first statement: locals() holds the arguments only
     check_finite(gen_length, "gen_length", low=1, integer=True)
     check_finite(block_length, "block_length", low=1, integer=True)
     check_finite(steps, "steps", low=1, integer=True)
