@@ -7,9 +7,15 @@ sync inside a step), and the per-row ``topk`` loop is one batched ``topk``.
 
 At temperature > 0 the samples follow the same distribution (float64 Gumbel-max) but not the same random
 stream, because the reference draws noise for every position of the sequence.
+
+The options of a call travel as one :class:`LLaDAOptions`, checked once when ``llada_generate`` makes it; the
+tensors its steps share (x, written in place, the guidance inputs, the non-finite record) as one ``_Call``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,7 @@ from upo_fast.validation import (
     check_pad_not_mask,
     check_token_ids,
     check_vocab_id,
+    field_check,
     non_finite_logits_error,
     record_first_step,
 )
@@ -31,45 +38,98 @@ LLADA_EOT_ID = 126348  # <|eot_id|>
 REMASKING = ("low_confidence", "random")
 
 
-def _check_llada_args(adapter, prompt, attention_mask, steps, gen_length, block_length, temperature, cfg_scale,
-                      remasking, mask_id, logits_eos_inf, confidence_eos_eot_inf, eos_id, eot_id) -> int:
-    """Every argument check of ``llada_generate``, in its order (host checks, before the loop); returns the
-    number of blocks."""
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    check_finite(gen_length, "gen_length", low=1, integer=True)
-    check_finite(block_length, "block_length", low=1, integer=True)
-    check_finite(steps, "steps", low=1, integer=True)
-    if gen_length % block_length != 0:
-        raise ValueError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
-    num_blocks = gen_length // block_length
-    if steps % num_blocks != 0:
-        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks} = "
-                         f"gen_length // block_length)")
-    check_finite(temperature, "temperature", low=0)
-    check_finite(cfg_scale, "cfg_scale", low=0)
+@dataclass(frozen=True)
+class LLaDAOptions:
+    """The keyword arguments of LLaDA's ``generate()`` (same names and defaults), checked once in its order (a
+    ValueError naming the first bad one). The token ids are checked against the vocabulary by
+    :meth:`check_token_ids`, which needs the model."""
+
+    steps: int = 128
+    gen_length: int = 128
+    block_length: int = 128
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: str = "low_confidence"
+    mask_id: int = LLADA_MASK_ID
+    logits_eos_inf: bool = False  # EOS never proposed
+    confidence_eos_eot_inf: bool = False  # EOS/EoT proposals never confident
+    eos_id: int = LLADA_EOS_ID
+    eot_id: int = LLADA_EOT_ID
+
+    def __post_init__(self):
+        field_check(self)(self.remasking in REMASKING, "remasking", f"one of {REMASKING}")
+        check_finite(self.gen_length, "gen_length", low=1, integer=True)
+        check_finite(self.block_length, "block_length", low=1, integer=True)
+        check_finite(self.steps, "steps", low=1, integer=True)
+        if self.gen_length % self.block_length != 0:
+            raise ValueError(f"gen_length ({self.gen_length}) must be a positive multiple of block_length "
+                             f"({self.block_length})")
+        if self.steps % self.num_blocks != 0:
+            raise ValueError(f"steps ({self.steps}) must be a positive multiple of the number of blocks "
+                             f"({self.num_blocks} = gen_length // block_length)")
+        check_finite(self.temperature, "temperature", low=0)
+        check_finite(self.cfg_scale, "cfg_scale", low=0)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+    def check_token_ids(self, vocab_size: int | None) -> None:
+        """eos_id/eot_id inside the vocabulary, when a flag uses them (unused ids may be anything, as upstream)."""
+        if self.logits_eos_inf or self.confidence_eos_eot_inf:
+            check_vocab_id(self.eos_id, "eos_id", vocab_size)
+            check_vocab_id(self.eot_id, "eot_id", vocab_size)
+
+
+def _check_inputs(options: LLaDAOptions, adapter: MDMAdapter, prompt, attention_mask) -> None:
+    """The checks of the call's tensors (host checks, before the loop), in the order the reference meets them."""
     check_token_ids(prompt, "prompt", adapter.vocab_size)
-    if logits_eos_inf or confidence_eos_eot_inf:
-        check_vocab_id(eos_id, "eos_id", adapter.vocab_size)
-        check_vocab_id(eot_id, "eot_id", adapter.vocab_size)
+    options.check_token_ids(adapter.vocab_size)
     check_attention_mask(attention_mask, prompt.shape)
-    check_pad_not_mask(prompt, attention_mask, mask_id)
-    return num_blocks
+    check_pad_not_mask(prompt, attention_mask, options.mask_id)
 
 
-def _prepare_llada(prompt, attention_mask, gen_length, mask_id, device):
-    """x = prompt followed by ``gen_length`` masks, the prompt positions (what guidance masks out), and the
-    model's keyword arguments for the plain and the classifier-free-guidance (doubled batch) calls."""
-    batch, prompt_len = prompt.shape
-    x = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=device)
-    x[:, :prompt_len] = prompt.to(device)
-    if attention_mask is not None:
-        attention_mask = torch.cat([attention_mask.to(device), torch.ones(
-            (batch, gen_length), dtype=attention_mask.dtype, device=device)], dim=-1)
-    prompt_index = x != mask_id
-    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
-    cfg_kwargs = {} if attention_mask is None else {"attention_mask": torch.cat([attention_mask] * 2)}
-    return x, prompt_index, kwargs, cfg_kwargs
+@dataclass
+class _Call:
+    """What the steps of one call share. ``x`` is written in place; ``prompt_index`` is what guidance masks out;
+    ``kwargs``/``cfg_kwargs`` are the model's keyword arguments for the plain and the doubled (guided) batch;
+    ``bad_step`` is the first step (over the whole call) whose logits were non-finite at a candidate, -1 = none: a
+    device tensor read once after the loop."""
+
+    model: object
+    x: torch.Tensor
+    prompt_index: torch.Tensor
+    kwargs: dict
+    cfg_kwargs: dict
+    positions: torch.Tensor
+    bad_step: torch.Tensor
+
+    @classmethod
+    def start(cls, options: LLaDAOptions, model, prompt, attention_mask, device) -> _Call:
+        """x = prompt followed by ``gen_length`` masks, and what the steps read beside it."""
+        batch, prompt_len = prompt.shape
+        gen_length, mask_id = options.gen_length, options.mask_id
+        x = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=device)
+        x[:, :prompt_len] = prompt.to(device)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.to(device), torch.ones(
+                (batch, gen_length), dtype=attention_mask.dtype, device=device)], dim=-1)
+        kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+        cfg_kwargs = {} if attention_mask is None else {"attention_mask": torch.cat([attention_mask] * 2)}
+        return cls(model=model, x=x, prompt_index=x != mask_id, kwargs=kwargs, cfg_kwargs=cfg_kwargs,
+                   positions=torch.arange(x.shape[1], device=device),
+                   bad_step=torch.full((), -1, dtype=torch.long, device=device))
+
+
+class _Window(NamedTuple):
+    """The positions a step reads logits for: from the first candidate to the end of the block."""
+
+    start: int
+    end: int
 
 
 def _first_candidate(x, block_start, mask_id) -> int:
@@ -80,42 +140,46 @@ def _first_candidate(x, block_start, mask_id) -> int:
     return int(leftover[0]) if leftover.numel() else block_start
 
 
-def _step_logits(model, x, prompt_index, start, block_end, cfg_scale, mask_id, kwargs, cfg_kwargs,
-                 logits_eos_inf, eos_id):
-    """One step's logits for positions ``start:block_end``, with classifier-free guidance and the EOS rule."""
-    if cfg_scale > 0:
-        un_x = x.masked_fill(prompt_index, mask_id)
-        both = model(torch.cat([x, un_x]), **cfg_kwargs).logits[:, start:block_end]
+def _step_logits(options: LLaDAOptions, call: _Call, window: _Window):
+    """One step's logits for the window's positions, with classifier-free guidance and the EOS rule."""
+    start, block_end = window
+    if options.cfg_scale > 0:
+        un_x = call.x.masked_fill(call.prompt_index, options.mask_id)
+        both = call.model(torch.cat([call.x, un_x]), **call.cfg_kwargs).logits[:, start:block_end]
         cond, uncond = both.chunk(2, dim=0)
-        logits = uncond + (cfg_scale + 1) * (cond - uncond)
+        logits = uncond + (options.cfg_scale + 1) * (cond - uncond)
     else:
-        logits = model(x, **kwargs).logits[:, start:block_end]
-    if logits_eos_inf:
-        logits[:, :, eos_id] = float("-inf")  # in place on our slice of the output, as the reference
+        logits = call.model(call.x, **call.kwargs).logits[:, start:block_end]
+    if options.logits_eos_inf:
+        logits[:, :, options.eos_id] = float("-inf")  # in place on our slice of the output, as the reference
     return logits
 
 
-def _sample_and_score(logits, shape, start, block_end, temperature, remasking, confidence_eos_eot_inf, eos_id,
-                      eot_id, device):
-    """The step's proposal x0 [B, block_end - start], the confidence of every position ([B, L], -inf where no
-    confidence is set) and which rows the proposal could be read from (finite logits)."""
-    if temperature > 0:
+def _propose(options: LLaDAOptions, logits):
+    """The step's proposal x0 [B, block_end - start]: Gumbel-max in float64 above temperature 0, else argmax."""
+    if options.temperature > 0:
         uniform = torch.rand_like(logits, dtype=torch.float64)
-        noisy = logits.double().exp() / (-torch.log(uniform)) ** temperature
-        x0 = noisy.argmax(dim=-1)
-    else:
-        x0 = logits.argmax(dim=-1)
-    if remasking == "random":  # what the argmax read: NaN, +inf or all -inf rows give a bogus token
+        noisy = logits.double().exp() / (-torch.log(uniform)) ** options.temperature
+        return noisy.argmax(dim=-1)
+    return logits.argmax(dim=-1)
+
+
+def _sample_and_score(options: LLaDAOptions, call: _Call, logits, window: _Window):
+    """The step's proposal x0 [B, window], the confidence of every position ([B, L], -inf where no confidence is
+    set) and which rows the proposal could be read from (finite logits)."""
+    start, block_end = window
+    shape, device = call.x.shape, call.x.device
+    x0 = _propose(options, logits)
+    if options.remasking == "random":  # what the argmax read: NaN, +inf or all -inf rows give a bogus token
         finite = torch.isfinite(logits.amax(dim=-1))
-    if confidence_eos_eot_inf:
+    if options.confidence_eos_eot_inf:
         # The reference writes `logits_with_noise[..., eos] = logits[..., eot] = -inf`; at temperature 0
         # both names are the same tensor, so EOS and EoT both lose their confidence; above 0 only EoT.
-        logits[:, :, eot_id] = float("-inf")
-        if temperature == 0:
-            logits[:, :, eos_id] = float("-inf")
-    full_conf = torch.full(shape, float("-inf"), device=device,
-                           dtype=logits.dtype if remasking == "low_confidence" else torch.float32)
-    if remasking == "low_confidence":
+        logits[:, :, options.eot_id] = float("-inf")
+        if options.temperature == 0:
+            logits[:, :, options.eos_id] = float("-inf")
+    if options.remasking == "low_confidence":
+        full_conf = torch.full(shape, float("-inf"), device=device, dtype=logits.dtype)
         x0_p = F.softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
         full_conf[:, start:block_end] = x0_p
         finite = torch.isfinite(x0_p)  # NaN exactly when the row holds a NaN or +inf or is all -inf
@@ -125,14 +189,24 @@ def _sample_and_score(logits, shape, start, block_end, temperature, remasking, c
     return x0, full_conf, finite
 
 
-def _commit(x, confidence, k, x0, mask_index, start, block_end) -> None:
-    """Write the proposals of the ``k`` most confident candidates of each row into x (in place)."""
-    if k == 0:
-        return
-    select = confidence.topk(k, dim=-1).indices  # [B, k]; k never exceeds the candidates
-    region = x[:, start:block_end]  # a view: the scatter writes into x; the selection never leaves it
-    proposal = torch.where(mask_index[:, start:block_end], x0, region)
-    region.scatter_(1, select - start, proposal.gather(1, select - start))
+def _commit(x, window: _Window, select, x0, mask_index) -> None:
+    """Write the proposals at ``select`` ([B, k] positions, inside the window) into x (in place)."""
+    region = x[:, window.start:window.end]  # a view: the scatter writes into x; the selection never leaves it
+    proposal = torch.where(mask_index[:, window.start:window.end], x0, region)
+    region.scatter_(1, select - window.start, proposal.gather(1, select - window.start))
+
+
+def _step(options: LLaDAOptions, call: _Call, window: _Window, k: int, step: int) -> None:
+    """One step: propose, score, record non-finite logits at a candidate, commit the ``k`` most confident."""
+    mask_index = call.x == options.mask_id
+    logits = _step_logits(options, call, window)
+    x0, full_conf, finite = _sample_and_score(options, call, logits, window)
+    bad = (mask_index[:, window.start:window.end] & ~finite).any()
+    record_first_step(call.bad_step, bad, step)
+    confidence = torch.where(mask_index & (call.positions < window.end), full_conf, float("-inf"))
+    if k > 0:
+        select = confidence.topk(k, dim=-1).indices  # [B, k]; k never exceeds the candidates
+        _commit(call.x, window, select, x0, mask_index)
 
 
 @torch.no_grad()
@@ -147,34 +221,23 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
     steps. ``eos_id``/``eot_id`` are the ids that ``logits_eos_inf``/``confidence_eos_eot_inf`` act on (LLaDA's
     by default; set them for other tokenizers).
     """
-    adapter = MDMAdapter(model, family="llada", mask_id=mask_id)
-    num_blocks = _check_llada_args(adapter, prompt, attention_mask, steps, gen_length, block_length, temperature,
-                                   cfg_scale, remasking, mask_id, logits_eos_inf, confidence_eos_eot_inf, eos_id,
-                                   eot_id)
+    adapter = MDMAdapter(model, family="llada", mask_id=mask_id)  # first: a mask id outside the vocabulary
+    options = LLaDAOptions(steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
+                           cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
+                           confidence_eos_eot_inf=confidence_eos_eot_inf, eos_id=eos_id, eot_id=eot_id)
+    _check_inputs(options, adapter, prompt, attention_mask)
     prompt_len = prompt.shape[1]
-    device = adapter.device
-    x, prompt_index, kwargs, cfg_kwargs = _prepare_llada(prompt, attention_mask, gen_length, mask_id, device)
-    steps_per_block = steps // num_blocks
-    counts = llada_block_counts(block_length, steps_per_block)  # host ints, identical for every row
-    positions = torch.arange(x.shape[1], device=device)
-    # the first step (counting over the whole call) whose logits were non-finite at a candidate, -1 = none; a
-    # device tensor, read once after the loop
-    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    call = _Call.start(options, model, prompt, attention_mask, adapter.device)
+    steps_per_block = options.steps_per_block
+    counts = llada_block_counts(options.block_length, steps_per_block)  # host ints, identical for every row
 
-    for block in range(num_blocks):
-        block_end = prompt_len + (block + 1) * block_length
-        start = _first_candidate(x, prompt_len + block * block_length, mask_id)
+    for block in range(options.num_blocks):
+        block_end = prompt_len + (block + 1) * options.block_length
+        window = _Window(_first_candidate(call.x, prompt_len + block * options.block_length, options.mask_id),
+                         block_end)
         for step in range(steps_per_block):
-            mask_index = x == mask_id
-            logits = _step_logits(model, x, prompt_index, start, block_end, cfg_scale, mask_id, kwargs, cfg_kwargs,
-                                  logits_eos_inf, eos_id)
-            x0, full_conf, finite = _sample_and_score(logits, x.shape, start, block_end, temperature, remasking,
-                                                      confidence_eos_eot_inf, eos_id, eot_id, device)
-            bad = (mask_index[:, start:block_end] & ~finite).any()
-            record_first_step(bad_step, bad, block * steps_per_block + step)
-            confidence = torch.where(mask_index & (positions < block_end), full_conf, float("-inf"))
-            _commit(x, confidence, counts[step], x0, mask_index, start, block_end)
-    first_bad = int(bad_step)  # the one host read of the check
+            _step(options, call, window, counts[step], block * steps_per_block + step)
+    first_bad = int(call.bad_step)  # the one host read of the check
     if first_bad >= 0:
-        raise non_finite_logits_error(first_bad, cfg_scale)
-    return x
+        raise non_finite_logits_error(first_bad, options.cfg_scale)
+    return call.x
