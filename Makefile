@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv on first use, installs the package, runs `upo-fast demo` (CPU, ~1.5 min on 2 idle cores)
-#   make test   creates .venv on first use, installs the package with its dev and eval (lm-eval) extras, runs
-#               the tests
+#   make test   creates .venv on first use, installs the package with its dev, eval (lm-eval) and math (datasets,
+#               pyarrow) extras, runs the tests
 #   make test-compat   creates .venv-tf449 on first use, installs the package with transformers==4.49.0 (the
 #               version LLaDA's users pin), runs the model / adapter / drop-in tests (COMPAT_TESTS) there
 PYTHON ?= python3
@@ -25,7 +25,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,eval]"
+	$(BIN)/pip install -q -e ".[dev,eval,math]"
 	touch $@
 
 $(COMPAT_BIN)/python:

@@ -151,3 +151,40 @@ def test_parallel_curve(model_dir, tmp_path, capsys):
     for bad in ("2", "0.5,x", ""):
         assert main(["parallel-curve", "--task", "sudoku4", "--model", str(model_dir), "--thresholds", bad]) == 2
         assert "--thresholds" in capsys.readouterr().err
+
+
+def test_every_command_is_one_registered_pair():
+    """One style for every command: ``add_<name>_arguments(parser)`` and ``cmd_<name>(args)``, registered once in
+    ``COMMANDS``, from which the parser (in --help order) and the dispatch are built."""
+    from upo_fast.cli import commands
+
+    names = [command.name for command in commands.COMMANDS]
+    assert names == ["demo", "eval", "viz", "train", "plot-runs", "parallel-curve", "pretrain-policy", "sample",
+                     "pretrain-mdm", "lm-eval"]
+    assert list(commands.build_parser()._subparsers._group_actions[0].choices) == names
+    for command in commands.COMMANDS:
+        name = command.name.replace("-", "_")
+        assert command.run is getattr(commands, f"cmd_{name}")
+        assert command.add_arguments is (None if command.own_options else getattr(commands, f"add_{name}_arguments"))
+    args = commands.parse(["--debug", "lm-eval", "--tasks", "x"])  # lm-eval parses its own options
+    assert (args.command, args.argv, args.debug, args.func) == ("lm-eval", ["--tasks", "x"], True, commands.cmd_lm_eval)
+    assert commands.parse(["eval"]).func is commands.cmd_eval
+
+
+def test_options_named_as_config_fields_are_copied():
+    from upo_fast.cli.args import config_from_args
+    from upo_fast.cli.commands import parse
+    from upo_fast.training.imitation import ImitationConfig
+    from upo_fast.training.pretrain_mdm import PretrainConfig
+
+    args = parse(["pretrain-policy", "--out", "x"])
+    assert config_from_args(ImitationConfig, args, out_dir=args.out) == ImitationConfig(out_dir="x")  # same defaults
+    args = parse(["pretrain-policy", "--out", "x", "--puzzles-per-round", "7", "--candidate-topk", "3", "--lr", "0.1"])
+    cfg = config_from_args(ImitationConfig, args, out_dir=args.out)
+    assert (cfg.puzzles_per_round, cfg.candidate_topk, cfg.lr) == (7, 3, 0.1)
+    assert cfg.rollout_batch == ImitationConfig.rollout_batch  # a field without an option keeps its default
+    args = parse(["pretrain-mdm", "--out", "y", "--time-limit", "5", "--stop-at-step", "3"])
+    cfg = config_from_args(PretrainConfig, args, out_dir=args.out, time_limit_s=args.time_limit)
+    assert (cfg.steps, cfg.time_limit_s, cfg.stop_at_step, cfg.out_dir, cfg.warmup_steps) == (1200, 5.0, 3, "y", 50)
+    with pytest.raises(TypeError, match="PretrainConfig has no field out"):
+        config_from_args(PretrainConfig, args, out=args.out)

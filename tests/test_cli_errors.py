@@ -194,7 +194,7 @@ def test_unexpected_errors_are_one_line_with_a_hint(model_dir, capsys, monkeypat
         raise KeyError("oops")
 
     monkeypatch.setattr("upo_fast.cli.commands.cmd_eval", broken)
-    from upo_fast.cli.commands import commands as cli
+    from upo_fast.cli import commands as cli
 
     parser = cli.build_parser()
     args = parser.parse_args(["eval", "--task", "sudoku4"])
@@ -205,10 +205,18 @@ def test_unexpected_errors_are_one_line_with_a_hint(model_dir, capsys, monkeypat
     assert code == 1 and len(err.strip().splitlines()) == 1 and "--debug" in err and "KeyError" in err
 
 
+def test_lm_eval_without_its_extra_is_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval.__main__", None)  # importing it fails, as when lm-eval is missing
+    code, err = run(capsys, "lm-eval", "--tasks", "x")
+    one_line_error(code, err, "upo-fast lm-eval: error:", "lm_eval")
+    code, err = run(capsys, "--debug", "lm-eval", "--tasks", "x")
+    assert code == 2 and "Traceback" in err
+
+
 def test_the_entry_point_prints_no_traceback(tmp_path):
     import subprocess
 
-    result = subprocess.run([sys.executable, "-m", "upo_fast.cli.commands", "eval", "--task", "sudoku4", "--model",
+    result = subprocess.run([sys.executable, "-m", "upo_fast.cli", "eval", "--task", "sudoku4", "--model",
                              str(tmp_path / "absent"), "--limit", "2"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "absent" in result.stderr
 

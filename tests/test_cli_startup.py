@@ -17,7 +17,7 @@ HEAVY = ("torch", "numpy", "transformers")
 # string defaults with the option's type: --device cpu, --task sudoku9), and bad arguments; then prints what loaded.
 _PROBE = """
 import contextlib, io, json, sys
-from upo_fast.cli.commands import commands as cli
+from upo_fast.cli import commands as cli
 
 codes = {}
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

@@ -214,6 +214,25 @@ def test_load_parquet(tmp_path):
     assert load_problems(path, "gsm8k") == load_problems(GSM8K, "gsm8k")
 
 
+@pytest.mark.parametrize("module, name", [("pyarrow.parquet", "gsm8k.parquet"), ("datasets", "saved_dataset")])
+def test_parquet_and_dataset_folders_name_the_math_extra_when_it_is_missing(tmp_path, monkeypatch, module, name):
+    """``datasets`` (and pyarrow) are the optional ``math`` extra: without them the loader says how to get them."""
+    import sys
+
+    for missing in (module, module.split(".")[0]):
+        monkeypatch.setitem(sys.modules, missing, None)  # importing it raises ImportError, as when not installed
+    path = tmp_path / name
+    if module == "datasets":
+        path.mkdir()  # a folder is read as a `datasets` save_to_disk folder
+    else:
+        path.write_bytes(b"PAR1")
+    with pytest.raises(ValueError) as err:
+        load_problems(path, "gsm8k")
+    message = str(err.value)
+    assert "pip install 'upo_fast[math]'" in message and module.split(".")[0] in message and str(path) in message
+    assert load_problems(GSM8K, "gsm8k")  # JSON Lines need no extra
+
+
 def test_load_errors(tmp_path):
     missing = tmp_path / "nowhere" / "gsm8k_test.jsonl"
     with pytest.raises(ValueError, match="nowhere/gsm8k_test.jsonl does not exist.*--data"):

@@ -72,7 +72,7 @@ def test_paper_preset_loads_by_name_and_validates():
 
 @pytest.mark.parametrize("value, expected", [("false", False), ("yes", True)])
 def test_drop_zero_std_and_blanks_from_the_cli(tmp_path, value, expected, monkeypatch):
-    from upo_fast.cli.commands import commands as cli
+    from upo_fast.cli import commands as cli
 
     seen = {}
     monkeypatch.setattr("upo_fast.training.trainer.train", lambda cfg: seen.setdefault("cfg", cfg) and {})

@@ -15,6 +15,7 @@ from upo_fast.evaluation.order_pictures import (
     OrderRecord,
     format_trajectory,
     order_statistics,
+    orders_legend,
     pick_puzzles,
     puzzle_panel,
     record_order,
@@ -122,6 +123,14 @@ def test_trajectory_text_and_pictures(sudoku4, tmp_path):
     assert paths[2].read_text().count("trajectory of puzzle 2") == 2
 
 
+def test_the_sudoku_legend_names_the_grey_givens(sudoku4):
+    task, model, puzzles, solutions = sudoku4
+    record = record_order(model, task, puzzles[:2], solutions[:2], "max_confidence")
+    rows = [[puzzle_panel(task, record, 0)], [puzzle_panel(task, record, 1)]]
+    assert orders_legend(task, rows, 8) == ("sudoku4: the step (1-8) at which each blank was filled; grey = given, "
+                                            "red frame = wrong fill")
+
+
 def test_origin_is_refused(sudoku4):
     task, model, puzzles, solutions = sudoku4
     with pytest.raises(ValueError, match="origin"):
@@ -204,7 +213,7 @@ def test_demo_plans():
 def test_demo_threads_leave_busy_cores_alone(monkeypatch):
     import os
 
-    from upo_fast.evaluation.grids import demo
+    from upo_fast.evaluation import demo
 
     busy = demo._busy_cores(window=0.05)
     assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6

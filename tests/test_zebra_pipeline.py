@@ -54,6 +54,32 @@ def test_eval_pass_at_viz_and_training(zebra_model_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "pre")]) == 0
 
 
+def test_the_orders_picture_says_what_it_shows(zebra_model_dir, tmp_path, monkeypatch):
+    """Zebra's cells are all blank by default (the clues are the puzzle, and are not drawn): the title of
+    <task>_orders.png says so, not "grey = given"; with --blanks some cells are given, drawn grey as in Sudoku."""
+    from upo_fast.evaluation import plots
+    from upo_fast.evaluation.order_pictures import record_order, write_order_pictures
+    from upo_fast.models import load_tiny_mdm
+
+    titles, draw = [], plots.plot_puzzle_orders
+
+    def spy(rows, out, title="", **options):
+        titles.append(title)
+        return draw(rows, out, title, **options)
+
+    monkeypatch.setattr(plots, "plot_puzzle_orders", spy)
+    task, model = get_task("zebra3x3"), load_tiny_mdm(zebra_model_dir)
+    for blanks in (None, 5):
+        puzzles, solutions = task.make_puzzles(2, blanks=blanks, seed=1)
+        record = record_order(model, task, puzzles, solutions, "max_confidence")
+        write_order_pictures(task, puzzles, solutions, [record], [0, 1], tmp_path / str(blanks))
+    all_blank, some_given = titles
+    assert all_blank == ("zebra3x3: the step (1-9) at which each cell was filled; red frame = wrong fill\n"
+                         "no cell is given: the clues are the puzzle (see zebra3x3_trajectory.txt)")
+    assert some_given == ("zebra3x3: the step (1-5) at which each blank was filled; grey = given, red frame = wrong "
+                          "fill\nthe clues are not drawn (see zebra3x3_trajectory.txt)")
+
+
 def test_eval_reads_a_users_zebra_file(zebra_model_dir, tmp_path):
     task = get_task("zebra3x3")
     puzzles, solutions = task.make_puzzles(3, seed=5)

@@ -8,6 +8,7 @@ Nothing here imports torch, numpy or transformers (only the standard library and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -88,6 +89,18 @@ def grid_task_name(name: str) -> str:
     if not names.is_grid_task(name):
         raise argparse.ArgumentTypeError(f"{name!r} is not a grid task: sudoku4, sudoku9, zebra or zebraHxA")
     return name
+
+
+def config_from_args(config_class, args, **renamed):
+    """``config_class`` (a dataclass) made from the parsed ``args``: every field that ``args`` has an attribute of
+    the same name for (``--puzzles-per-round`` -> ``puzzles_per_round``), plus ``renamed``, the fields whose option
+    has another name (``out_dir=args.out``). A field without an option keeps its default."""
+    fields = {field.name for field in dataclasses.fields(config_class) if field.init}
+    unknown = sorted(set(renamed) - fields)
+    if unknown:
+        raise TypeError(f"{config_class.__name__} has no field {', '.join(unknown)}")
+    values = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    return config_class(**{**values, **renamed})
 
 
 def check_scorers(args) -> None:

@@ -1,17 +1,28 @@
 """``upo-fast`` command line: demo, eval, viz, sample, train, pretrain-policy, pretrain-mdm, plots."""
 
+# One style for every command: a pair of functions, ``add_<name>_arguments(parser)`` that declares its options and
+# ``cmd_<name>(args)`` that runs it, registered with its one-line help as a ``Command`` in ``COMMANDS`` (the order
+# of `upo-fast --help`). ``build_parser`` and ``main``'s dispatch are built from that table only. ``eval``, ``viz``
+# and ``parallel-curve`` live in ``upo_fast.cli.evaluate``; every ``cmd_*`` is reachable here.
+#
+# torch, numpy and the modules that import them load inside the commands, after parsing: `upo-fast --help` and a
+# bad argument answer at once (tests/test_cli_startup.py checks that parsing imports none of them)
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from upo_fast.cli.args import (
     OneLineParser,
     check_outputs,
     check_scorers,
+    config_from_args,
     device_name,
     finite_float,
     grid_task_name,
@@ -21,13 +32,78 @@ from upo_fast.cli.args import (
     positive_int,
     report_error,
 )
-from upo_fast.cli.evaluate import _grid_task, _task, parser_eval, parser_parallel_curve, parser_viz, policy_options
-from upo_fast.cli.evaluate import cmd_eval as cmd_eval  # the commands stay reachable as upo_fast.cli.commands.cmd_*
-from upo_fast.cli.evaluate import cmd_parallel_curve as cmd_parallel_curve
-from upo_fast.cli.evaluate import cmd_viz as cmd_viz
+from upo_fast.cli.evaluate import (
+    _grid_task,
+    _task,
+    add_eval_arguments,
+    add_parallel_curve_arguments,
+    add_viz_arguments,
+    cmd_eval,
+    cmd_parallel_curve,
+    cmd_viz,
+    policy_options,
+)
 
-# torch, numpy and the modules that import them load inside the commands, after parsing: `upo-fast --help` and a
-# bad argument answer at once (tests/test_cli_startup.py checks that parsing imports none of them)
+
+@dataclass(frozen=True)
+class Command:
+    """One ``upo-fast`` subcommand: its ``name``, the ``help`` line `upo-fast --help` shows, ``add_arguments``
+    (declares its options on its parser; None for a command that parses its own options) and ``run`` (does the
+    work with the parsed ``args``; returns its report, or an int: the exit code). ``own_options``: everything
+    after the name goes to ``run`` unparsed, as ``args.argv`` (``lm-eval`` passes it to lm-eval's own parser)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None
+    run: Callable[[argparse.Namespace], object]
+    own_options: bool = False
+
+
+# ---- demo ----------------------------------------
+
+
+def add_demo_arguments(demo) -> None:
+    demo.add_argument("--full", action="store_true",
+                      help="every order on 200 puzzles per task, Pass@k on 200 (about 10 minutes on 2 CPU cores)")
+    demo.add_argument("--num-puzzles", type=positive_int, default=None,
+                      help="puzzles per task (default: sized to run in about 1.5 minutes; --full: 200); Pass@k "
+                      "runs on the first ones")
+    demo.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped sudoku9 model)")
+    demo.add_argument("--out", default="demo_out", help="folder for the pictures and demo.json")
+    demo.add_argument("--json", default=None, help="the report's path (default: OUT/demo.json)")
+
+
+def cmd_demo(args) -> dict:
+    from upo_fast.evaluation.demo import FULL, QUICK, run_demo
+
+    plan = FULL if args.full else QUICK
+    if args.num_puzzles is not None:
+        plan = plan.with_puzzles(args.num_puzzles)
+    return run_demo(plan, args.model, args.out, args.json)
+
+
+# ---- train ----------------------------------------
+
+# TrainConfig fields that `upo-fast train` takes as --options (None = keep the config file's / default value)
+_TRAIN_OPTIONS = {
+    "task": str, "reference": str, "model": str, "init": str, "steps": int, "prompts_per_step": int,
+    "group_size": int, "inner_iters": int, "lr": float, "beta": float, "kl_mode": str, "clip_eps": float,
+    "position_temperature": float, "reward": str, "topk": int, "anchor_tau": float, "eval_every": int,
+    "eval_puzzles": int, "checkpoint_every": int, "seed": int, "device": str, "time_limit_s": float,
+    "stop_at_step": int, "certain_keep": float, "extra_blocks": int, "policy_body": str, "policy_dim": int,
+    "mlp_hidden": int, "block_init": str, "update_chunk": int, "compile_backend": str,
+    "drop_zero_std": str, "blanks": int, "select_on": str, "weight_decay": float, "grad_clip": float,
+    "clip_eps_high": float,  # drop_zero_std: a str, converted (true/false/yes/no) and checked by TrainConfig
+}
+
+
+def add_train_arguments(tr) -> None:
+    tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields, or a shipped preset's "
+                    "name (paper_sudoku); options below override")
+    tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one, "
+                    "with the run's saved settings unless --config is given")
+    for name, kind in _TRAIN_OPTIONS.items():
+        tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
 
 
 def cmd_train(args) -> dict:
@@ -49,18 +125,15 @@ def cmd_train(args) -> dict:
     return summary
 
 
-def cmd_pretrain_policy(args) -> dict:
-    from upo_fast.training.imitation import ImitationConfig, pretrain_policy
+# ---- plot-runs ----------------------------------------
 
-    cfg = ImitationConfig(task=args.task, reference=args.reference, target=args.target, model=args.model,
-                          init=args.init, rounds=args.rounds, puzzles_per_round=args.puzzles_per_round,
-                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, out_dir=args.out, seed=args.seed,
-                          topk=args.topk, candidate_topk=args.candidate_topk, keep_rate=args.keep_rate,
-                          eval_puzzles=args.eval_puzzles, extra_blocks=args.extra_blocks, policy_body=args.policy_body,
-                          policy_dim=args.policy_dim, block_init=args.block_init, mlp_hidden=args.mlp_hidden)
-    summary = pretrain_policy(cfg)
-    print(json.dumps(summary, indent=2))
-    return summary
+
+def add_plot_runs_arguments(pr) -> None:
+    pr.add_argument("--run", action="append", required=True, help="LABEL=RUN_FOLDER, repeatable")
+    pr.add_argument("--out", required=True, help="PNG path")
+    pr.add_argument("--window", type=positive_int, default=10, help="moving-average window of the reward curve")
+    pr.add_argument("--metric", choices=["solved", "cells"], default="solved",
+                    help="the validation curve: solved rate or cell accuracy")
 
 
 def cmd_plot_runs(args) -> None:
@@ -75,26 +148,68 @@ def cmd_plot_runs(args) -> None:
     print(plot_runs(runs, args.out, window=args.window, metric=args.metric))
 
 
-# TrainConfig fields that `upo-fast train` takes as --options (None = keep the config file's / default value)
-_TRAIN_OPTIONS = {
-    "task": str, "reference": str, "model": str, "init": str, "steps": int, "prompts_per_step": int,
-    "group_size": int, "inner_iters": int, "lr": float, "beta": float, "kl_mode": str, "clip_eps": float,
-    "position_temperature": float, "reward": str, "topk": int, "anchor_tau": float, "eval_every": int,
-    "eval_puzzles": int, "checkpoint_every": int, "seed": int, "device": str, "time_limit_s": float,
-    "stop_at_step": int, "certain_keep": float, "extra_blocks": int, "policy_body": str, "policy_dim": int,
-    "mlp_hidden": int, "block_init": str, "update_chunk": int, "compile_backend": str,
-    "drop_zero_std": str, "blanks": int, "select_on": str, "weight_decay": float, "grad_clip": float,
-    "clip_eps_high": float,  # drop_zero_std: a str, converted (true/false/yes/no) and checked by TrainConfig
-}
+# ---- pretrain-policy ----------------------------------------
 
 
-def cmd_demo(args) -> dict:
-    from upo_fast.evaluation.demo import FULL, QUICK, run_demo
+def add_pretrain_policy_arguments(pp) -> None:
+    # each option is the ImitationConfig field of the same name (--out: out_dir); cmd_pretrain_policy copies them
+    pp.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
+    pp.add_argument("--reference", default="max_confidence")
+    pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
+                    help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
+    pp.add_argument("--model", default=None)
+    pp.add_argument("--init", default="anchor",
+                    help="fresh, copy, anchor, or a saved policy folder to go on from (then round 0 rolls out it)")
+    pp.add_argument("--policy-body", default="block",
+                    help="block (one transformer block, the default) or features (no block: cheaper, per position)")
+    pp.add_argument("--policy-dim", type=positive_int, default=None,
+                    help="run the block at this narrower width (with --block-init fresh; default: the MDM's width)")
+    pp.add_argument("--block-init", default="copy", help="copy (the MDM's last block, the default) or fresh")
+    pp.add_argument("--mlp-hidden", type=positive_int, default=128, help="width of the policy's scoring MLP")
+    pp.add_argument("--extra-blocks", type=nonneg_int, default=0,
+                    help="fresh transformer blocks after the first (they compare the positions' predictions)")
+    pp.add_argument("--rounds", type=nonneg_int, default=1,
+                    help="DAgger rounds after the reference's (0: imitation only)")
+    pp.add_argument("--puzzles-per-round", type=positive_int, default=256)
+    pp.add_argument("--steps", type=positive_int, default=100, help="AdamW steps after each round")
+    pp.add_argument("--batch-size", type=positive_int, default=128, help="buffered states per step")
+    pp.add_argument("--lr", type=positive_float, default=3e-4)
+    pp.add_argument("--topk", type=positive_int, default=5, help="K of the topk reference")
+    pp.add_argument("--candidate-topk", type=positive_int, default=None,
+                    help="the policy re-ranks the K most confident candidates only")
+    pp.add_argument("--keep-rate", type=positive_float, default=0.1, help="fraction of uncontested states buffered")
+    pp.add_argument("--eval-puzzles", type=positive_int, default=200)
+    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--out", required=True)
 
-    plan = FULL if args.full else QUICK
-    if args.num_puzzles is not None:
-        plan = plan.with_puzzles(args.num_puzzles)
-    return run_demo(plan, args.model, args.out, args.json)
+
+def cmd_pretrain_policy(args) -> dict:
+    from upo_fast.training.imitation import ImitationConfig, pretrain_policy
+
+    summary = pretrain_policy(config_from_args(ImitationConfig, args, out_dir=args.out))
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+# ---- sample ----------------------------------------
+
+
+def add_sample_arguments(sa) -> None:
+    sa.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
+    sa.add_argument("--grid", default=None, help="n*n digits, 0 or . for blanks")
+    sa.add_argument("--prompt", default=None)
+    sa.add_argument("--model", default=None)
+    sa.add_argument("--scorer", default="max_confidence")
+    sa.add_argument("--policy", default=None, help="policy folder for --scorer policy (grid: default shipped)")
+    sa.add_argument("--position-temperature", type=nonneg_float, default=0.0,
+                    help="order temperature of --scorer policy (0 = greedy)")
+    sa.add_argument("--topk", type=positive_int, default=5)
+    sa.add_argument("--gen-length", type=positive_int, default=128)
+    sa.add_argument("--block-length", type=positive_int, default=32)
+    sa.add_argument("--steps", type=positive_int, default=128)
+    sa.add_argument("--device", default=None, type=device_name, help="default: cuda when there is one, else cpu")
+    sa.add_argument("--trust-remote-code", action="store_true",
+                    help="a model that is neither LLaDA nor Dream: run the folder's own code")
 
 
 def cmd_sample(args) -> None:
@@ -143,6 +258,28 @@ def _sample_text(args, scorer: str, device: str) -> None:
     print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 
 
+# ---- pretrain-mdm ----------------------------------------
+
+
+def add_pretrain_mdm_arguments(pt) -> None:
+    pt.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
+    pt.add_argument("--out", required=True)
+    pt.add_argument("--steps", type=positive_int, default=1200)
+    pt.add_argument("--batch-size", type=positive_int, default=128)
+    pt.add_argument("--lr", type=positive_float, default=2e-3)
+    pt.add_argument("--hidden-size", type=positive_int, default=128)
+    pt.add_argument("--layers", type=positive_int, default=4)
+    pt.add_argument("--heads", type=positive_int, default=4)
+    pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"])
+    pt.add_argument("--min-mask-ratio", type=finite_float, default=0.05)
+    pt.add_argument("--loss-weighting", default="inverse_t", choices=["inverse_t", "none"])
+    pt.add_argument("--checkpoint-every", type=positive_int, default=200)
+    pt.add_argument("--time-limit", type=positive_float, default=None, help="seconds")
+    pt.add_argument("--stop-at-step", type=positive_int, default=None,
+                    help="stop here; the lr schedule still spans --steps")
+    pt.add_argument("--seed", type=int, default=0)
+
+
 def cmd_pretrain_mdm(args) -> None:
     import torch
 
@@ -171,187 +308,105 @@ def cmd_pretrain_mdm(args) -> None:
         m.train()
         return {f"val_{s}_{k}": v for s, d in r.items() for k, v in d.items() if k != "seconds"}
 
-    cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         min_mask_ratio=args.min_mask_ratio, loss_weighting=args.loss_weighting,
-                         out_dir=args.out, checkpoint_every=args.checkpoint_every, time_limit_s=args.time_limit,
-                         stop_at_step=args.stop_at_step)
+    # the options named as PretrainConfig's fields (steps, batch_size, lr, seed, ...), and the two named otherwise
+    cfg = config_from_args(PretrainConfig, args, out_dir=args.out, time_limit_s=args.time_limit)
     summary = pretrain_mdm(model, task.training_batch, cfg, mask_id=task.mask_id, eval_fn=eval_fn)
     model.save_pretrained(args.out)
     print(json.dumps(summary, indent=2))
 
 
-def _parser_demo(command) -> None:
-    demo = command("demo", help="what the unmasking order does, on held-out Sudoku and Zebra with the shipped "
-                   "TinyMDMs (CPU, about 2 minutes; --full: every order, longer)")
-    demo.add_argument("--full", action="store_true",
-                      help="every order on 200 puzzles per task, Pass@k on 200 (about 10 minutes on 2 CPU cores)")
-    demo.add_argument("--num-puzzles", type=positive_int, default=None,
-                      help="puzzles per task (default: sized to run in about two minutes; --full: 200); Pass@k "
-                      "runs on the first ones")
-    demo.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped sudoku9 model)")
-    demo.add_argument("--out", default="demo_out", help="folder for the pictures and demo.json")
-    demo.add_argument("--json", default=None, help="the report's path (default: OUT/demo.json)")
-    demo.set_defaults(func=cmd_demo)
+# ---- lm-eval ----------------------------------------
 
 
-def _parser_train(command) -> None:
-    tr = command("train", help="UPO: train an unmasking policy with KL-regularized GRPO")
-    tr.add_argument("--config", default=None, help="YAML/JSON file of TrainConfig fields, or a shipped preset's "
-                    "name (paper_sudoku); options below override")
-    tr.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl); resumes if it has one, "
-                    "with the run's saved settings unless --config is given")
-    for name, kind in _TRAIN_OPTIONS.items():
-        tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
-    tr.set_defaults(func=cmd_train)
-
-
-def _parser_plot_runs(command) -> None:
-    pr = command("plot-runs", help="reward-vs-step and validation curves of training runs (PNG)")
-    pr.add_argument("--run", action="append", required=True, help="LABEL=RUN_FOLDER, repeatable")
-    pr.add_argument("--out", required=True, help="PNG path")
-    pr.add_argument("--window", type=positive_int, default=10, help="moving-average window of the reward curve")
-    pr.add_argument("--metric", choices=["solved", "cells"], default="solved",
-                    help="the validation curve: solved rate or cell accuracy")
-    pr.set_defaults(func=cmd_plot_runs)
-
-
-def _parser_pretrain_policy(command) -> None:
-    pp = command("pretrain-policy", help="fit a policy to a reference order (a warm start for train)")
-    pp.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
-    pp.add_argument("--reference", default="max_confidence")
-    pp.add_argument("--target", default="reference", choices=["reference", "oracle"],
-                    help="imitate the reference's choices, or the most confident correctly-filled cell (oracle)")
-    pp.add_argument("--model", default=None)
-    pp.add_argument("--init", default="anchor",
-                    help="fresh, copy, anchor, or a saved policy folder to go on from (then round 0 rolls out it)")
-    pp.add_argument("--policy-body", default="block",
-                    help="block (one transformer block, the default) or features (no block: cheaper, per position)")
-    pp.add_argument("--policy-dim", type=positive_int, default=None,
-                    help="run the block at this narrower width (with --block-init fresh; default: the MDM's width)")
-    pp.add_argument("--block-init", default="copy", help="copy (the MDM's last block, the default) or fresh")
-    pp.add_argument("--mlp-hidden", type=positive_int, default=128, help="width of the policy's scoring MLP")
-    pp.add_argument("--extra-blocks", type=nonneg_int, default=0,
-                    help="fresh transformer blocks after the first (they compare the positions' predictions)")
-    pp.add_argument("--rounds", type=nonneg_int, default=1,
-                    help="DAgger rounds after the reference's (0: imitation only)")
-    pp.add_argument("--puzzles-per-round", type=positive_int, default=256)
-    pp.add_argument("--steps", type=positive_int, default=100, help="AdamW steps after each round")
-    pp.add_argument("--batch-size", type=positive_int, default=128, help="buffered states per step")
-    pp.add_argument("--lr", type=positive_float, default=3e-4)
-    pp.add_argument("--topk", type=positive_int, default=5, help="K of the topk reference")
-    pp.add_argument("--candidate-topk", type=positive_int, default=None,
-                    help="the policy re-ranks the K most confident candidates only")
-    pp.add_argument("--keep-rate", type=positive_float, default=0.1, help="fraction of uncontested states buffered")
-    pp.add_argument("--eval-puzzles", type=positive_int, default=200)
-    pp.add_argument("--seed", type=int, default=0)
-    pp.add_argument("--out", required=True)
-    pp.set_defaults(func=cmd_pretrain_policy)
-
-
-def _parser_sample(command) -> None:
-    sa = command("sample", help="fill one Sudoku grid, or generate from a prompt with a local LLaDA/Dream")
-    sa.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
-    sa.add_argument("--grid", default=None, help="n*n digits, 0 or . for blanks")
-    sa.add_argument("--prompt", default=None)
-    sa.add_argument("--model", default=None)
-    sa.add_argument("--scorer", default="max_confidence")
-    sa.add_argument("--policy", default=None, help="policy folder for --scorer policy (grid: default shipped)")
-    sa.add_argument("--position-temperature", type=nonneg_float, default=0.0,
-                    help="order temperature of --scorer policy (0 = greedy)")
-    sa.add_argument("--topk", type=positive_int, default=5)
-    sa.add_argument("--gen-length", type=positive_int, default=128)
-    sa.add_argument("--block-length", type=positive_int, default=32)
-    sa.add_argument("--steps", type=positive_int, default=128)
-    sa.add_argument("--device", default=None, type=device_name, help="default: cuda when there is one, else cpu")
-    sa.add_argument("--trust-remote-code", action="store_true",
-                    help="a model that is neither LLaDA nor Dream: run the folder's own code")
-    sa.set_defaults(func=cmd_sample)
-
-
-def _parser_pretrain_mdm(command) -> None:
-    pt = command("pretrain-mdm", help="train a TinyMDM on a task (MDM objective)")
-    pt.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
-    pt.add_argument("--out", required=True)
-    pt.add_argument("--steps", type=positive_int, default=1200)
-    pt.add_argument("--batch-size", type=positive_int, default=128)
-    pt.add_argument("--lr", type=positive_float, default=2e-3)
-    pt.add_argument("--hidden-size", type=positive_int, default=128)
-    pt.add_argument("--layers", type=positive_int, default=4)
-    pt.add_argument("--heads", type=positive_int, default=4)
-    pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"])
-    pt.add_argument("--min-mask-ratio", type=finite_float, default=0.05)
-    pt.add_argument("--loss-weighting", default="inverse_t", choices=["inverse_t", "none"])
-    pt.add_argument("--checkpoint-every", type=positive_int, default=200)
-    pt.add_argument("--time-limit", type=positive_float, default=None, help="seconds")
-    pt.add_argument("--stop-at-step", type=positive_int, default=None,
-                    help="stop here; the lr schedule still spans --steps")
-    pt.add_argument("--seed", type=int, default=0)
-    pt.set_defaults(func=cmd_pretrain_mdm)
-
-
-# the subcommands in the order --help lists them
-PARSERS = (_parser_demo, parser_eval, parser_viz, _parser_train, _parser_plot_runs, parser_parallel_curve,
-           _parser_pretrain_policy, _parser_sample, _parser_pretrain_mdm)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="upo-fast", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-
-    def command(name: str, **options) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[debug], **options)
-
-    for add in PARSERS:
-        add(command)
-    command("lm-eval", add_help=False, help="lm-evaluation-harness with the upo_fast model registered; every "
-            "lm-eval option passes through (needs: pip install -e '.[eval]')")
-    return parser
-
-
-def run_lm_eval(argv: list[str], debug: bool = False) -> int:
-    """``upo-fast lm-eval ARGS``: lm-evaluation-harness's own command line with the ``upo_fast`` model registered."""
+def cmd_lm_eval(args) -> int:
+    """``upo-fast lm-eval ARGS``: lm-evaluation-harness's own command line with the ``upo_fast`` model registered;
+    ``args.argv`` holds ARGS. Returns lm-eval's exit code."""
     try:
         from lm_eval.__main__ import cli_evaluate
 
         import upo_fast.integrations.lm_eval  # noqa: F401 - registers the model
     except ImportError as err:
-        return report_error("lm-eval", ValueError(str(err)), debug)
-    saved, sys.argv = sys.argv, ["lm-eval", *argv]
+        raise ValueError(str(err)) from None
+    saved, sys.argv = sys.argv, ["lm-eval", *args.argv]
     try:
         cli_evaluate()
     except SystemExit as done:  # lm-eval's argparse: --help, or its own one-line usage error
         return done.code if isinstance(done.code, int) else 2
-    except Exception as err:  # noqa: BLE001 - e.g. a bad --model_args: one line, as for every other command
-        return report_error("lm-eval", err, debug)
     finally:
         sys.argv = saved
-    return 0
+    return 0  # any other error (e.g. a bad --model_args): one line from main, as for every other command
+
+
+# ---- the table ----------------------------------------
+
+# the subcommands in the order --help lists them
+COMMANDS = (
+    Command("demo", "what the unmasking order does, on held-out Sudoku and Zebra with the shipped TinyMDMs (CPU, "
+            "about 1.5 minutes; --full: every order, longer)", add_demo_arguments, cmd_demo),
+    Command("eval", "evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)",
+            add_eval_arguments, cmd_eval),
+    Command("viz", "pictures of unmasking orders: puzzles with each blank labelled by the step that filled it, side "
+            "by side per order, the same over many puzzles, and trajectories as text", add_viz_arguments, cmd_viz),
+    Command("train", "UPO: train an unmasking policy with KL-regularized GRPO", add_train_arguments, cmd_train),
+    Command("plot-runs", "reward-vs-step and validation curves of training runs (PNG)", add_plot_runs_arguments,
+            cmd_plot_runs),
+    Command("parallel-curve", "solved rate vs MDM forwards under the threshold rule", add_parallel_curve_arguments,
+            cmd_parallel_curve),
+    Command("pretrain-policy", "fit a policy to a reference order (a warm start for train)",
+            add_pretrain_policy_arguments, cmd_pretrain_policy),
+    Command("sample", "fill one Sudoku grid, or generate from a prompt with a local LLaDA/Dream",
+            add_sample_arguments, cmd_sample),
+    Command("pretrain-mdm", "train a TinyMDM on a task (MDM objective)", add_pretrain_mdm_arguments, cmd_pretrain_mdm),
+    Command("lm-eval", "lm-evaluation-harness with the upo_fast model registered; every lm-eval option passes "
+            "through (needs: pip install -e '.[eval]')", None, cmd_lm_eval, own_options=True),
+)
+COMMAND_NAMED = {command.name: command for command in COMMANDS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, one subparser per entry of ``COMMANDS``; a parsed command's ``args.func`` is its
+    ``run``."""
+    parser = OneLineParser(prog="upo-fast", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    for command in COMMANDS:
+        options = sub.add_parser(command.name, parents=[debug], help=command.help, add_help=not command.own_options)
+        if command.add_arguments is not None:
+            command.add_arguments(options)
+        options.set_defaults(func=command.run)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; a command with its own options (``lm-eval``) gets the rest of ``argv`` unparsed as
+    ``args.argv`` (``--debug`` only before its name). SystemExit for --help or a bad argument (printed)."""
+    start = 1 if argv[:1] == ["--debug"] else 0
+    command = COMMAND_NAMED.get(argv[start]) if len(argv) > start else None
+    if command is not None and command.own_options:
+        return argparse.Namespace(command=command.name, debug=start == 1, argv=argv[start + 1:], func=command.run)
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:
     """Run ``upo-fast`` with ``argv`` (default: sys.argv) and return its exit code: 0, 2 for bad input (one line
     on stderr), 1 for an unexpected error, 130 when interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    debug = argv[:1] == ["--debug"]
-    if argv[debug:debug + 1] == ["lm-eval"]:  # lm-eval parses its own options
-        return run_lm_eval(argv[debug + 1:], debug)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
     except SystemExit as done:  # --help, or a bad argument (argparse has printed its one line)
         return done.code if isinstance(done.code, int) else 2
     try:
         check_scorers(args)  # before any work (and before torch loads): an unknown --scorer
         check_outputs(args)  # before any work: a run must not fail at its end for want of a writable --json
-        args.func(args)
+        outcome = args.func(args)
     except KeyboardInterrupt:
         print(f"upo-fast {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line for the person at the terminal; --debug shows the rest
         return report_error(args.command, err, args.debug)
-    return 0
+    return outcome if isinstance(outcome, int) and not isinstance(outcome, bool) else 0
 
 
 if __name__ == "__main__":

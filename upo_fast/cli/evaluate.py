@@ -1,6 +1,7 @@
 """The commands that evaluate and draw unmasking orders: ``eval`` (grid puzzles with TinyMDM, GSM8K/MATH500 with
-LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``, with their options (``parser_eval`` ...; ``upo_fast.cli.commands``
-builds the whole command line).
+LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``, each as a pair: ``add_<name>_arguments(parser)`` declares
+its options, ``cmd_<name>(args)`` runs it. ``upo_fast.cli.commands.COMMANDS`` registers them with the other
+commands and builds the whole command line from that table.
 
 torch and the modules that import it load inside the commands, after the arguments are parsed and checked, so that
 ``upo-fast --help`` and a bad argument answer at once."""
@@ -219,8 +220,7 @@ def cmd_parallel_curve(args) -> dict:
     return report
 
 
-def parser_eval(command) -> None:
-    ev = command("eval", help="evaluate unmasking orders: grid puzzles (TinyMDM) or GSM8K/MATH500 (LLaDA/Dream)")
+def add_eval_arguments(ev) -> None:
     ev.add_argument("--task", default="sudoku9", type=task_name,
                     help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500 (LLaDA/Dream)")
     ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
@@ -248,12 +248,9 @@ def parser_eval(command) -> None:
     ev.add_argument("--block-length", type=positive_int, default=32, help="gsm8k/math500: semi-autoregressive block")
     ev.add_argument("--steps", type=positive_int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
     ev.add_argument("--json", default=None)
-    ev.set_defaults(func=cmd_eval)
 
 
-def parser_viz(command) -> None:
-    vz = command("viz", help="pictures of unmasking orders: puzzles with each blank labelled by the step that "
-                 "filled it, side by side per order, the same over many puzzles, and trajectories as text")
+def add_viz_arguments(vz) -> None:
     vz.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     vz.add_argument("--scorer", action="append", help="repeatable; default max_confidence, margin, policy")
     vz.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
@@ -271,11 +268,9 @@ def parser_viz(command) -> None:
     vz.add_argument("--device", default="cpu", type=device_name)
     vz.add_argument("--out", default="viz_out",
                     help="folder for <task>_orders.png, <task>_order_stats.png and <task>_trajectory.txt")
-    vz.set_defaults(func=cmd_viz)
 
 
-def parser_parallel_curve(command) -> None:
-    pc = command("parallel-curve", help="solved rate vs MDM forwards under the threshold rule")
+def add_parallel_curve_arguments(pc) -> None:
     pc.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
@@ -288,4 +283,3 @@ def parser_parallel_curve(command) -> None:
     pc.add_argument("--device", default="cpu", type=device_name)
     pc.add_argument("--json", default=None)
     pc.add_argument("--out", default=None, help="PNG path")
-    pc.set_defaults(func=cmd_parallel_curve)

@@ -1,8 +1,8 @@
 """``upo-fast demo``: what the unmasking order does, with the shipped TinyMDMs on held-out puzzles (CPU).
 
-The default (``QUICK``, about two minutes on 2 CPU cores) runs the orders that carry the story on fewer puzzles,
-each figure with its 95% interval: the order matters (max-confidence against a random order), a better order
-exists (Pass@k of sampled orders against max-confidence), and the learned policy against the best heuristic.
+The default (``QUICK``, about 1.5 minutes on 2 idle CPU cores) runs the orders that carry the story on fewer
+puzzles, each figure with its 95% interval: the order matters (max-confidence against a random order), a better
+order exists (Pass@k of sampled orders against max-confidence), and the learned policy against the best heuristic.
 ``--full`` (``FULL``) runs every order on 200 puzzles per task. Both then draw the pictures: puzzles as each order
 filled them, the aggregate over all puzzles, the Pass@k curves, and one trajectory as text.
 """

@@ -173,6 +173,22 @@ def pick_puzzles(records: list[OrderRecord], count: int) -> list[int]:
     return (differ + rest)[:count]
 
 
+def orders_legend(task, rows: list[list[PuzzlePanel]], blanks: int) -> str:
+    """The title of ``<task>_orders.png``: what its cells show for this task and these puzzles. Every blank is
+    coloured and numbered by the step that filled it; a given cell (never masked) is drawn grey with its value,
+    which is how Sudoku's givens look. A Zebra puzzle is its clues, which the picture does not draw (the trajectory
+    text lists them), and by default every one of its cells is blank: then nothing is grey, and the title says
+    where the puzzle is rather than "grey = given"."""
+    givens = any((panel.labels == 0).any() for row in rows for panel in row)
+    legend = (f"{task.name}: the step (1-{blanks}) at which each {'blank' if givens else 'cell'} was filled; "
+              + ("grey = given, " if givens else "") + "red frame = wrong fill")
+    if hasattr(task, "format_puzzle"):  # a puzzle with clues (Zebra), written to <task>_trajectory.txt
+        where = f"see {task.name}_trajectory.txt"
+        legend += (f"\nthe clues are not drawn ({where})" if givens
+                   else f"\nno cell is given: the clues are the puzzle ({where})")
+    return legend
+
+
 def write_order_pictures(task, puzzles, solutions, records: list[OrderRecord], indices: list[int],
                          out_dir: str | Path, *, note: str = "") -> list[Path]:
     """``<task>_orders.png`` (puzzles ``indices`` as each order filled them, side by side), ``<task>_order_stats.png``
@@ -186,9 +202,7 @@ def write_order_pictures(task, puzzles, solutions, records: list[OrderRecord], i
     axis_labels = getattr(task, "axis_labels", lambda: (None, None))()
     blanks = int((records[0].steps >= 0).sum(axis=tuple(range(1, records[0].steps.ndim))).max())
     orders = plot_puzzle_orders(
-        rows, out_dir / f"{task.name}_orders.png",
-        f"{task.name}: the step (1-{blanks}) at which each blank was filled; grey = given, red frame = wrong fill"
-        + (f"\n{note}" if note else ""),
+        rows, out_dir / f"{task.name}_orders.png", orders_legend(task, rows, blanks) + (f"\n{note}" if note else ""),
         row_names=[f"puzzle {i}" for i in indices], axis_labels=axis_labels, box=getattr(task, "box", None))
     stats = plot_order_statistics({r.scorer: order_statistics(r) for r in records},
                                   out_dir / f"{task.name}_order_stats.png",

@@ -98,15 +98,20 @@ def plot_pass_at(curves: dict[str, dict[str, float]], out: str | Path, title: st
 def plot_puzzle_orders(rows: list[list], out: str | Path, title: str = "", *, row_names: list[str] | None = None,
                        axis_labels=(None, None), box: int | None = None) -> Path:
     """A grid of puzzle pictures: one row per puzzle, one column per order (``order_pictures.PuzzlePanel``s). Each
-    blank shows the step at which it was filled, coloured by it (early = light, late = dark); givens are grey with
-    their value; a wrong fill gets a red frame. ``box``: the Sudoku box size, drawn as thick lines."""
+    blank shows the step at which it was filled, coloured by it (early = light, late = dark); givens (cells that were
+    never masked) are grey with their value; a wrong fill gets a red frame. ``box``: the Sudoku box size, drawn as
+    thick lines. ``title`` (``order_pictures.orders_legend`` says what the cells show) is wrapped to the width."""
     plt = _pyplot()
     n_rows, n_cols = len(rows), len(rows[0])
     height, width = rows[0][0].labels.shape
     size = 0.42 * max(height, width) + 0.9
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols * width / max(height, width) + 1.6,
-                                                      size * n_rows * height / max(height, width) + 1.0),
-                             squeeze=False, layout="constrained")
+    fig_width = size * n_cols * width / max(height, width) + 1.6
+    # a long legend over one or two small grids would be cut at the figure's edges: wrapped, and each line past
+    # the second makes the figure taller
+    title = _wrap(title, fig_width, 11)
+    extra = 0.22 * max(0, title.count("\n") - 1)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(fig_width, size * n_rows * height / max(height, width) + 1.0
+                                                      + extra), squeeze=False, layout="constrained")
     last = max(int(p.labels.max()) for row in rows for p in row)
     image = None
     for r, row in enumerate(rows):
@@ -122,6 +127,14 @@ def plot_puzzle_orders(rows: list[list], out: str | Path, title: str = "", *, ro
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(plt, fig, out, tight=False)  # the constrained layout already fits everything
+
+
+def _wrap(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` with each of its lines wrapped at spaces to about ``width_inches`` at ``fontsize`` points."""
+    import textwrap
+
+    chars = max(20, int(width_inches * 72 / (0.55 * fontsize)))  # DejaVu Sans: about 0.5 em per character
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
 def _draw_panel(ax, panel, last: int, box: int | None):

@@ -2,9 +2,11 @@
 evaluation loop, which runs the sampler, is :func:`upo_fast.evaluation.text.evaluate_math`).
 
 Data is read from a local copy only (JSON, JSONL, parquet, or a folder written by ``datasets``' save_to_disk);
-nothing is downloaded at run time. Completions are asked to reason inside ``<reasoning>`` tags and give the
-final answer inside ``<answer>`` tags (for MATH500 as ``\\boxed{...}`` inside the answer), the format the
-GRPO-on-LLaDA recipes (d1) train with; answers are compared by ``math_answers.answers_equal``.
+nothing is downloaded at run time. JSON and JSONL need only the core dependencies; parquet files and ``datasets``
+folders need the ``math`` extra (``pip install 'upo_fast[math]'``: ``datasets``, which brings pyarrow).
+Completions are asked to reason inside ``<reasoning>`` tags and give the final answer inside ``<answer>`` tags
+(for MATH500 as ``\\boxed{...}`` inside the answer), the format the GRPO-on-LLaDA recipes (d1) train with;
+answers are compared by ``math_answers.answers_equal``.
 """
 
 from __future__ import annotations
@@ -39,16 +41,26 @@ def check_task(task) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
+MATH_EXTRA = "pip install 'upo_fast[math]'"  # the optional dependencies of parquet files and `datasets` folders
+
+
+def _import_math_extra(module: str, what: str, instead: str):
+    """``module`` (``datasets`` or ``pyarrow.parquet``), or a ValueError that names the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"{what} needs {module.split('.')[0]}, which is not installed: {MATH_EXTRA}, or "
+                         f"{instead}") from None
+
+
 def _read_rows(path: Path) -> list[tuple[str, dict]]:
     """[(where, row)] from a local file or saved dataset folder; ``where`` names the row for error messages."""
     suffix = path.suffix.lower()
     if path.is_dir():
-        try:
-            import datasets
-        except ImportError:
-            raise ValueError(f"{path} is a folder: only a `datasets` save_to_disk folder is read as one, and "
-                             "`datasets` is not installed (pip install datasets), or pass a .json/.jsonl/.parquet "
-                             "file") from None
+        datasets = _import_math_extra("datasets", f"{path} is a folder: reading it as a `datasets` save_to_disk "
+                                      "folder", "pass a .json/.jsonl file")
         data = datasets.load_from_disk(str(path))
         if isinstance(data, datasets.DatasetDict):
             if "test" not in data:
@@ -77,11 +89,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict]]:
         return [(f"row {i + 1}", row) for i, row in enumerate(data)]
     if suffix == ".parquet":
         # pyarrow is what `datasets` reads parquet with; reading it directly avoids datasets' on-disk cache
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError(f"reading {path} needs pyarrow: install `datasets` (pip install datasets), which "
-                             "brings it, or convert the file to .jsonl") from None
+        pq = _import_math_extra("pyarrow.parquet", f"reading {path}", "convert the file to .jsonl")
         return [(f"row {i + 1}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
     raise ValueError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; use .json, .jsonl or .parquet")
 
