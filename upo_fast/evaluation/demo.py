@@ -46,8 +46,8 @@ class DemoPlan:
 
 
 # Entropy, topk, softmax-confidence and origin are left to --full: on 1,000 held-out puzzles none is above margin
-# (README, "Results on 9x9 Sudoku"), so they add minutes and no conclusion. Sizes: about 500 fills of a 50-blank
-# Sudoku in all, about 70 s on 2 idle CPU cores; the top-3 order has a larger Pass@8 gap than top-5, so fewer
+# (docs/results.md, "Results on 9x9 Sudoku"), so they add minutes and no conclusion. Sizes: about 500 fills of a
+# 50-blank Sudoku in all, about 70 s on 2 idle CPU cores; the top-3 order has a larger Pass@8 gap than top-5, so fewer
 # puzzles show it; Zebra feeds the pictures (its model solves none, so a larger table would add no conclusion).
 QUICK = DemoPlan(sudoku_puzzles=60, sudoku_scorers=("random", "max_confidence", "margin"), pass_at_puzzles=30,
                  pass_at_samples=8, pass_at_topk=3, zebra_puzzles=30,
@@ -225,8 +225,8 @@ def _conclusions(sudoku: dict, comparisons: dict, pass_at: dict | None) -> list[
                      f"{rate[best]:.3f}: {points(versus)}.")
         if not excludes_zero(versus):
             lines.append(f"   The interval includes 0: {n} puzzles cannot settle a difference this size. `upo-fast "
-                         "demo --full` runs every order; the 1,000-puzzle comparison is in the README (Results on "
-                         "9x9 Sudoku, `benchmarks/upo_results.py`).")
+                         "demo --full` runs every order; the 1,000-puzzle comparison is in docs/results.md (Results "
+                         "on 9x9 Sudoku, `benchmarks/upo_results.py`).")
     return lines
 
 
