@@ -1,4 +1,4 @@
-"""The ``upo-fast`` command line: ``commands`` (the parsers and the command functions; ``main`` is the console
-script), ``args`` (argument types and the one-line error parser), ``evaluate`` (``eval``, ``viz`` and
-``parallel-curve``). Parsing imports neither torch nor numpy, so ``upo-fast --help`` answers at once
+"""The ``upo-fast`` command line: ``commands`` (the table of subcommands and ``main``, the console script),
+``args`` (argument types and the one-line error parser), ``evaluate`` (``eval``, ``viz``, ``parallel-curve``) and
+``sample``. Parsing imports neither torch nor numpy, so ``upo-fast --help`` answers at once
 (tests/test_cli_startup.py). ``python -m upo_fast.cli`` runs the same ``main``."""
