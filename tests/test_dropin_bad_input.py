@@ -24,7 +24,8 @@ PROMPT = torch.tensor([[5, 6, 7]])
     ({"gen_length": 10, "block_length": 4}, "gen_length .* multiple of block_length"),
     ({"gen_length": 8, "block_length": 4, "steps": 3}, "steps .* multiple of the number of blocks"),
     ({"remasking": "entropy"}, "remasking must be one of"),
-    ({"mask_id": 64}, "mask_id=64 is outside the vocabulary"),
+    ({"mask_id": 64}, r"^mask_id=64 is outside the vocabulary \[0, 64\); this model's config says mask_token_id=63: "
+                      "pass mask_id=63 or leave it unset$"),
     ({"logits_eos_inf": True}, "eos_id=126081 is outside the vocabulary"),
     ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
     ({"cfg_scale": float("nan")}, "cfg_scale must be a finite number >= 0"),
@@ -53,6 +54,24 @@ def test_llada_generate_pad_equal_to_mask_and_mask_shape(llada):
 def test_dream_generate_bad_arguments(dream, kwargs, message):
     with pytest.raises(ValueError, match=message):
         upo_fast.dream_generate(dream, PROMPT, **{"max_new_tokens": 4, "steps": 4, **kwargs})
+
+
+def test_the_mask_id_defaults_to_the_models(llada, dream):
+    """The fixtures' configs say 63 (LLaDA's 126336 and Dream's 151666 lie outside their vocabulary of 64)."""
+    out = upo_fast.llada_generate(llada, PROMPT, steps=4, gen_length=4, block_length=4)
+    assert torch.equal(out, upo_fast.llada_generate(llada, PROMPT, steps=4, gen_length=4, block_length=4, mask_id=63))
+    with pytest.raises(ValueError, match=r"^mask_token_id=64 is outside the vocabulary \[0, 64\); this model's "
+                                         "generation_config says mask_token_id=63: pass mask_token_id=63 or leave"):
+        upo_fast.dream_generate(dream, PROMPT, max_new_tokens=4, steps=4, mask_token_id=64)
+
+
+def test_the_wrong_family_is_refused_naming_the_right_drop_in(llada, dream):
+    with pytest.raises(ValueError, match=r"^llada_generate got a Dream model \(logits shifted by one\); use "
+                                         "upo_fast.dream_generate$"):
+        upo_fast.llada_generate(dream, PROMPT, steps=4, gen_length=4, block_length=4, mask_id=63)
+    with pytest.raises(ValueError, match=r"^dream_generate got a LLaDA model \(logits not shifted\); use "
+                                         "upo_fast.llada_generate$"):
+        upo_fast.dream_generate(llada, PROMPT, max_new_tokens=4, steps=4)
 
 
 def test_dream_generate_token_ids_outside_vocabulary(dream):

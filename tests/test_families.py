@@ -41,6 +41,7 @@ def test_every_family_has_every_fact_set():
         for paths in (family.mask_id_from, family.block_paths, family.head_paths):
             assert isinstance(paths, tuple) and paths and all(isinstance(p, str) and p for p in paths), name
         assert family.head_module is None or isinstance(family.head_module, str)
+        assert isinstance(family.title, str) and family.title.lower() == name.replace("_", "")
         for flag in (family.model_type_prefix, family.shift_logits, family.head_from_output_embeddings,
                      family.scales_logits):
             assert isinstance(flag, bool), name
@@ -50,6 +51,17 @@ def test_every_family_has_every_fact_set():
         assert set(family.positional) <= set(padded), f"{name}: positional arguments its attention never builds"
     with pytest.raises(dataclasses.FrozenInstanceError):
         FAMILIES["dream"].shift_logits = False
+
+
+def test_each_drop_in_reproduces_one_family():
+    """The drop-in a family names is a public function, and no two families name the same one (the drop-in picks
+    its family by it)."""
+    import upo_fast
+
+    dropins = [family.dropin for family in FAMILIES.values() if family.dropin is not None]
+    assert sorted(dropins) == ["dream_generate", "llada_generate"] and len(set(dropins)) == len(dropins)
+    assert all(callable(getattr(upo_fast, name)) for name in dropins)
+    assert FAMILIES[FALLBACK].dropin is None
 
 
 def test_detection_and_the_fallback():
@@ -84,6 +96,17 @@ def test_default_mask_id_rule():
     assert MDMAdapter(dream).mask_id == 5
     with pytest.raises(ValueError, match="mask_id is required for a generic model whose config has no mask_token_id"):
         MDMAdapter(bare_model(model_type="my_mdm"))
+
+
+def test_the_recorded_mask_id_names_where_it_was_found():
+    dream = bare_model(model_type="Dream", mask_token_id=5)
+    dream.generation_config = SimpleNamespace(mask_token_id=9)
+    assert FAMILIES["dream"].recorded_mask_id(dream) == ("generation_config.mask_token_id", 9)
+    dream.generation_config.mask_token_id = None
+    assert FAMILIES["dream"].recorded_mask_id(dream) == ("config.mask_token_id", 5)
+    assert FAMILIES["llada"].recorded_mask_id(bare_model(mask_token_id=0)) is None  # 0 is unset where 126336 exists
+    assert FAMILIES["llada"].default_mask_id(bare_model(mask_token_id=0)) == LLADA_MASK_ID
+    assert FAMILIES["tiny_mdm"].recorded_mask_id(bare_model(mask_token_id=0)) == ("config.mask_token_id", 0)
 
 
 def test_native_table_matches_the_adapters_table():

@@ -3,14 +3,17 @@
 What differs between kinds of MDM lives on one frozen :class:`ModelFamily` per family, registered by name in
 ``FAMILIES``; the adapter asks that object and never tests a family's name:
 
-    llada     LLaDAModelLM (remote code): mask id 126336, no logit shift, blocks at model.model.transformer.blocks,
-              head model.model.transformer.ff_out (or the tied embedding wte)
-    dream     DreamModel (remote code): mask id 151666, logits shifted by one (output i predicts token i+1),
-              layers at model.model.layers, head lm_head; left padding becomes a 4-D mask plus position ids
+    llada     LLaDAModelLM (remote code): mask id from its config (else 126336), no logit shift, blocks at
+              model.model.transformer.blocks, head model.model.transformer.ff_out (or the tied embedding wte)
+    dream     DreamModel (remote code): mask id from its generation config or config (else 151666), logits shifted
+              by one (output i predicts token i+1), layers at model.model.layers, head lm_head; left padding becomes
+              a 4-D mask plus position ids
     tiny_mdm  this project's TinyMDM: mask id from its config, layers at model.model.layers, head lm_head
-    generic   anything whose output has ``.logits``; ``mask_id`` must be given
+    generic   anything whose output has ``.logits``; ``mask_id`` from its config, else it must be given
 
 Adding a family: write its ``ModelFamily`` entry in ``FAMILIES`` (tests/test_families.py checks every entry).
+Every entry point makes its adapter here, so the model argument is checked here: a path where a loaded model
+belongs, a mask id outside the vocabulary, and (:func:`dropin_adapter`) a model the other drop-in is for.
 
 The project's native LLaDA and Dream (``upo_fast.load_model``) have the same layout and also expose
 ``final_hidden_states`` and ``output_head``: the fused head path calls them directly (a tied LLaDA head included)
@@ -23,6 +26,7 @@ copy): the unmasking policy reads it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,6 +75,9 @@ class ModelFamily:
     """The facts the adapter needs about one kind of MDM: where its parts live and how its forward is called.
 
     ``name``: the family's name (``MDMAdapter.family``, an unmasking policy's ``mdm_family``).
+    ``title``: how messages name the family (its authors' spelling).
+    ``dropin``: the function of ``upo_fast`` that reproduces this family's own sampler (the one to use for it);
+    None: no drop-in of its own (a drop-in runs such a model as the family it reproduces).
     ``model_type``: the lower-cased ``config.model_type`` that names the family, matched as a prefix when
     ``model_type_prefix`` (remote-code variants append to it), else exactly; None: never detected (the fallback).
     ``mask_id_from``: attribute paths on the model that record its [MASK] id, read in order.
@@ -89,6 +96,8 @@ class ModelFamily:
     """
 
     name: str
+    title: str
+    dropin: str | None
     model_type: str | None
     model_type_prefix: bool
     mask_id_from: tuple[str, ...]
@@ -108,14 +117,19 @@ class ModelFamily:
             return False
         return model_type.startswith(self.model_type) if self.model_type_prefix else model_type == self.model_type
 
-    def default_mask_id(self, model: nn.Module) -> int | None:
-        """The [MASK] id the model records, else the official one; None when neither exists."""
+    def recorded_mask_id(self, model: nn.Module) -> tuple[str, int] | None:
+        """(attribute path, value) of the first [MASK] id the model records; None when it records none."""
         for path in self.mask_id_from:
             value = _get_path(model, path)
             # the same rule as ``config.mask_token_id or LLADA_MASK_ID``: with a fallback, 0 reads as unset
             if value is not None and (value or self.mask_id is None):
-                return int(value)
-        return self.mask_id
+                return path, int(value)
+        return None
+
+    def default_mask_id(self, model: nn.Module) -> int | None:
+        """The [MASK] id the model records, else the official one; None when neither exists."""
+        recorded = self.recorded_mask_id(model)
+        return recorded[1] if recorded is not None else self.mask_id
 
 
 def _entries(*families: ModelFamily) -> dict[str, ModelFamily]:
@@ -124,24 +138,26 @@ def _entries(*families: ModelFamily) -> dict[str, ModelFamily]:
 
 _CONFIG_MASK = ("config.mask_token_id",)
 FAMILIES: dict[str, ModelFamily] = _entries(
-    ModelFamily("llada", model_type="llada", model_type_prefix=True, mask_id_from=_CONFIG_MASK,
-                mask_id=LLADA_MASK_ID, shift_logits=False, block_paths=("model.transformer.blocks",),
+    ModelFamily("llada", title="LLaDA", dropin="llada_generate", model_type="llada", model_type_prefix=True,
+                mask_id_from=_CONFIG_MASK, mask_id=LLADA_MASK_ID, shift_logits=False,
+                block_paths=("model.transformer.blocks",),
                 head_paths=("model.transformer.ff_out", "model.transformer.wte"),  # wte: a tied head
                 head_from_output_embeddings=False, head_module="model.transformer.ff_out", scales_logits=True,
                 attention=padding_mask_kwargs, positional=()),
-    ModelFamily("dream", model_type="dream", model_type_prefix=True,
+    ModelFamily("dream", title="Dream", dropin="dream_generate", model_type="dream", model_type_prefix=True,
                 mask_id_from=("generation_config.mask_token_id", *_CONFIG_MASK), mask_id=DREAM_MASK_ID,
                 shift_logits=True, block_paths=("model.layers",), head_paths=("lm_head",),
                 head_from_output_embeddings=True, head_module="lm_head", scales_logits=False,
                 attention=dream_attention_kwargs, positional=("attention_mask", "position_ids")),
-    ModelFamily("tiny_mdm", model_type="tiny_mdm", model_type_prefix=False, mask_id_from=_CONFIG_MASK, mask_id=None,
-                shift_logits=False, block_paths=("model.layers",), head_paths=("lm_head",),
-                head_from_output_embeddings=True, head_module="lm_head", scales_logits=False,
-                attention=padding_mask_kwargs, positional=()),
+    ModelFamily("tiny_mdm", title="TinyMDM", dropin=None, model_type="tiny_mdm", model_type_prefix=False,
+                mask_id_from=_CONFIG_MASK, mask_id=None, shift_logits=False, block_paths=("model.layers",),
+                head_paths=("lm_head",), head_from_output_embeddings=True, head_module="lm_head",
+                scales_logits=False, attention=padding_mask_kwargs, positional=()),
     # unknown layout: look for blocks wherever a known family keeps them; the head cannot be swapped safely
-    ModelFamily("generic", model_type=None, model_type_prefix=False, mask_id_from=_CONFIG_MASK, mask_id=None,
-                shift_logits=False, block_paths=("model.transformer.blocks", "model.layers"),
-                head_paths=("lm_head",), head_from_output_embeddings=True, head_module=None, scales_logits=False,
+    ModelFamily("generic", title="generic", dropin=None, model_type=None, model_type_prefix=False,
+                mask_id_from=_CONFIG_MASK, mask_id=None, shift_logits=False,
+                block_paths=("model.transformer.blocks", "model.layers"), head_paths=("lm_head",),
+                head_from_output_embeddings=True, head_module=None, scales_logits=False,
                 attention=padding_mask_kwargs, positional=()),
 )
 # the family of a model whose config.model_type names none: the one that no model_type names
@@ -167,14 +183,17 @@ class MDMAdapter:
     Args:
         model: the MDM (an ``nn.Module`` returning an object with ``.logits`` of shape [B, L, V]).
         family: a name in FAMILIES, or None to detect it from ``model.config.model_type``.
-        mask_id: the [MASK] token id; defaults per family (LLaDA 126336, Dream from its generation config or
-            151666, TinyMDM from its config); required for generic models.
+        mask_id: the [MASK] token id; None: the one the model records (``ModelFamily.mask_id_from``), else the
+            family's official id (LLaDA 126336, Dream 151666); a TinyMDM or generic model without one needs it.
+        mask_arg: the caller's name for ``mask_id``, as its errors say it (``dream_generate``: ``mask_token_id``).
 
     ``family`` stays the family's name (callers compare and pass it on); ``model_family`` is its
     :class:`ModelFamily`, which every family-specific step below asks.
     """
 
-    def __init__(self, model: nn.Module, family: str | None = None, mask_id: int | None = None):
+    def __init__(self, model: nn.Module, family: str | None = None, mask_id: int | None = None, *,
+                 mask_arg: str = "mask_id"):
+        check_loaded_model(model)
         self.model_family = get_family(detect_family(model) if family is None else family)
         self.model = model
         self.family = self.model_family.name
@@ -182,7 +201,7 @@ class MDMAdapter:
         self.mask_id = int(mask_id) if mask_id is not None else self._default_mask_id()
         self.vocab_size = self._vocab_size()
         if self.vocab_size is not None and not 0 <= self.mask_id < self.vocab_size:
-            raise ValueError(f"mask_id={self.mask_id} is outside the vocabulary [0, {self.vocab_size})")
+            raise ValueError(self._outside_vocabulary(mask_arg, given=mask_id is not None))
         self.shift_logits = self.model_family.shift_logits
         self.last_hidden: torch.Tensor | None = None
         self._hook = None
@@ -193,6 +212,20 @@ class MDMAdapter:
         if mask_id is None:
             raise ValueError(f"mask_id is required for a {self.family} model whose config has no mask_token_id")
         return mask_id
+
+    def _outside_vocabulary(self, mask_arg: str, given: bool) -> str:
+        """Why the mask id does not fit, and the id to pass instead (the one the model records, if it fits)."""
+        message = f"{mask_arg}={self.mask_id} is outside the vocabulary [0, {self.vocab_size})"
+        recorded = self.model_family.recorded_mask_id(self.model)
+        instead = f"pass the model's [MASK] token id as {mask_arg}="
+        if recorded is None:
+            default = f" (the {self.model_family.title} default: this model records no mask_token_id); {instead}"
+            return message if given else message + default
+        path, value = recorded
+        says = f"this model's {path.rpartition('.')[0]} says mask_token_id={value}"
+        if 0 <= value < self.vocab_size:
+            return f"{message}; {says}: pass {mask_arg}={value} or leave it unset"
+        return f"{message} ({says}); {instead}"
 
     def _vocab_size(self) -> int | None:
         head = self.head_weight()
@@ -337,6 +370,13 @@ class MDMAdapter:
         return self._shift(out.logits if hasattr(out, "logits") else out[0])
 
 
+def check_loaded_model(model) -> None:
+    """A path where a loaded model belongs: a ValueError saying how to load it (not "mask_id is required")."""
+    if isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model must be a loaded model, got the path {os.fspath(model)!r}: load it with "
+                         "upo_fast.load_model(path)")
+
+
 def wrap_model(model, family: str | None = None, mask_id: int | None = None) -> MDMAdapter:
     """Return ``model`` if it already is an adapter, else wrap it."""
     if isinstance(model, MDMAdapter):
@@ -344,3 +384,15 @@ def wrap_model(model, family: str | None = None, mask_id: int | None = None) -> 
             return MDMAdapter(model.model, family or model.family, mask_id)
         return model
     return MDMAdapter(model, family=family, mask_id=mask_id)
+
+
+def dropin_adapter(model, dropin: str, mask_id: int | None, *, mask_arg: str = "mask_id") -> MDMAdapter:
+    """The adapter of the drop-in sampler ``upo_fast.<dropin>``: ``model`` wrapped as the family whose sampler it
+    reproduces (a TinyMDM or generic model too). A model of a family with another drop-in is refused: its logit
+    shift differs, so the run would be silently wrong."""
+    found = get_family(detect_family(model))  # a path is found generic here, then refused by MDMAdapter
+    if found.dropin is not None and found.dropin != dropin:
+        shift = "logits shifted by one" if found.shift_logits else "logits not shifted"
+        raise ValueError(f"{dropin} got a {found.title} model ({shift}); use upo_fast.{found.dropin}")
+    own = next(family for family in FAMILIES.values() if family.dropin == dropin)
+    return MDMAdapter(model, family=own.name, mask_id=mask_id, mask_arg=mask_arg)

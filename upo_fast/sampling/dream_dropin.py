@@ -33,7 +33,7 @@ import torch.distributions as dists
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
-from upo_fast.sampling.adapters import MDMAdapter
+from upo_fast.sampling.adapters import MDMAdapter, dropin_adapter
 from upo_fast.sampling.schedules import dream_timesteps
 from upo_fast.validation import (
     check_attention_mask,
@@ -321,10 +321,12 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
 
     Returns [B, max_length] token ids, or ``DreamSampleOutput(sequences, history)`` when
     ``return_dict_in_generate=True``. Hooks: ``generation_tokens_hook_func(step, x, logits) -> x`` and
-    ``generation_logits_hook_func(step, x, logits) -> logits``, called as Dream calls them.
+    ``generation_logits_hook_func(step, x, logits) -> logits``, called as Dream calls them. ``mask_token_id``
+    unset (here and in ``generation_config``) takes the model's generation config's, then its config's, else
+    151666. A LLaDA model is refused (its logits are not shifted): use ``llada_generate``.
     """
     options = DreamOptions.from_call(generation_config, kwargs)
-    adapter = MDMAdapter(model, family="dream", mask_id=options.mask_token_id)
+    adapter = dropin_adapter(model, "dream_generate", options.mask_token_id, mask_arg="mask_token_id")
     call = _Call.start(options, adapter, input_ids, attention_mask)
     history = [] if options.keeps_history else None
     if options.tokens_hook is not None:

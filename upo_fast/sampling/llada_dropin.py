@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from upo_fast.sampling.adapters import LLADA_MASK_ID, MDMAdapter
+from upo_fast.sampling.adapters import MDMAdapter, dropin_adapter
 from upo_fast.sampling.schedules import llada_block_counts
 from upo_fast.validation import (
     check_attention_mask,
@@ -42,7 +42,8 @@ REMASKING = ("low_confidence", "random")
 class LLaDAOptions:
     """The keyword arguments of LLaDA's ``generate()`` (same names and defaults), checked once in its order (a
     ValueError naming the first bad one). The token ids are checked against the vocabulary by
-    :meth:`check_token_ids`, which needs the model."""
+    :meth:`check_token_ids`, which needs the model. ``mask_id`` None means the model's (from its config, else
+    LLaDA's 126336): ``llada_generate`` resolves it through the adapter before making the options."""
 
     steps: int = 128
     gen_length: int = 128
@@ -50,7 +51,7 @@ class LLaDAOptions:
     temperature: float = 0.0
     cfg_scale: float = 0.0
     remasking: str = "low_confidence"
-    mask_id: int = LLADA_MASK_ID
+    mask_id: int | None = None
     logits_eos_inf: bool = False  # EOS never proposed
     confidence_eos_eot_inf: bool = False  # EOS/EoT proposals never confident
     eos_id: int = LLADA_EOS_ID
@@ -211,7 +212,7 @@ def _step(options: LLaDAOptions, call: _Call, window: _Window, k: int, step: int
 
 @torch.no_grad()
 def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128,
-                   temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=LLADA_MASK_ID,
+                   temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=None,
                    logits_eos_inf=False, confidence_eos_eot_inf=False, *, eos_id=LLADA_EOS_ID,
                    eot_id=LLADA_EOT_ID):
     """LLaDA sampling. prompt: [B, P] token ids (left-padded when B > 1); attention_mask: [B, P] 0/1 or None.
@@ -219,12 +220,16 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
     Returns [B, P + gen_length] token ids. ``steps`` is split evenly over ``gen_length // block_length`` blocks;
     inside a block the per-step counts are ``block_length // steps_per_block`` with the remainder on the early
     steps. ``eos_id``/``eot_id`` are the ids that ``logits_eos_inf``/``confidence_eos_eot_inf`` act on (LLaDA's
-    by default; set them for other tokenizers).
+    by default; set them for other tokenizers). ``mask_id``: None (the default) takes the model's
+    ``config.mask_token_id``, else 126336, LLaDA's own default (LLaDA-8B's config says 126336, so there the tokens
+    are those of LLaDA's ``generate()``). A Dream model is refused (its logits are shifted): use ``dream_generate``.
     """
-    adapter = MDMAdapter(model, family="llada", mask_id=mask_id)  # first: a mask id outside the vocabulary
+    # first: a path, a Dream model, a mask id outside the vocabulary; the options then take the resolved id
+    adapter = dropin_adapter(model, "llada_generate", mask_id)
     options = LLaDAOptions(steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
-                           cfg_scale=cfg_scale, remasking=remasking, mask_id=mask_id, logits_eos_inf=logits_eos_inf,
-                           confidence_eos_eot_inf=confidence_eos_eot_inf, eos_id=eos_id, eot_id=eot_id)
+                           cfg_scale=cfg_scale, remasking=remasking, mask_id=adapter.mask_id,
+                           logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
+                           eos_id=eos_id, eot_id=eot_id)
     _check_inputs(options, adapter, prompt, attention_mask)
     prompt_len = prompt.shape[1]
     call = _Call.start(options, model, prompt, attention_mask, adapter.device)

@@ -3,9 +3,11 @@ a fine-tune), in the spirit of Liger-Kernel's ``apply_liger_kernel_to_*``.
 
 * LLaDA: ``model.generate(input_ids, attention_mask=None, **kwargs)`` runs ``upo_fast.llada_generate`` with
   LLaDA's keyword arguments (steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id, ...), or
-  ``upo_fast.generate`` when ``scorer=`` is given (any unmasking order, a learned policy included).
+  ``upo_fast.generate`` when ``scorer=`` is given (any unmasking order, a learned policy included). Without
+  ``mask_id`` both take the model's ``config.mask_token_id`` (else 126336).
 * Dream: ``model.diffusion_generate(inputs, generation_config=None, **kwargs)`` runs ``upo_fast.dream_generate``
-  with the model's own generation config as the defaults, as Dream's method does.
+  with the model's own generation config as the defaults, as Dream's method does (its ``mask_token_id`` included,
+  then the config's).
 
 ``upo_fast.unpatch(model)`` puts back what was there. Only the instance is changed, never its class.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import types
 
-from upo_fast.sampling.adapters import detect_family
+from upo_fast.sampling.adapters import check_loaded_model, detect_family
 
 _PATCHED = "_upo_fast_patched"  # instance attribute: {method name: the instance's own attribute before, or _ABSENT}
 _ABSENT = object()
@@ -51,6 +53,7 @@ _METHODS = {"llada": _llada_generate, "dream": _dream_diffusion_generate}
 def patch(model):
     """Give a LLaDA or Dream ``model`` upo_fast's sampler as its ``generate`` / ``diffusion_generate`` (see the
     module docstring); returns ``model``. Patching twice changes nothing; anything else is a ValueError."""
+    check_loaded_model(model)
     family = detect_family(model)
     if family not in PATCHABLE:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
