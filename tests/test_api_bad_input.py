@@ -166,6 +166,22 @@ def test_attention_mask_found_values_listed_and_float_refused(tiny_mdm):
     assert not (out == MASK).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.bool])
+def test_token_ids_of_another_dtype_are_named_by_dtype(tiny_mdm, llada, dream, dtype):
+    ids = PROMPT.to(dtype)
+    message = rf"must be integer token ids \(torch.int64 or torch.int32\), got dtype {dtype}"
+    with pytest.raises(ValueError, match=f"input_ids {message}"):
+        upo_fast.generate(tiny_mdm, ids, gen_length=4, block_length=4, steps=2, mask_id=MASK)
+    with pytest.raises(ValueError, match=message):
+        upo_fast.unmask(tiny_mdm, masked_x().to(dtype))
+    with pytest.raises(ValueError, match=f"prompt {message}"):
+        upo_fast.llada_generate(llada, ids, steps=4, gen_length=4, block_length=4, mask_id=63)
+    with pytest.raises(ValueError, match=f"input_ids {message}"):
+        upo_fast.dream_generate(dream, ids, max_new_tokens=4, steps=4)
+    with pytest.raises(ValueError, match=r"must be a \[batch, length\] integer tensor, got shape \(3,\)"):
+        upo_fast.generate(tiny_mdm, PROMPT[0], gen_length=4, block_length=4, steps=2, mask_id=MASK)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # llada_generate / dream_generate options
 # ------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ import numbers
 import torch
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a CLI error is one line on stderr; library messages may hold several)."""
+    return " ".join(str(exc).split())
+
+
 def _number_kind(value) -> str | None:
     """"int", "float", or None for what is not a plain real number (bool, str, tensor, None, complex, ...)."""
     if isinstance(value, bool) or type(value).__name__ == "bool_":
@@ -96,9 +101,12 @@ def check_vocab_id(value: int, name: str, vocab_size: int | None) -> None:
 
 def check_token_ids(x, name: str, vocab_size: int | None) -> None:
     """x must be a [B, L] integer tensor with ids inside the vocabulary (one host check, before the loop)."""
-    if not torch.is_tensor(x) or x.dim() != 2 or x.dtype not in (torch.int32, torch.int64):
-        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"{name} must be a [batch, length] integer tensor, got {shape}")
+    if not torch.is_tensor(x):
+        raise ValueError(f"{name} must be a [batch, length] integer tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be integer token ids (torch.int64 or torch.int32), got dtype {x.dtype}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a [batch, length] integer tensor, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if vocab_size is not None:
@@ -140,17 +148,19 @@ def check_device(device, name: str = "device") -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{name}={device!r} is not a device name; use cpu, cuda or cuda:N") from None
+        raise ValueError(f"{name}={device!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{name}={device!r}: no CUDA device is available on this machine; use cpu")
+            why = ("a CPU-only build" if torch.version.cuda is None
+                   else "torch.cuda.is_available() is False: no GPU visible, or no driver")
+            raise ValueError(f"{name}={device!r} but this torch has no CUDA device ({why}); use {name}='cpu'")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"{name}={device!r}: MPS is not available on this machine; use cpu")
+            raise ValueError(f"{name}={device!r}: MPS is not available on this machine; use {name}='cpu'")
     elif parsed.type != "cpu":
-        raise ValueError(f"{name}={device!r}: upo_fast runs on cpu, cuda or mps")
+        raise ValueError(f"{name}={device!r}: upo_fast runs on cpu, cuda, cuda:N or mps")
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

@@ -7,7 +7,7 @@ import json
 import os
 
 from upo_fast.checkpoint_files import quiet_transformers_progress
-from upo_fast.validation import first_non_finite
+from upo_fast.validation import first_non_finite, one_line
 
 
 def load_saved(model_cls, path, device="cpu"):
@@ -31,7 +31,7 @@ def load_saved(model_cls, path, device="cpu"):
         with open(config_file) as f:
             model_type = json.load(f).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{path}: unreadable config.json ({exc})") from exc
+        raise ValueError(f"{path}: unreadable config.json ({one_line(exc)})") from exc
     if model_type != expected_type:
         raise ValueError(f"{path}: config.json has model_type={model_type!r}, expected {expected_type!r}")
 
@@ -44,13 +44,13 @@ def load_saved(model_cls, path, device="cpu"):
         with safe_open(weight_file, framework="pt") as f:
             f.keys()
     except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path}: corrupt or unreadable model.safetensors ({exc})") from exc
+        raise ValueError(f"{weight_file}: corrupt or truncated safetensors file ({one_line(exc)})") from exc
 
     try:
         with quiet_transformers_progress():
             model, info = model_cls.from_pretrained(path, output_loading_info=True, local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
-        raise ValueError(f"{path}: could not load {expected_type} ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{path}: could not load {expected_type} ({type(exc).__name__}: {one_line(exc)})") from exc
     problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
     if problems:
         raise ValueError(f"{path}: weights do not match the config: {problems}")
