@@ -10,12 +10,21 @@ model arguments' length and sampler options; of a task's ``gen_kwargs`` only ``u
 Data parallel runs under ``torchrun`` / ``accelerate launch`` (one process per GPU, gloo on CPU): lm-eval shards the
 requests by ``rank`` and gathers the results through :mod:`upo_fast.training.distributed`.
 
+``device``, ``batch_size`` and ``max_batch_size`` reach the model twice: in ``model_args`` and as lm-eval's own
+options (``--device``, ``--batch_size``; lm-eval's command line passes its defaults, ``cuda:0`` and 1, when they are
+not typed). ``model_args`` wins, with a warning when a value the user gave lm-eval differs; a default the user never
+typed is dropped without one, and lm-eval's default ``cuda:0`` on a machine without CUDA runs on the CPU with a
+warning (see :func:`model_arguments`).
+
 Needs the optional extra: ``pip install -e ".[eval]"`` (``lm-eval >= 0.4``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 
@@ -31,6 +40,10 @@ from upo_fast.training.distributed import ProcessGroup
 from upo_fast.validation import check_device, options_from_dict
 
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+LM_EVAL_OPTIONS = ("device", "batch_size", "max_batch_size")  # what lm-eval passes every model beside model_args
+SHORT_FLAGS = {"batch_size": "-b"}  # lm-eval's one-letter spellings of those options
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,8 @@ class HarnessOptions:
 
     pretrained: str  # a local LLaDA, Dream or TinyMDM folder with its tokenizer
     dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 on the CPU
-    device: str | None = None  # default: cuda when there is one (cuda:LOCAL_RANK under torchrun), else cpu
+    device: str | None = None  # default: cuda when there is one (cuda:LOCAL_RANK under torchrun), else cpu;
+    # also lm-eval's --device, which model_args' device overrides (see model_arguments)
     attn: str = "auto"
     trust_remote_code: bool = False
     batch_size: int = 8  # prompts per generate call; rows per Monte-Carlo batch of a likelihood
@@ -77,6 +91,17 @@ class HarnessOptions:
 @register_model("upo_fast")
 class UpoFastLM(LM):
     """lm-eval model: see the module docstring and :class:`HarnessOptions`."""
+
+    # lm-eval builds every model through one of these two, with its own device / batch_size as `additional_config`
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> UpoFastLM:
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls(**model_arguments(simple_parse_args_string(arg_string), additional_config))
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> UpoFastLM:
+        return cls(**model_arguments(arg_dict, additional_config))
 
     def __init__(self, **model_args):
         super().__init__()
@@ -207,6 +232,82 @@ class UpoFastLM(LM):
             "loglikelihood_rolling (perplexity tasks such as wikitext) is not implemented for masked diffusion "
             "models, as in LLaDA's harness: use generate_until tasks (gsm8k, math500, ...) or loglikelihood / "
             "multiple-choice tasks (mc_num samples of LLaDA's likelihood estimate)")
+
+
+def model_arguments(model_args: dict, lm_eval_options: dict | None) -> dict:
+    """The constructor's keyword arguments from ``model_args`` and lm-eval's own options (``device``,
+    ``batch_size``, ``max_batch_size``; None = not given), which lm-eval would otherwise pass twice.
+
+    - Given in both: ``model_args`` wins (it is the model's own, more specific setting), with a warning naming both
+      values when they differ, unless lm-eval's value is a default the user never typed.
+    - lm-eval's device only: the user's ``--device`` is checked here, so that a bad one is a one-line ValueError
+      naming ``--device``. A default they never typed is dropped: the model takes its own (cuda when there is CUDA,
+      else cpu). Why not an error: lm-eval's reference model (``hf``) does the same, so ``lm-eval --model hf
+      --model_args pretrained=gpt2`` runs on a laptop without ``--device``, and a user expects ``upo_fast`` to as
+      well; the warning says how to choose the CPU explicitly.
+    """
+    merged = dict(model_args)
+    command_line = _lm_eval_command_line()
+    for key, value in (lm_eval_options or {}).items():
+        if value is None:
+            continue
+        untyped = _untyped_default(key, value, command_line)
+        name = f"--{key}" if command_line is not None else f"lm-eval's {key}"
+        if key in model_args:
+            if str(value) != str(model_args[key]) and not untyped:
+                logger.warning("model_args %s=%s and %s=%s differ: using model_args' %s=%s", key, model_args[key],
+                               name, value, key, model_args[key])
+            continue
+        if key == "device" and untyped:
+            if str(value).startswith("cuda") and not torch.cuda.is_available():
+                logger.warning("CUDA is not available on this machine: running on cpu instead of lm-eval's default "
+                               "device %s (pass --device cpu to choose it)", value)
+            continue
+        if key == "device":
+            check_device(value, name)
+        merged[key] = value
+    if model_args.get("device") is not None:
+        check_device(model_args["device"], "model_args device")
+    return merged
+
+
+def _lm_eval_command_line() -> list[str] | None:
+    """The arguments of lm-eval's command line when this process runs it (``lm-eval``, ``python -m lm_eval``,
+    ``upo-fast lm-eval``, which names itself ``lm-eval`` in ``sys.argv``); None in a program that calls
+    ``lm_eval.simple_evaluate``, whose options are all the caller's."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is None:
+        return None
+    if program.stem in ("lm-eval", "lm_eval") or (program.name == "__main__.py" and program.parent.name == "lm_eval"):
+        return sys.argv[1:]
+    return None
+
+
+def _untyped_default(key: str, value, command_line: list[str] | None) -> bool:
+    """Whether lm-eval's command line passed ``key=value`` as its own default, the option not being on it.
+    (A ``--config`` YAML that sets the default value itself reads as the default too.)"""
+    if command_line is None or str(value) != str(_lm_eval_defaults().get(key)):
+        return False
+    flag, short = f"--{key}", SHORT_FLAGS.get(key)
+    for token in command_line:
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        if len(name) > 2 and name.startswith("--") and flag.startswith(name):  # argparse takes unique prefixes
+            return False
+        if short and token.startswith(short) and not token.startswith("--"):
+            return False
+    return True
+
+
+def _lm_eval_defaults() -> dict:
+    """lm-eval's command-line defaults of ``LM_EVAL_OPTIONS``: its EvaluatorConfig's (device cuda:0, batch size 1
+    in 0.4.13); versions without one passed no device unless typed, and batch size 1."""
+    try:
+        from lm_eval.config.evaluate_config import EvaluatorConfig
+    except ImportError:
+        return {"batch_size": 1}
+    return {f.name: f.default for f in fields(EvaluatorConfig) if f.name in LM_EVAL_OPTIONS}
 
 
 class _Accelerator:
