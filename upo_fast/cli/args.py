@@ -21,8 +21,25 @@ from upo_fast import names
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (exit code 2): ``upo-fast eval: error: ...``."""
 
+    _checks: tuple = ()  # add_check's functions, run after parsing
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def add_check(self, check) -> None:
+        """Run ``check(args)`` on the parsed options of this parser (a subcommand's own options): a ValueError it
+        raises is this parser's one-line error (exit 2). For rules that join several options, which an option's
+        ``type`` cannot see; a check must be cheap and certain (no file reads, no torch)."""
+        self._checks = (*self._checks, check)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for check in self._checks:
+            try:
+                check(namespace)
+            except ValueError as err:
+                self.error(str(err))
+        return namespace, extras
 
 
 def _number(text: str, kind, name: str):
@@ -55,6 +72,29 @@ positive_float = _at_least(float, 0.0, "a number > 0", strict=True)
 
 def finite_float(text: str) -> float:
     return _number(text, float, "a number")
+
+
+def unit_fraction(text: str) -> float:
+    """A number in (0, 1]: a confidence threshold."""
+    value = _number(text, float, "a number in (0, 1]")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return value
+
+
+def scorer_name(text: str) -> str:
+    """A scorer's canonical name (an alias such as ``low_confidence`` gives ``max_confidence``); an unknown name is
+    refused with the list of valid ones (``upo_fast.names``, no torch)."""
+    try:
+        return names.check_scorer(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def scorer_help() -> str:
+    """The valid ``--scorer`` names for a help line: the scorers, then each alias with its scorer."""
+    aliases = ", ".join(f"{alias} = {name}" for alias, name in names.SCORER_ALIASES.items())
+    return f"{', '.join(names.SCORERS)} (aliases: {aliases})"
 
 
 _DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")

@@ -1,29 +1,91 @@
 """``upo-fast sample``: fill one Sudoku grid with a shipped TinyMDM, or generate from a prompt with a local
-LLaDA/Dream folder, with any scorer (and a policy folder for ``--scorer policy``). torch loads inside the command,
-after parsing."""
+LLaDA/Dream folder, with any scorer (and a policy folder for ``--scorer policy``), token temperature and the
+parallel-unmasking rules of ``upo_fast.generate`` / ``unmask`` (``--threshold``, ``--factor``). torch loads inside
+the command, after parsing; what is cheap and certain (the scorer's name, a missing ``--policy`` or ``--model``
+for ``--prompt``, the block schedule) is refused while parsing, in one line."""
 
 from __future__ import annotations
 
-from upo_fast.cli.args import device_name, nonneg_float, positive_int
+from upo_fast.cli.args import (
+    device_name,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    scorer_help,
+    scorer_name,
+    unit_fraction,
+)
 from upo_fast.cli.evaluate import _task, policy_options
+
+# the scorers with ``Scorer.needs_policy`` (upo_fast.names lists names only; tests/test_cli_sample.py keeps this
+# equal to the registry, and _sample_text asks the registry itself as well)
+POLICY_SCORERS = ("policy",)
 
 
 def add_sample_arguments(sa) -> None:
-    sa.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"])
-    sa.add_argument("--grid", default=None, help="n*n digits, 0 or . for blanks")
-    sa.add_argument("--prompt", default=None)
-    sa.add_argument("--model", default=None)
-    sa.add_argument("--scorer", default="max_confidence")
-    sa.add_argument("--policy", default=None, help="policy folder for --scorer policy (grid: default shipped)")
+    what = sa.add_mutually_exclusive_group()
+    what.add_argument("--grid", default=None, help="a Sudoku to fill: n*n digits, 0 or . for blanks")
+    what.add_argument("--prompt", default=None, help="text to continue with --model (a local LLaDA/Dream folder)")
+    sa.add_argument("--task", default="sudoku9", choices=["sudoku4", "sudoku9"],
+                    help="--grid: the Sudoku size (default: %(default)s)")
+    sa.add_argument("--model", default=None, help="--grid: a TinyMDM folder (default: the shipped model of --task); "
+                    "--prompt: a local LLaDA/Dream folder (required)")
+    sa.add_argument("--scorer", type=scorer_name, default="max_confidence", metavar="NAME",
+                    help=f"the unmasking order (default: %(default)s): {scorer_help()}")
+    sa.add_argument("--policy", default=None, help="policy folder for --scorer policy (--grid: default the shipped "
+                    "policy of --task; --prompt: required, none ships for LLaDA/Dream)")
     sa.add_argument("--position-temperature", type=nonneg_float, default=0.0,
-                    help="order temperature of --scorer policy (0 = greedy)")
-    sa.add_argument("--topk", type=positive_int, default=5)
-    sa.add_argument("--gen-length", type=positive_int, default=128)
-    sa.add_argument("--block-length", type=positive_int, default=32)
-    sa.add_argument("--steps", type=positive_int, default=128)
-    sa.add_argument("--device", default=None, type=device_name, help="default: cuda when there is one, else cpu")
+                    help="order temperature of --scorer policy (0 = greedy; default: %(default)s)")
+    sa.add_argument("--topk", type=positive_int, default=5, help="K of the topk scorer (default: %(default)s)")
+    sa.add_argument("--temperature", type=nonneg_float, default=0.0,
+                    help="token sampling temperature (0 = argmax; default: %(default)s)")
+    sa.add_argument("--threshold", type=unit_fraction, default=None,
+                    help="parallel unmasking: also commit every candidate whose token confidence is >= this, in "
+                    "(0, 1] (Fast-dLLM's threshold rule; default: off)")
+    sa.add_argument("--factor", type=positive_float, default=None,
+                    help="parallel unmasking: also commit, along the order, every candidate n with (n + 1)(1 - "
+                    "confidence_n) < this, > 0 (Fast-dLLM's factor rule; default: off); may join --threshold")
+    sa.add_argument("--seed", type=nonneg_int, default=0,
+                    help="seed of the random draws: tokens at --temperature > 0, the random scorer, sampled orders "
+                    "(default: %(default)s)")
+    sa.add_argument("--gen-length", type=positive_int, default=128,
+                    help="--prompt: tokens to generate, a multiple of --block-length (default: %(default)s)")
+    sa.add_argument("--block-length", type=positive_int, default=32,
+                    help="--prompt: tokens per semi-autoregressive block (default: %(default)s)")
+    sa.add_argument("--steps", type=positive_int, default=None,
+                    help="MDM forwards: --prompt: a multiple of the number of blocks, at most --gen-length (default: "
+                    "--gen-length); --grid: at most the number of blanks (default: one blank per step)")
+    sa.add_argument("--device", default=None, type=device_name,
+                    help="cpu, cuda, cuda:N or mps (default: cuda when there is one, else cpu)")
     sa.add_argument("--trust-remote-code", action="store_true",
-                    help="a model that is neither LLaDA nor Dream: run the folder's own code")
+                    help="a model that is neither LLaDA nor Dream: run the folder's own code (default: off)")
+    sa.add_check(check_sample_args)
+
+
+def check_sample_args(args) -> None:
+    """The rules of ``--prompt`` that need no model: ``--model`` given, ``--policy`` for a policy scorer (no policy
+    ships for LLaDA/Dream; ``--grid`` has the task's shipped one), and ``generate``'s block schedule. A ValueError
+    names the first one broken."""
+    if args.prompt is None:
+        return
+    if args.model is None:
+        raise ValueError("--prompt needs --model DIR (a local LLaDA/Dream folder)")
+    if args.scorer in POLICY_SCORERS and not args.policy:
+        raise ValueError(f"--scorer {args.scorer} with --prompt needs --policy DIR: no policy ships for LLaDA/Dream")
+    length, block = args.gen_length, args.block_length
+    if length % block:
+        raise ValueError(f"--gen-length ({length}) must be a multiple of --block-length ({block})")
+    steps = _text_steps(args)
+    if steps % (length // block):
+        raise ValueError(f"--steps ({steps}) must be a multiple of the number of blocks (--gen-length / "
+                         f"--block-length = {length // block})")
+    if steps > length:
+        raise ValueError(f"--steps ({steps}) must be at most --gen-length ({length}): a step commits one token or more")
+
+
+def _text_steps(args) -> int:
+    return args.gen_length if args.steps is None else args.steps
 
 
 def cmd_sample(args) -> None:
@@ -41,6 +103,14 @@ def cmd_sample(args) -> None:
         _sample_text(args, scorer, device)
 
 
+def _sampling_options(args, scorer: str, device: str) -> dict:
+    """The options ``unmask`` and ``generate`` both take, from the command line."""
+    import torch
+
+    return dict(scorer=scorer, topk=args.topk, temperature=args.temperature, threshold=args.threshold,
+                factor=args.factor, generator=torch.Generator(device=device).manual_seed(args.seed))
+
+
 def _sample_grid(args, scorer: str, device: str) -> None:
     import numpy as np
 
@@ -50,8 +120,8 @@ def _sample_grid(args, scorer: str, device: str) -> None:
     task = _task(args.task)
     grid = task.parse_grid(args.grid)
     model = load_task_model(args.model, task, device)
-    out = unmask(model, task.encode(grid[None]).to(device), scorer=scorer, topk=args.topk,
-                 **policy_options(args, scorer, task, model))
+    out = unmask(model, task.encode(grid[None]).to(device), steps=args.steps,
+                 **_sampling_options(args, scorer, device), **policy_options(args, scorer, task, model))
     filled = task.decode(out)[0]
     print(task.format_grid(filled))
     ok = bool(task.is_valid_solution(filled[None])[0]) and bool(np.all((grid == 0) | (filled == grid)))
@@ -67,6 +137,6 @@ def _sample_text(args, scorer: str, device: str) -> None:
         raise ValueError("--scorer policy with --prompt needs --policy DIR: no policy ships for LLaDA/Dream")
     model, tokenizer = load_text_model(args.model, device, args.trust_remote_code)
     ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(device)
-    out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length, steps=args.steps,
-                   scorer=scorer, topk=args.topk, **policy_options(args, scorer, None, model))
+    out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length, steps=_text_steps(args),
+                   **_sampling_options(args, scorer, device), **policy_options(args, scorer, None, model))
     print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
