@@ -35,3 +35,13 @@ def sudoku4_mdm_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("sudoku4_mdm")
     TinyMDM(config).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def lm_eval_offline(monkeypatch, tmp_path):
+    """lm-eval runs offline from the repository root (the task YAMLs name their JSONL relative to it), with a
+    datasets cache of its own."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))

@@ -25,12 +25,7 @@ TASKS = ROOT / "tests" / "data" / "lm_eval"
 SMALL = dict(gen_length=16, block_length=8, steps=16, mc_num=8)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.chdir(ROOT)  # the task YAMLs name their JSONL relative to the repository root
-    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(name, "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+pytestmark = pytest.mark.usefixtures("lm_eval_offline")
 
 
 def evaluate(pretrained, tasks, batch_size=1, **model_args):

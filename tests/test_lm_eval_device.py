@@ -26,12 +26,7 @@ FALLBACK = ("CUDA is not available on this machine: running on cpu instead of lm
             "(pass --device cpu to choose it)")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.chdir(ROOT)  # the task YAMLs name their JSONL relative to the repository root
-    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(name, "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+pytestmark = pytest.mark.usefixtures("lm_eval_offline")
 
 
 @pytest.fixture(autouse=True)
