@@ -19,7 +19,7 @@ from upo_fast.cli.args import (
 from upo_fast.cli.evaluate import _task, policy_options
 
 # the scorers with ``Scorer.needs_policy`` (upo_fast.names lists names only; tests/test_cli_sample.py keeps this
-# equal to the registry, and _sample_text asks the registry itself as well)
+# equal to the registry, so the check while parsing is the only one needed)
 POLICY_SCORERS = ("policy",)
 
 
@@ -93,10 +93,8 @@ def cmd_sample(args) -> None:
         raise ValueError("sample needs --grid (Sudoku, shipped model) or --model DIR with --prompt TEXT")
     import torch
 
-    from upo_fast.sampling.scorers import resolve_scorer
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    scorer = resolve_scorer(args.scorer)
+    scorer = args.scorer  # canonical already: --scorer's type resolves aliases while parsing
     if args.grid is not None:
         _sample_grid(args, scorer, device)
     else:
@@ -131,10 +129,6 @@ def _sample_grid(args, scorer: str, device: str) -> None:
 def _sample_text(args, scorer: str, device: str) -> None:
     from upo_fast.models.loading import load_text_model
     from upo_fast.sampling.loop import generate
-    from upo_fast.sampling.scorers import get_scorer
-
-    if get_scorer(scorer).needs_policy and not args.policy:
-        raise ValueError("--scorer policy with --prompt needs --policy DIR: no policy ships for LLaDA/Dream")
     model, tokenizer = load_text_model(args.model, device, args.trust_remote_code)
     ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(device)
     out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length, steps=_text_steps(args),

@@ -339,9 +339,7 @@ class MDMAdapter:
         """The captured last-block input [B, L, d] aligned like ``logits``: row i is the hidden state that predicts
         position i (for Dream the state at i - 1, a copy; otherwise the captured tensor itself)."""
         hidden = self.last_hidden
-        if hidden is None or not self.shift_logits:
-            return hidden
-        return torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+        return None if hidden is None else self._shift(hidden)
 
     # ---- calling the model --------------------------------------------------------------------------------
     def prepare_attention(self, attention_mask: torch.Tensor | None, batch: int, length: int) -> PreparedAttention:
