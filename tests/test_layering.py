@@ -28,7 +28,7 @@ LAYERS: dict[str, list[str]] = {
     # atomic checkpoints; input checks; shipped models and policies (assets); names the CLI parses with.
     "foundations": [
         "upo_fast.models", "upo_fast.models.attention", "upo_fast.models.dream", "upo_fast.models.llada",
-        "upo_fast.models.loading", "upo_fast.models.saved", "upo_fast.models.tiny_mdm",
+        "upo_fast.models.kv_cache", "upo_fast.models.loading", "upo_fast.models.saved", "upo_fast.models.tiny_mdm",
         "upo_fast.tasks", "upo_fast.tasks.math_answers", "upo_fast.tasks.math_tasks", "upo_fast.tasks.metrics",
         "upo_fast.tasks.sudoku", "upo_fast.tasks.sudoku_solver", "upo_fast.tasks.zebra", "upo_fast.tasks.zebra_io",
         "upo_fast.tasks.zebra_solver",
@@ -44,11 +44,12 @@ LAYERS: dict[str, list[str]] = {
     "sampling: model adapter": ["upo_fast.sampling", "upo_fast.sampling.adapters"],
     # Sampling, scorers: statistics (and the policy's scores) -> scores over candidate positions.
     "sampling: scorers": ["upo_fast.sampling.scorers"],
-    # Sampling, loop: schedules, the step loop, CUDA graphs, the drop-in samplers, LLaDA's likelihood estimate,
-    # patching loaded models.
+    # Sampling, loop: schedules, commit rules, the step loop, CUDA graphs, the drop-in samplers (Fast-dLLM's Dream
+    # block sampler too), LLaDA's likelihood estimate, patching loaded models.
     "sampling: loop": [
-        "upo_fast.sampling.schedules", "upo_fast.sampling.loop", "upo_fast.sampling.cuda_graphs",
-        "upo_fast.sampling.llada_dropin", "upo_fast.sampling.dream_dropin", "upo_fast.sampling.likelihood",
+        "upo_fast.sampling.schedules", "upo_fast.sampling.commit_rules", "upo_fast.sampling.loop",
+        "upo_fast.sampling.cuda_graphs", "upo_fast.sampling.llada_dropin", "upo_fast.sampling.dream_dropin",
+        "upo_fast.sampling.dream_blocks", "upo_fast.sampling.likelihood",
         "upo_fast.sampling.patching",
     ],
     # Policy: the unmasking-policy network.

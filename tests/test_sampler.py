@@ -282,7 +282,7 @@ def test_a_step_never_waits_on_the_host(scorer):
 
 
 def test_factor_rule_walks_the_scorer_order():
-    from upo_fast.sampling.loop import factor_select
+    from upo_fast.sampling.schedules import factor_select
 
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.5, 0.4, 0.3, 0.2]])
     cand = torch.tensor([[True, True, True, True], [True, False, True, True]])

@@ -57,8 +57,8 @@ def test_cuda_graphs_ask_the_scorer_why_not():
 
 def test_sampling_options_are_checked_once_and_frozen():
     options = SamplingOptions(scorer="low_confidence", suppress_tokens=[3, 4], factor=1.0)
-    assert options.scorer == "max_confidence" and options.suppress_tokens == (3, 4) and options.parallel
-    assert SamplingOptions().suppress_tokens == () and not SamplingOptions().parallel
+    assert options.scorer == "max_confidence" and options.suppress_tokens == (3, 4) and options.rule.ends_early
+    assert SamplingOptions().suppress_tokens == () and not SamplingOptions().rule.ends_early
     with pytest.raises(FrozenInstanceError):
         options.temperature = 1.0
     for bad, message in [(dict(temperature=-1), "temperature must be"), (dict(topk=0), "topk must be an integer"),

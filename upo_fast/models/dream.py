@@ -8,6 +8,10 @@ Output i scores token i + 1 (the samplers shift it back).
 Attention masks as Dream's own sampler passes them: None or "full" (full attention), a 4-D boolean
 ``[B, 1, L, L]`` (True = may attend; its outer-product padding mask) or a 4-D additive float mask, with
 ``position_ids`` for left padding; a 2-D ``[B, L]`` padding mask is turned into the outer-product mask.
+
+Cached generation: ``final_hidden_states(ids, mask, position_ids, cache=KVCache, start=s)`` runs the rows
+[s, s + n) of a sequence whose other rows' keys and values are in the cache (``upo_fast.models.kv_cache``); the mask
+and the position ids then cover the whole sequence, and the rows' own are read from them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from upo_fast.models.attention import NativeMDM, RMSNorm, attend, prepare_mask, rotary_tables, rotate
+from upo_fast.models.kv_cache import KVCache
 
 _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
@@ -68,13 +73,18 @@ class DreamAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
 
-    def forward(self, h, rotary, mask, backend):
+    def forward(self, h, rotary, mask, backend, cached: tuple[KVCache, int, int] | None = None):
+        """``cached``: (cache, layer index, first row) when h holds a slice of a cached sequence."""
         b, length, _ = h.shape
         q = self.q_proj(h).view(b, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rotary
-        return self.o_proj(attend(rotate(q, cos, sin), rotate(k, cos, sin), v, mask, backend))
+        k = rotate(k, cos, sin)
+        if cached is not None:
+            cache, layer, start = cached
+            k, v = cache.write(layer, start, k, v)
+        return self.o_proj(attend(rotate(q, cos, sin), k, v, mask, backend))
 
 
 class DreamMLP(nn.Module):
@@ -96,8 +106,8 @@ class DreamDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, rotary, mask, backend):
-        x = x + self.self_attn(self.input_layernorm(x), rotary, mask, backend)
+    def forward(self, x, rotary, mask, backend, cached=None):
+        x = x + self.self_attn(self.input_layernorm(x), rotary, mask, backend, cached)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -158,28 +168,47 @@ class DreamModel(NativeMDM, PreTrainedModel):
     def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         return self.lm_head.weight, None, 1.0
 
+    def cache_shape(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head dim) of this model's KV cache."""
+        config = self.config
+        return config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+
     def final_hidden_states(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
-                            collect: list | None = None) -> torch.Tensor:
-        """[B, L, d] after the final norm; row i scores token i + 1."""
+                            collect: list | None = None, *, cache: KVCache | None = None,
+                            start: int = 0) -> torch.Tensor:
+        """[B, n, d] after the final norm; row i scores token i + 1. ``cache``: the ids are the rows
+        [start, start + n) of a sequence of the cache's length (see the module docstring)."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        batch, length = x.shape[:2]
-        mask = prepare_mask(dream_attention_mask(attention_mask, batch, length), self.attn_backend)
+        batch, rows = x.shape[:2]
+        length = rows
+        if cache is not None:
+            cache.check_rows(batch, start, rows)
+            length = cache.length
+        mask = dream_attention_mask(attention_mask, batch, length)
         if position_ids is None:
             position_ids = torch.arange(length, device=x.device)[None]
+        if cache is not None:  # the rows' own queries and positions
+            mask = None if mask is None else mask[:, :, start:start + rows]
+            position_ids = position_ids[:, start:start + rows]
+            if mask is not None and self.attn_backend == "flash":
+                raise ValueError("a cached forward over a padded batch needs attn='sdpa' or 'eager'")
+        mask = prepare_mask(mask, self.attn_backend)
         rotary = rotary_tables(position_ids, self.config.hidden_size // self.config.num_attention_heads,
                                self.config.rope_theta)
         rotary = tuple(t.to(x.dtype) for t in rotary)  # Dream rotates in the model's dtype
-        for layer in self.model.layers:
+        for index, layer in enumerate(self.model.layers):
             if collect is not None:
                 collect.append(x)
-            x = layer(x, rotary, mask, self.attn_backend)
+            x = layer(x, rotary, mask, self.attn_backend, None if cache is None else (cache, index, start))
         x = self.model.norm(x)
         if collect is not None:
             collect.append(x)
         return x
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, output_hidden_states=None, return_dict=None, **kwargs):
+                inputs_embeds=None, output_hidden_states=None, return_dict=None, cache: KVCache | None = None,
+                start: int = 0, **kwargs):
         collect = [] if output_hidden_states else None
-        hidden = self.final_hidden_states(input_ids, attention_mask, position_ids, inputs_embeds, collect)
+        hidden = self.final_hidden_states(input_ids, attention_mask, position_ids, inputs_embeds, collect,
+                                          cache=cache, start=start)
         return MaskedLMOutput(logits=self.lm_head(hidden), hidden_states=tuple(collect) if collect else None)

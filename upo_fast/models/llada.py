@@ -6,8 +6,13 @@ bidirectional attention → ``attn_out``, then RMSNorm → ``ff_out(silu(ff_proj
 and the head ``ff_out`` or, with ``weight_tying``, the embedding itself; ``scale_logits`` divides by √d_model.
 
 Padding: the official forward builds an attention bias from ``attention_mask`` and then calls attention without
-it, so every position (pad included) attends to every other. This model does the same, so that its tokens equal
-the official code's; ``attention_mask`` is accepted and not used, and nothing is built from it per call.
+it, so every position (pad included) attends to every other. This model does the same by default, so that its
+tokens equal the official code's; ``attention_mask`` is then accepted and not used. ``mask_padding = True`` (an
+option of this implementation, off by default) makes the keys of pad positions invisible instead, so that a
+left-padded row gets what the same prompt gets alone (RoPE scores depend only on relative positions).
+
+Cached generation: ``final_hidden_states(ids, cache=KVCache, start=s)`` runs the rows [s, s + n) of a sequence
+whose other rows' keys and values are in the cache (``upo_fast.models.kv_cache``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from upo_fast.models.attention import NativeMDM, RMSNorm, attend, rotary_tables, rotate
+from upo_fast.models.kv_cache import KVCache
 
 
 class LLaDAConfig(PretrainedConfig):
@@ -101,7 +107,10 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, config.ffn_size, bias=config.include_bias)
         self.ff_out = nn.Linear(config.ffn_size, d, bias=config.include_bias)
 
-    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], backend: str, mask=None,
+                cached: tuple[KVCache, int, int] | None = None) -> torch.Tensor:
+        """x: the rows being run; ``cached``: (cache, layer index, first row) when they are a slice of a cached
+        sequence (their keys and values are written there and the attention reads the whole buffer)."""
         b, length, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
@@ -109,7 +118,10 @@ class LLaDABlock(nn.Module):
         v = self.v_proj(h).view(b, length, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rotary  # LLaDA rotates in fp32 (rope_full_precision) and casts back
         q, k = rotate(q.float(), cos, sin).to(q.dtype), rotate(k.float(), cos, sin).to(k.dtype)
-        x = x + self.attn_out(attend(q, k, v, None, backend))
+        if cached is not None:
+            cache, layer, start = cached
+            k, v = cache.write(layer, start, k, v)
+        x = x + self.attn_out(attend(q, k, v, mask, backend))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
@@ -169,28 +181,51 @@ class LLaDAModelLM(NativeMDM, PreTrainedModel):
         scale = 1.0 / math.sqrt(self.config.d_model) if self.config.scale_logits else 1.0
         return head.weight, getattr(head, "bias", None), scale
 
+    mask_padding = False  # the official LLaDA attends to pad positions (see the module docstring)
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head dim) of this model's KV cache."""
+        config = self.config
+        return config.n_layers, config.kv_heads, config.d_model // config.n_heads
+
+    def _padding_mask(self, attention_mask) -> torch.Tensor | None:
+        """[B, 1, 1, L] keys that may be attended (``mask_padding``), or None: every key."""
+        if not self.mask_padding or attention_mask is None or attention_mask.dim() != 2 or bool(attention_mask.all()):
+            return None
+        if self.attn_backend == "flash":
+            raise ValueError("mask_padding=True needs attn='sdpa' or 'eager' (load_model(..., attn='sdpa'))")
+        return attention_mask.bool()[:, None, None, :]
+
     def final_hidden_states(self, input_ids=None, attention_mask=None, inputs_embeds=None,
-                            collect: list | None = None) -> torch.Tensor:
-        """[B, L, d] after ``ln_f``. ``attention_mask`` is not used (see the module docstring). ``collect``, when
-        given, receives every block's input and the final state (``output_hidden_states``)."""
+                            collect: list | None = None, *, cache: KVCache | None = None,
+                            start: int = 0) -> torch.Tensor:
+        """[B, n, d] after ``ln_f``. ``attention_mask`` [B, L] is used only with ``mask_padding`` (see the module
+        docstring). ``collect``, when given, receives every block's input and the final state
+        (``output_hidden_states``). ``cache``: the ids are the rows [start, start + n) of a sequence of the
+        cache's length (the mask, when given, covers the whole sequence)."""
         t = self.model.transformer
         x = t["wte"](input_ids) if inputs_embeds is None else inputs_embeds
         if self.config.input_emb_norm:
             x = x * self.config.d_model ** 0.5
-        rotary = self._rotary(x.shape[1], x.device)
-        for block in t["blocks"]:
+        rows = x.shape[1]
+        if cache is not None:
+            cache.check_rows(x.shape[0], start, rows)
+        cos, sin = self._rotary(cache.length if cache is not None else rows, x.device)
+        rotary = (cos[:, :, start:start + rows], sin[:, :, start:start + rows])
+        mask = self._padding_mask(attention_mask)
+        for index, block in enumerate(t["blocks"]):
             if collect is not None:
                 collect.append(x)
-            x = block(x, rotary, self.attn_backend)
+            x = block(x, rotary, self.attn_backend, mask, None if cache is None else (cache, index, start))
         x = t["ln_f"](x)
         if collect is not None:
             collect.append(x)
         return x
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=None,
-                return_dict=None, **kwargs):
+                return_dict=None, cache: KVCache | None = None, start: int = 0, **kwargs):
         collect = [] if output_hidden_states else None
-        hidden = self.final_hidden_states(input_ids, attention_mask, inputs_embeds, collect)
+        hidden = self.final_hidden_states(input_ids, attention_mask, inputs_embeds, collect, cache=cache, start=start)
         weight, bias, scale = self.output_head()
         logits = F.linear(hidden, weight, bias)
         if scale != 1.0:

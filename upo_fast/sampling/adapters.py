@@ -308,13 +308,24 @@ class MDMAdapter:
         finally:
             setattr(parent, name, head)
 
-    def final_hidden(self, x: torch.Tensor, prepared: PreparedAttention) -> torch.Tensor:
+    def final_hidden(self, x: torch.Tensor, prepared: PreparedAttention, **cached) -> torch.Tensor:
         """[B, L] token ids -> [B, L, d] final hidden states (after the last norm), aligned like ``logits``: row i is
-        the state whose head output scores position i."""
+        the state whose head output scores position i. ``cached``: ``cache=``, ``start=`` of a cached forward
+        (native models; x then holds the rows [start, start + n))."""
         if self.native:
-            return self._shift(self._call(self.model.final_hidden_states, x, prepared))
+            return self._shift(self._call(self.model.final_hidden_states, x, prepared, **cached))
         with self.headless():
-            return self.logits(x, prepared)
+            return self.logits(x, prepared, **cached)
+
+    def allocate_cache(self, batch: int, length: int):
+        """A static KV cache for sampling ``batch`` sequences of ``length`` (``upo_fast.models.kv_cache``)."""
+        if not self.native:
+            raise ValueError(f"cache='prefix'/'dual' needs the KV cache of upo_fast's native LLaDA or Dream; this "
+                             f"{self.family} model ({type(self.model).__name__}) has none: load it with "
+                             "upo_fast.load_model(folder)")
+        from upo_fast.models.kv_cache import allocate_cache
+
+        return allocate_cache(self.model, batch, length)
 
     # ---- hidden-state capture -----------------------------------------------------------------------------
     def capture_last_block_input(self, enable: bool = True) -> None:
@@ -352,19 +363,19 @@ class MDMAdapter:
         valid = attention_mask.bool()
         return PreparedAttention(self.model_family.attention(attention_mask, valid), valid)
 
-    def _call(self, forward, x: torch.Tensor, prepared: PreparedAttention):
+    def _call(self, forward, x: torch.Tensor, prepared: PreparedAttention, **cached):
         positional = self.model_family.positional
         if positional:  # e.g. Dream's forward, called as (input_ids, attention_mask, position_ids)
-            return forward(x, *(prepared.kwargs.get(name) for name in positional))
-        return forward(x, **prepared.kwargs)
+            return forward(x, *(prepared.kwargs.get(name) for name in positional), **cached)
+        return forward(x, **prepared.kwargs, **cached)
 
     def _shift(self, rows: torch.Tensor) -> torch.Tensor:
         """Dream's output i scores token i + 1: move it to row i + 1 (row 0 keeps its own)."""
         return torch.cat([rows[:, :1], rows[:, :-1]], dim=1) if self.shift_logits else rows
 
-    def logits(self, x: torch.Tensor, prepared: PreparedAttention) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, prepared: PreparedAttention, **cached) -> torch.Tensor:
         """[B, L] token ids -> [B, L, V] logits where row i scores the token at position i (Dream's shift applied)."""
-        out = self._call(self.model, x, prepared)
+        out = self._call(self.model, x, prepared, **cached)
         return self._shift(out.logits if hasattr(out, "logits") else out[0])
 
 

@@ -37,7 +37,10 @@ def unsupported(loop) -> str | None:
 
 
 class GraphedSteps:
-    """Captured steps of one sampling call, one graph per region [start, end)."""
+    """Captured steps of one sampling call, one graph per region [start, end) and kind of step (with a KV cache, a
+    block's first step runs every row and refills the cache, its other steps run the cached slice). A cached step
+    writes the keys and values of its rows before it reads them, so the warm-up and capture runs leave nothing in
+    the cache that the replay does not write again."""
 
     def __init__(self, loop):
         reason = unsupported(loop)
@@ -47,30 +50,32 @@ class GraphedSteps:
         # the graph's input: the step's counts are copied here before each replay (not loop state, so not restored)
         self.k = torch.zeros(loop.state.x.shape[0], dtype=torch.long, device=loop.state.x.device)
 
-    def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
-        if self.failed is None and (start, end) not in self.graphs:
+    def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None,
+             refresh: bool = True) -> None:
+        key = (start, end, refresh)
+        if self.failed is None and key not in self.graphs:
             try:
-                self.graphs[(start, end)] = self._capture(start, end)
+                self.graphs[key] = self._capture(start, end, refresh)
             except Exception as err:  # noqa: BLE001 - model code may refuse capture in many ways
                 self.failed = f"{type(err).__name__}: {err}"
                 warnings.warn(f"CUDA-graph capture failed, sampling eagerly: {self.failed}", stacklevel=3)
         if self.failed is not None:
-            self.loop.step(start, end, k, transfer_prob)
+            self.loop.step(start, end, k, transfer_prob, refresh)
             return
         self.k.copy_(k)
-        self.graphs[(start, end)].replay()
+        self.graphs[key].replay()
 
-    def _capture(self, start: int, end: int) -> torch.cuda.CUDAGraph:
+    def _capture(self, start: int, end: int, refresh: bool = True) -> torch.cuda.CUDAGraph:
         loop = self.loop
         saved = loop.state.snapshot()  # the warm-up and capture runs must leave no trace
         self.k.zero_()
         side = torch.cuda.Stream(device=loop.state.x.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: Triton compiles, cuBLAS picks kernels, allocations settle
-            loop.step(start, end, self.k)
+            loop.step(start, end, self.k, refresh=refresh)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loop.step(start, end, self.k)
+            loop.step(start, end, self.k, refresh=refresh)
         loop.state.restore(saved)  # in place: the graph keeps the addresses it recorded
         return graph

@@ -10,6 +10,12 @@ stream, because the reference draws noise for every position of the sequence.
 
 The options of a call travel as one :class:`LLaDAOptions`, checked once when ``llada_generate`` makes it; the
 tensors its steps share (x, written in place, the guidance inputs, the non-finite record) as one ``_Call``.
+
+Fast-dLLM's samplers (NVlabs/Fast-dLLM, ``llada/generate.py``) are the same call with ``threshold=``, ``factor=``
+or ``cache=``: ``generate(..., threshold)`` is ``llada_generate(..., threshold=t)``, ``generate_with_prefix_cache``
+is ``cache="prefix"``, ``generate_with_dual_cache`` is ``cache="dual"``. Those run through ``upo_fast.generate``
+(the fused loop, any batch size, left padding) with the max-confidence (or random) order and Fast-dLLM's commit
+rules (``upo_fast.sampling.commit_rules``); at temperature 0 the tokens are Fast-dLLM's.
 """
 
 from __future__ import annotations
@@ -214,7 +220,7 @@ def _step(options: LLaDAOptions, call: _Call, window: _Window, k: int, step: int
 def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128,
                    temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=None,
                    logits_eos_inf=False, confidence_eos_eot_inf=False, *, eos_id=LLADA_EOS_ID,
-                   eot_id=LLADA_EOT_ID):
+                   eot_id=LLADA_EOT_ID, threshold=None, factor=None, cache=None):
     """LLaDA sampling. prompt: [B, P] token ids (left-padded when B > 1); attention_mask: [B, P] 0/1 or None.
 
     Returns [B, P + gen_length] token ids. ``steps`` is split evenly over ``gen_length // block_length`` blocks;
@@ -223,6 +229,10 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
     by default; set them for other tokenizers). ``mask_id``: None (the default) takes the model's
     ``config.mask_token_id``, else 126336, LLaDA's own default (LLaDA-8B's config says 126336, so there the tokens
     are those of LLaDA's ``generate()``). A Dream model is refused (its logits are shifted): use ``dream_generate``.
+
+    Fast-dLLM's options (see the module docstring): ``threshold`` (commit the most confident candidate plus every
+    one at or above it; the step count then only has to divide into the blocks), ``factor`` (its factor rule),
+    ``cache`` (None, "prefix" or "dual": its KV caches, for models loaded with ``upo_fast.load_model``).
     """
     # first: a path, a Dream model, a mask id outside the vocabulary; the options then take the resolved id
     adapter = dropin_adapter(model, "llada_generate", mask_id)
@@ -231,6 +241,8 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
                            logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
                            eos_id=eos_id, eot_id=eot_id)
     _check_inputs(options, adapter, prompt, attention_mask)
+    if threshold is not None or factor is not None or cache is not None:
+        return _fast_dllm_generate(options, adapter, prompt, attention_mask, threshold, factor, cache)
     prompt_len = prompt.shape[1]
     call = _Call.start(options, model, prompt, attention_mask, adapter.device)
     steps_per_block = options.steps_per_block
@@ -246,3 +258,23 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
     if first_bad >= 0:
         raise non_finite_logits_error(first_bad, options.cfg_scale)
     return call.x
+
+
+def _fast_dllm_generate(options: LLaDAOptions, adapter: MDMAdapter, prompt, attention_mask, threshold, factor,
+                        cache):
+    """Fast-dLLM's ``generate`` (with a threshold), ``generate_with_prefix_cache`` and ``generate_with_dual_cache``,
+    as ``upo_fast.generate`` with LLaDA's order and Fast-dLLM's commit rule."""
+    from upo_fast.sampling.loop import generate
+
+    check = field_check(options)
+    rule_given = threshold is not None or factor is not None
+    check(not (rule_given and options.remasking == "random"), "remasking",
+          "'low_confidence' with threshold/factor (they read token confidences; random remasking has none)")
+    check(not options.confidence_eos_eot_inf, "confidence_eos_eot_inf",
+          "False with threshold/factor/cache (Fast-dLLM's samplers have no such flag)")
+    scorer = "max_confidence" if options.remasking == "low_confidence" else "random"
+    suppress = (options.eos_id,) if options.logits_eos_inf else ()
+    return generate(adapter, prompt, attention_mask, gen_length=options.gen_length,
+                    block_length=options.block_length, steps=options.steps, scorer=scorer,
+                    temperature=options.temperature, cfg_scale=options.cfg_scale, mask_id=options.mask_id,
+                    threshold=threshold, factor=factor, cache=cache, suppress_tokens=suppress)

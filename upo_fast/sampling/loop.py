@@ -23,8 +23,10 @@ import torch
 from upo_fast import ops
 from upo_fast.kernels.triton_support import seed_tensor, use_triton
 from upo_fast.kernels.vocab_stats import MAX_TEMPERATURE, VocabStats
+from upo_fast.models.kv_cache import check_cache_mode
 from upo_fast.sampling.adapters import MDMAdapter, wrap_model
-from upo_fast.sampling.schedules import factor_select, row_counts
+from upo_fast.sampling.commit_rules import CommitRule, commit_rule
+from upo_fast.sampling.schedules import row_counts
 from upo_fast.sampling.scorers import SCORERS, ScoringContext, resolve_scorer
 from upo_fast.validation import (
     check_attention_mask,
@@ -48,8 +50,10 @@ class SamplingOptions:
     scorer: str = "max_confidence"
     temperature: float = 0.0  # token temperature (0 = argmax)
     cfg_scale: float = 0.0
-    threshold: float | None = None  # parallel unmasking: also commit candidates this confident
-    factor: float | None = None  # parallel unmasking: Fast-dLLM's factor rule
+    threshold: float | None = None  # parallel unmasking: Fast-dLLM's threshold rule (commit_rules.Threshold)
+    factor: float | None = None  # parallel unmasking: Fast-dLLM's factor rule (commit_rules.Factor)
+    commit: CommitRule | None = None  # any commit rule; at most one of commit, threshold, factor
+    cache: str | None = None  # None, "prefix" or "dual": Fast-dLLM's KV caches (generate only; native models)
     topk: int = 5  # K of the ``topk`` scorer
     position_temperature: float = 1.0  # temperature of a stochastic scorer's position draw
     suppress_tokens: tuple = ()  # token ids never committed (besides the mask token)
@@ -64,13 +68,18 @@ class SamplingOptions:
         check_finite(self.threshold, "threshold", low=0, low_inclusive=False, high=1, allow_none=True)
         check_finite(self.factor, "factor", low=0, low_inclusive=False, allow_none=True)
         check_finite(self.topk, "topk", low=1, integer=True)
+        check_cache_mode(self.cache)
+        if self.cache is not None and self.cfg_scale > 0:
+            raise ValueError("cache='prefix'/'dual' runs without classifier-free guidance (cfg_scale=0), as "
+                             "Fast-dLLM's cached generators do")
+        commit_rule(self.commit, self.threshold, self.factor)  # at most one, each checked
         object.__setattr__(self, "scorer", resolve_scorer(self.scorer))  # frozen: __post_init__ normalizes once
         object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens or ()))
 
     @property
-    def parallel(self) -> bool:
-        """Whether more than the schedule's count may be committed, so the loop may finish early."""
-        return self.threshold is not None or self.factor is not None
+    def rule(self) -> CommitRule:
+        """The commit rule (``commit_rules``): from ``commit``, ``threshold`` or ``factor``, else the schedule."""
+        return commit_rule(self.commit, self.threshold, self.factor)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,10 @@ class _Loop:
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
         self.scorer = SCORERS[options.scorer]
+        self.rule = options.rule
+        # Fast-dLLM's caches: buffers allocated once for the call; each step says which rows it runs (``rows``)
+        self.cache = adapter.allocate_cache(*x.shape) if options.cache is not None else None
+        self.one = torch.ones(x.shape[0], dtype=torch.long, device=x.device)  # a schedule-free rule's count
         self.generator = generator
         self.ctx = ScoringContext(topk=options.topk, policy=policy, position_temperature=options.position_temperature)
         # committing the mask token would leave the position masked and break the schedule, so it is never chosen
@@ -178,17 +191,31 @@ class _Loop:
         if self.fused:
             self.head_weight, self.head_bias = head
 
-    def region_outputs(self, start: int, end: int) -> torch.Tensor:
+    def rows(self, start: int, end: int, refresh: bool) -> tuple[int, int]:
+        """[first, last) rows of the sequence the step's forward runs: all of them without a cache or when the
+        cache is refreshed (a block's first step); else the block and everything after it (prefix) or the block
+        alone (dual). A model whose output i scores token i + 1 (Dream) also runs the row before the block, so that
+        every position of the block reads an output computed in this step."""
+        length = self.state.x.shape[1]
+        if self.cache is None or refresh:
+            return 0, length
+        first = max(start - int(self.adapter.shift_logits), 0)
+        return first, (length if self.options.cache == "prefix" else end)
+
+    def region_outputs(self, start: int, end: int, rows: tuple[int, int]) -> torch.Tensor:
         """[B, W, V] logits of the region (or [B, W, d] final hidden states on the fused path), with
-        classifier-free guidance applied: it is linear, so it combines hidden states exactly as it does logits."""
+        classifier-free guidance applied: it is linear, so it combines hidden states exactly as it does logits.
+        ``rows``: what the forward runs (``rows()``); with a cache it writes their keys and values there."""
         x = self.state.x
         forward = self.adapter.final_hidden if self.fused else self.adapter.logits
+        first, last = rows
         if self.options.cfg_scale > 0:
             uncond = x.masked_fill(self.prompt_index, self.adapter.mask_id)
             both = forward(torch.cat([x, uncond]), self.prepared_cfg)[:, start:end]
             cond, un = both.chunk(2)
             return un + (self.options.cfg_scale + 1) * (cond - un)
-        return forward(x, self.prepared)[:, start:end]
+        cached = {} if self.cache is None else dict(cache=self.cache, start=first)
+        return forward(x[:, first:last], self.prepared, **cached)[:, start - first:end - first]
 
     def statistics(self, out: torch.Tensor) -> VocabStats:
         """Token statistics of every row of the region, shaped [B, W] (topk_probs [B, W, k])."""
@@ -206,15 +233,18 @@ class _Loop:
             flat = ops.vocab_stats(out, topk=min(FEATURE_TOPK, out.shape[-1]), **shared)
         return VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
 
-    def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None) -> None:
+    def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None,
+             refresh: bool = True) -> None:
         """One unmasking step on the region [start, end); k: [B] positions to commit per row; transfer_prob: the
-        step's share of the remaining masks, for a scorer with its own selection (Dream's origin)."""
+        step's share of the remaining masks, for a scorer with its own selection (Dream's origin); refresh: with
+        a cache, run every row (a block's first step) rather than the cached slice."""
         state = self.state
         x = state.x
         if self.kernels:
             state.token_seed.add_(1)
             state.position_seed.add_(1)
-        stats = self.statistics(self.region_outputs(start, end))
+        rows = self.rows(start, end, refresh)
+        stats = self.statistics(self.region_outputs(start, end, rows))
         region = x[:, start:end]
         candidates = region == self.adapter.mask_id
         if self.valid is not None:
@@ -225,17 +255,18 @@ class _Loop:
         if self.scorer.select is not None:  # no ranking: the factor rule walks down the confidences
             select, order = self.scorer.select(candidates, transfer_prob, self.generator), stats.confidence
         else:
-            select, candidates, order = self.ranked_select(stats, candidates, k, start, end)
-        if self.options.threshold is not None:
-            select |= candidates & (stats.confidence >= self.options.threshold)
-        if self.options.factor is not None:
-            select |= factor_select(order, candidates, stats.confidence, self.options.factor)
+            select, candidates, order = self.ranked_select(stats, candidates, k, start - rows[0], end - rows[0])
+        extra = self.rule.extra(order, candidates, stats.confidence)
+        if extra is not None:
+            select |= extra
         x[:, start:end] = torch.where(select, stats.token, region)
         state.step_index.add_(1)
 
     def ranked_select(self, stats: VocabStats, candidates: torch.Tensor, k: torch.Tensor, start: int, end: int):
         """(select, candidates, scores): the k best-scored (or Gumbel-top-k sampled) candidates of each row, the
-        candidates as the scorer narrowed them (Top-K), and the scores (the order the factor rule walks)."""
+        candidates as the scorer narrowed them (Top-K), and the scores (the order the factor rule walks). start,
+        end: the region among the rows the forward ran, where the policy reads the hidden states of the positions
+        it scores (under a cache: computed in this step, attending to the cached keys and values)."""
         if self.need_hidden:
             hidden = self.adapter.position_hidden()
             self.ctx.hidden = hidden[:stats.token.shape[0], start:end] if hidden is not None else None
@@ -285,29 +316,36 @@ def _prepare_input(adapter: MDMAdapter, x, attention_mask, name: str):
 
 
 def _run(loop: _Loop, start: int, end: int, counts: torch.Tensor) -> None:
-    steps = counts.shape[1]
+    """The steps of one region: the schedule's (``counts`` [B, steps]), or, under a rule that ignores it, one
+    forward after another until the region is full (each commits at least one position of a row with a mask)."""
+    rule = loop.rule
+    steps = counts.shape[1] if rule.follows_schedule else end - start
     step = loop.graphed.step if loop.graphed is not None else loop.step
     for i in range(steps):
-        step(start, end, counts[:, i], transfer_prob=1.0 / (steps - i))
-        if loop.options.parallel and not loop.remaining(start, end):
-            break  # the threshold / factor rules may finish early; this check is their one sync per step
+        k = counts[:, i] if rule.follows_schedule else loop.one
+        step(start, end, k, transfer_prob=1.0 / (steps - i), refresh=loop.cache is None or i == 0)
+        if rule.ends_early and not loop.remaining(start, end):
+            break  # parallel rules may finish early; this check is their one sync per step
 
 
 @torch.no_grad()
 def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence", temperature=0.0,
            cfg_scale=0.0, mask_id=None, policy=None, threshold=None, generator=None, family=None, topk=5,
            position_temperature=1.0, suppress_tokens=None, backend="auto", recorder=None, fused_head=None,
-           factor=None, return_steps=False, cuda_graph=False):
+           factor=None, return_steps=False, cuda_graph=False, commit=None, cache=None):
     """Fill every mask of ``x`` ([B, L] token ids; masks anywhere, e.g. Sudoku blanks) and return [B, L] ids.
 
     steps: number of MDM forwards (default: one position per step, i.e. the largest mask count of a row). Each
     row's masks are spread over the steps with LLaDA's linear schedule (remainder on early steps).
     scorer: random, max_confidence (low_confidence), margin (topk_margin), entropy, topk (uniform over the
     ``topk`` most confident), softmax_confidence, origin, policy. temperature: token temperature (0 = argmax).
-    Parallel unmasking (the loop then ends as soon as nothing is masked): threshold: also commit every candidate
-    whose token confidence is >= threshold; factor: also commit, along the scorer's order, every candidate n with
-    (n + 1)(1 - confidence_n) < factor (Fast-dLLM's factor rule). return_steps: also return [B] the number of
-    forwards in which each row still had a mask (the steps it used).
+    Parallel unmasking (``upo_fast.sampling.commit_rules``; the loop then ends as soon as nothing is masked):
+    threshold: Fast-dLLM's threshold rule, the scorer's first pick plus every candidate whose token confidence is
+    >= threshold, the schedule ignored; factor: Fast-dLLM's factor rule, the first pick plus, along the scorer's
+    order, every candidate n with (n + 1)(1 - confidence_n) < factor; commit: any ``CommitRule`` (e.g.
+    ``ScheduleAndThreshold(t)``: the schedule's count plus the candidates >= t). At most one of the three.
+    return_steps: also return [B] the number of forwards in which each row still had a mask (the steps it used).
+    cache: only ``generate`` has blocks to cache around; here it must be None.
     Padding positions (attention_mask == 0) are never unmasked. backend: "auto" (Triton kernels for the statistics
     and the selection on CUDA, PyTorch references elsewhere), "triton" or "torch" (see ``upo_fast.ops``); the two
     give the same tokens at temperature 0 and different random streams otherwise. recorder: an object whose
@@ -320,6 +358,9 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     on a GPU).
     """
     options, adapter = _begin(locals())  # first statement: locals() holds the arguments only
+    if options.cache is not None:
+        raise ValueError("cache='prefix'/'dual' caches around the active block of upo_fast.generate; unmask has one "
+                         "region, the whole sequence, so there is nothing to cache: use cache=None")
     x, attention_mask = _prepare_input(adapter, x, attention_mask, "x")
     masked = x == adapter.mask_id
     if attention_mask is not None:
@@ -342,13 +383,19 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
 def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
              scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
              generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto",
-             recorder=None, fused_head=None, factor=None, cuda_graph=False):
+             recorder=None, fused_head=None, factor=None, cuda_graph=False, commit=None, cache=None):
     """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
 
-    Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each; candidates are
-    the masks of the active block. Returns [B, P + gen_length] token ids. Works for LLaDA, Dream (logit shift and
-    4-D padding mask handled by the adapter), TinyMDM and any model with ``.logits`` given ``mask_id``. Other
-    options as in ``unmask``.
+    Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each (a parallel commit
+    rule may use fewer, ``threshold``/``factor`` ignore the count); candidates are the masks of the active block.
+    Returns [B, P + gen_length] token ids. Works for LLaDA, Dream (logit shift and 4-D padding mask handled by the
+    adapter), TinyMDM and any model with ``.logits`` given ``mask_id``.
+
+    cache: None (every step runs the whole sequence: exact), "prefix" or "dual" (Fast-dLLM's KV caches, an
+    approximation): a block's first step runs every row and fills a static cache of keys and values; its other
+    steps run the block and everything after it (prefix) or the block alone (dual), attending to the cache. For
+    the native LLaDA and Dream models (``upo_fast.load_model``); every scorer, the policy included (it reads the
+    hidden states of the block's positions from the step's forward). Other options as in ``unmask``.
     """
     options, adapter = _begin(locals())  # first statement: locals() holds the arguments only
     check_finite(gen_length, "gen_length", low=1, integer=True)
