@@ -190,9 +190,9 @@ def test_bad_cache_combinations_are_one_clear_error():
         upo_fast.unmask(native, torch.cat([ids, torch.full((1, 3), MASK)], 1), cache="prefix")
     with pytest.raises(ValueError, match="at most one of commit, threshold and factor"):
         upo_fast.generate(native, ids, gen_length=4, block_length=4, steps=4, threshold=0.9, factor=1.0)
-    remote = make_llada_like(vocab_size=VOCAB, mask_id=MASK)
-    with pytest.raises(ValueError, match="upo_fast.load_model"):
-        upo_fast.generate(remote, ids, gen_length=4, block_length=4, steps=4, cache="dual")
+    stand_in = make_llada_like(vocab_size=VOCAB, mask_id=MASK)  # learned positions: not LLaDA's layout
+    with pytest.raises(ValueError, match="do not fit the native llada layout"):
+        upo_fast.generate(stand_in, ids, gen_length=4, block_length=4, steps=4, cache="dual")
     with pytest.raises(ValueError, match="remasking"):
         upo_fast.llada_generate(native, ids, steps=4, gen_length=4, block_length=4, remasking="random",
                                 threshold=0.9)
@@ -206,3 +206,20 @@ def test_cuda_graphs_replay_cached_steps(mode):
     ids = prompt(2).cuda()
     kw = dict(gen_length=16, block_length=8, steps=16, cache=mode, fused_head=True, backend="triton")
     assert torch.equal(upo_fast.generate(model, ids, cuda_graph=True, **kw), upo_fast.generate(model, ids, **kw))
+
+
+@pytest.mark.parametrize("family", MAKERS)
+def test_a_model_without_the_cache_runs_on_its_native_twin(family):
+    """A LLaDA / Dream from remote code (here: a native model with the native marker off, i.e. a model whose
+    forward the adapter cannot give a cache) runs cached generation on a twin that shares its parameters."""
+    from upo_fast.models.native_twin import native_twin
+
+    native = make(family)
+    remote = type("Remote", (type(native),), {"upo_native": False})(native.config)
+    remote.load_state_dict(native.state_dict())
+    remote.eval()
+    twin = native_twin(remote)
+    assert twin is native_twin(remote) and twin.upo_native
+    assert all(a is b for a, b in zip(twin.parameters(), remote.parameters(), strict=True))  # shared, not copied
+    kw = dict(gen_length=8, block_length=4, steps=8, cache="dual", threshold=0.2)
+    assert torch.equal(upo_fast.generate(remote, prompt(), **kw), upo_fast.generate(native, prompt(), **kw))

@@ -327,6 +327,15 @@ class MDMAdapter:
 
         return allocate_cache(self.model, batch, length)
 
+    def with_cache(self) -> MDMAdapter:
+        """This adapter, or for a LLaDA / Dream loaded from remote code an adapter over its native twin (the same
+        parameters, this project's forward with the KV cache: ``upo_fast.models.native_twin``)."""
+        if self.native or self.model_family.dropin is None:
+            return self  # allocate_cache then says what is missing
+        from upo_fast.models.native_twin import native_twin
+
+        return MDMAdapter(native_twin(self.model), self.family, self.mask_id)
+
     # ---- hidden-state capture -----------------------------------------------------------------------------
     def capture_last_block_input(self, enable: bool = True) -> None:
         """Keep a reference to the input of the last block on every forward (for the unmasking policy)."""

@@ -304,7 +304,8 @@ def _begin(call: dict) -> tuple[SamplingOptions, MDMAdapter]:
     ``locals()`` taken first thing). The options are picked by SamplingOptions' own field names, so both entry
     points build them here alike, and an option added to the dataclass and the two signatures needs nothing else."""
     options = SamplingOptions(**{f.name: call[f.name] for f in fields(SamplingOptions)})
-    return options, wrap_model(call["model"], call["family"], call["mask_id"])
+    adapter = wrap_model(call["model"], call["family"], call["mask_id"])
+    return options, (adapter if options.cache is None else adapter.with_cache())
 
 
 def _prepare_input(adapter: MDMAdapter, x, attention_mask, name: str):
