@@ -4,7 +4,8 @@ import pytest
 import torch
 from tiny_models import make_dream_like, make_llada_like
 
-from upo_fast.sampling.adapters import DREAM_MASK_ID, LLADA_MASK_ID, MDMAdapter, detect_family
+from upo_fast.sampling.adapters import MDMAdapter
+from upo_fast.sampling.families import DREAM_MASK_ID, LLADA_MASK_ID, detect_family
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The family tables: every family's facts on one frozen object (``adapters.FAMILIES``, ``loading.NATIVE``), every
+"""The family tables: every family's facts on one frozen object (``families.FAMILIES``, ``loading.NATIVE``), every
 fact set, unknown names refused, and no code outside the tables that tests a family's name."""
 
 import ast
@@ -11,15 +11,8 @@ import torch
 from torch import nn
 
 from upo_fast.models.loading import NATIVE, SUPPORTED, NativeFamily
-from upo_fast.sampling.adapters import (
-    FALLBACK,
-    FAMILIES,
-    LLADA_MASK_ID,
-    MDMAdapter,
-    ModelFamily,
-    detect_family,
-    get_family,
-)
+from upo_fast.sampling.adapters import MDMAdapter
+from upo_fast.sampling.families import FALLBACK, FAMILIES, LLADA_MASK_ID, ModelFamily, detect_family, get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = set(FAMILIES)

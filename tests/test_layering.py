@@ -41,7 +41,7 @@ LAYERS: dict[str, list[str]] = {
         "upo_fast.kernels.vocab_stats",
     ],
     # Sampling, model adapter: any HF MDM behind one interface (mask id, logit shift, last-block hook, head).
-    "sampling: model adapter": ["upo_fast.sampling", "upo_fast.sampling.adapters"],
+    "sampling: model adapter": ["upo_fast.sampling", "upo_fast.sampling.families", "upo_fast.sampling.adapters"],
     # Sampling, scorers: statistics (and the policy's scores) -> scores over candidate positions.
     "sampling: scorers": ["upo_fast.sampling.scorers"],
     # Sampling, loop: schedules, commit rules, the step loop, CUDA graphs, the drop-in samplers (Fast-dLLM's Dream

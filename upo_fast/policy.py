@@ -36,7 +36,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.models.tiny_mdm import TinyMDM, TinyMDMBlock, TinyMDMConfig
-from upo_fast.sampling.adapters import FAMILIES, MDMAdapter, detect_family
+from upo_fast.sampling.adapters import MDMAdapter
+from upo_fast.sampling.families import FAMILIES, detect_family
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init

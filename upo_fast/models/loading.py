@@ -198,7 +198,7 @@ def _load_tiny_mdm(folder: str, device):
 class NativeFamily:
     """How a folder of one family loads without running the folder's code (``load_model``).
 
-    ``name``: the family's name, as in ``upo_fast.sampling.adapters.FAMILIES`` (the adapter that then runs it;
+    ``name``: the family's name, as in ``upo_fast.sampling.families.FAMILIES`` (the adapter that then runs it;
     tests/test_families.py keeps the two tables' names in step). ``model_type``: config.json's ``model_type`` as the
     official checkpoints spell it (matched lower-cased). ``classes``: () -> (config class, model class) of this
     project's implementation, imported on first use, whose parameters are read from the safetensors; None when
