@@ -28,7 +28,8 @@ LAYERS: dict[str, list[str]] = {
     # atomic checkpoints; input checks; shipped models and policies (assets); names the CLI parses with.
     "foundations": [
         "upo_fast.models", "upo_fast.models.attention", "upo_fast.models.dream", "upo_fast.models.llada",
-        "upo_fast.models.kv_cache", "upo_fast.models.loading", "upo_fast.models.native_twin", "upo_fast.models.saved", "upo_fast.models.tiny_mdm",
+        "upo_fast.models.kv_cache", "upo_fast.models.loading", "upo_fast.models.native_twin", "upo_fast.models.saved",
+        "upo_fast.models.tiny_mdm",
         "upo_fast.tasks", "upo_fast.tasks.math_answers", "upo_fast.tasks.math_tasks", "upo_fast.tasks.metrics",
         "upo_fast.tasks.sudoku", "upo_fast.tasks.sudoku_solver", "upo_fast.tasks.zebra", "upo_fast.tasks.zebra_io",
         "upo_fast.tasks.zebra_solver",
@@ -47,7 +48,8 @@ LAYERS: dict[str, list[str]] = {
     # Sampling, loop: schedules, commit rules, the step loop, CUDA graphs, the drop-in samplers (Fast-dLLM's Dream
     # block sampler too), LLaDA's likelihood estimate, patching loaded models.
     "sampling: loop": [
-        "upo_fast.sampling.schedules", "upo_fast.sampling.commit_rules", "upo_fast.sampling.loop",
+        "upo_fast.sampling.schedules", "upo_fast.sampling.commit_rules", "upo_fast.sampling.step_state",
+        "upo_fast.sampling.loop",
         "upo_fast.sampling.cuda_graphs", "upo_fast.sampling.llada_dropin", "upo_fast.sampling.dream_dropin",
         "upo_fast.sampling.dream_blocks", "upo_fast.sampling.likelihood",
         "upo_fast.sampling.patching",

@@ -1,4 +1,4 @@
-"""The sampler's step state (``upo_fast.sampling.loop.StepState``): the one object a step writes, which CUDA-graph
+"""The sampler's step state (``upo_fast.sampling.step_state.StepState``): the one object a step writes, which CUDA-graph
 capture saves and restores field by field; and the one builder of a call's ``SamplingOptions``."""
 
 import contextlib
@@ -13,7 +13,8 @@ import upo_fast
 from upo_fast.sampling import cuda_graphs
 from upo_fast.sampling import loop as loop_module
 from upo_fast.sampling.adapters import MDMAdapter
-from upo_fast.sampling.loop import SamplingOptions, StepState, _Loop
+from upo_fast.sampling.loop import SamplingOptions, _Loop
+from upo_fast.sampling.step_state import StepState
 
 VOCAB, MASK = 13, 12
 SEEDS = {"token_seed", "position_seed"}
