@@ -65,6 +65,52 @@ def test_bad_numbers_and_devices_name_their_argument(capsys, argv, names):
     assert all(name in err for name in names), err
 
 
+@pytest.mark.parametrize("argv, names", [
+    (["eval", "--cache", "dual"], ["--cache dual", "gsm8k and math500", "--task sudoku9", "leave --cache out"]),
+    (["eval", "--task", "zebra", "--cache", "prefix"], ["--cache prefix", "--task zebra"]),
+    (["eval", "--task", "gsm8k", "--cache", "full"], ["--cache", "'prefix', 'dual'"]),
+    (["eval", "--threshold", "0.9", "--factor", "2"], ["--factor", "not allowed with", "--threshold"]),
+    (["eval", "--threshold", "0"], ["--threshold", "(0, 1]"]),
+    (["sample", "--prompt", "hi", "--model", "m", "--threshold", "0.9", "--factor", "1"], ["--factor"]),
+])
+def test_fast_dllm_options_are_refused_while_parsing(capsys, argv, names):
+    """Fast-dLLM's options on the command line: the cache needs the text tasks' block-wise generation, and
+    ``--threshold`` / ``--factor`` are two commit rules, of which a call takes one."""
+    err = parse_error(capsys, *argv)
+    assert all(name in err for name in names), err
+
+
+def test_eval_text_options_reach_generate(tmp_path, capsys, monkeypatch):
+    """``eval --task gsm8k`` end to end on a LLaDA folder in the hub's layout: ``--cache``, ``--threshold`` and
+    ``--factor`` reach ``upo_fast.generate``."""
+    from hub_folders import make_llada_folder
+
+    from upo_fast.evaluation import text
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
+    folder = make_llada_folder(tmp_path / "llada")
+    calls, real = [], text.generate
+    monkeypatch.setattr(text, "generate", lambda *a, **k: calls.append(k) or real(*a, **k))
+    common = ["eval", "--task", "gsm8k", "--model", folder, "--data", data, "--gen-length", 16, "--block-length", 8]
+    for cache, rule in (("dual", ["--threshold", "0.9"]), ("prefix", ["--factor", "2"])):
+        code, err = run(capsys, *common, "--cache", cache, *rule, "--json", tmp_path / f"{cache}.json")
+        assert code == 0, err
+        assert json.loads((tmp_path / f"{cache}.json").read_text())["results"]["max_confidence"]["n"] == 1
+    assert [(k["cache"], k["threshold"], k["factor"]) for k in calls] == [("dual", 0.9, None), ("prefix", None, 2.0)]
+
+
+def test_eval_grid_parallel_rules_take_fewer_forwards(model_dir, tmp_path, capsys):
+    """``eval --threshold`` / ``--factor`` on a grid task reach ``unmask``: fewer forwards than blanks."""
+    steps = {}
+    for name, rule in (("one", []), ("threshold", ["--threshold", "0.01"]), ("factor", ["--factor", "100"])):
+        code, err = run(capsys, "eval", "--task", "sudoku4", "--model", model_dir, "--num-puzzles", 3, "--blanks", 8,
+                        *rule, "--json", tmp_path / f"{name}.json")
+        assert code == 0, err
+        steps[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]["max_confidence"]["mean_steps"]
+    assert steps["one"] == 8 and steps["threshold"] < 8 and steps["factor"] < 8, steps
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_named(capsys):
     err = parse_error(capsys, "eval", "--task", "sudoku4", "--device", "cuda")

@@ -83,6 +83,10 @@ def test_the_cli_knows_the_scorers_that_need_a_policy():
     (["--threshold", "nan"], ["--threshold", "finite"]),
     (["--factor", "0"], ["--factor", "> 0"]),
     (["--factor=-inf"], ["--factor", "finite"]),
+    (["--threshold", "0.9", "--factor", "1"], ["--factor", "not allowed with", "--threshold"]),
+    (["--prompt", "hi", "--model", "m", "--cache", "full"], ["--cache", "'prefix', 'dual'"]),
+    (["--grid", "1", "--cache", "dual"], ["--cache dual", "--prompt", "leave --cache out"]),
+    (["--cache", "prefix"], ["--cache prefix", "--prompt"]),
     (["--seed", "x"], ["--seed"]),
     (["--seed", "-1"], ["--seed", ">= 0"]),
     (["--steps", "0"], ["--steps", ">= 1"]),
@@ -100,7 +104,8 @@ def test_bad_values_are_refused_while_parsing(capsys, argv, names_):
 
 def test_schedules_generate_takes_parse():
     for argv in (["--gen-length", "64", "--block-length", "16", "--steps", "8"], ["--gen-length", "64"],
-                 ["--block-length", "128"], ["--threshold", "1", "--factor", "0.5"]):
+                 ["--block-length", "128"], ["--threshold", "1", "--cache", "dual"], ["--factor", "0.5"],
+                 ["--cache", "prefix"]):
         args = parse(["sample", "--prompt", "hi", "--model", "m", *argv])
         assert args.prompt == "hi"  # --steps left out: --gen-length's, which every valid schedule takes
 
@@ -128,7 +133,15 @@ def model_dir(sudoku4_mdm_dir):
 GRID = "1.3.....2.....1."
 
 
-def test_grid_options_reach_unmask(model_dir, monkeypatch, capsys):
+def test_the_cli_knows_the_cache_modes():
+    from upo_fast.cli.args import CACHE_MODES
+    from upo_fast.models.kv_cache import CACHE_MODES as MODES
+
+    assert CACHE_MODES == MODES
+
+
+@pytest.mark.parametrize("rule, value", [("threshold", 0.9), ("factor", 1.5)])
+def test_grid_options_reach_unmask(model_dir, monkeypatch, capsys, rule, value):
     from upo_fast.sampling import loop
 
     calls = []
@@ -140,11 +153,13 @@ def test_grid_options_reach_unmask(model_dir, monkeypatch, capsys):
 
     monkeypatch.setattr(loop, "unmask", recording)
     assert main(["sample", "--task", "sudoku4", "--grid", GRID, "--model", str(model_dir), "--device", "cpu",
-                 "--temperature", "0.7", "--threshold", "0.9", "--factor", "1.5", "--seed", "11", "--steps", "4",
+                 "--temperature", "0.7", f"--{rule}", str(value), "--seed", "11", "--steps", "4",
                  "--scorer", "topk_margin", "--topk", "3"]) == 0
     (kwargs,) = calls
     assert {k: kwargs[k] for k in ("temperature", "threshold", "factor", "steps", "scorer", "topk")} == {
-        "temperature": 0.7, "threshold": 0.9, "factor": 1.5, "steps": 4, "scorer": "margin", "topk": 3}
+        "temperature": 0.7, "threshold": None, "factor": None, "steps": 4, "scorer": "margin", "topk": 3,
+        rule: value}
+    assert "cache" not in kwargs  # unmask fills one region: nothing to cache
     assert kwargs["generator"].initial_seed() == 11
     assert len(capsys.readouterr().out.strip().splitlines()) == 6  # the grid (4 rows, a rule) and the verdict
 
@@ -184,11 +199,29 @@ def test_text_options_reach_generate(monkeypatch, capsys):
     monkeypatch.setattr(loop, "generate", fake_generate)
     assert main(["sample", "--prompt", "hi", "--model", "m", "--device", "cpu", "--gen-length", "8",
                  "--block-length", "4", "--temperature", "0.5", "--threshold", "0.95", "--seed", "2",
-                 "--scorer", "entropy"]) == 0
+                 "--scorer", "entropy", "--cache", "dual"]) == 0
     (kwargs,) = calls
     assert {k: kwargs[k] for k in ("gen_length", "block_length", "steps", "temperature", "threshold", "factor",
-                                   "scorer", "topk")} == {
+                                   "scorer", "topk", "cache")} == {
         "gen_length": 8, "block_length": 4, "steps": 8, "temperature": 0.5, "threshold": 0.95, "factor": None,
-        "scorer": "entropy", "topk": 5}
+        "scorer": "entropy", "topk": 5, "cache": "dual"}
     assert kwargs["generator"].initial_seed() == 2
     assert capsys.readouterr().out.strip() == "decoded " + " ".join(["3"] * 8)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_a_cached_prompt_prints_what_generate_gives(tmp_path, capsys, cache):
+    """End to end on a LLaDA folder in the hub's layout: ``--cache`` and ``--threshold`` give the text that
+    ``upo_fast.generate`` gives with the same options."""
+    import torch
+    from hub_folders import make_llada_folder
+
+    import upo_fast
+
+    folder = make_llada_folder(tmp_path / "llada")
+    assert main(["sample", "--prompt", "2+2=", "--model", str(folder), "--device", "cpu", "--gen-length", "16",
+                 "--block-length", "8", "--cache", cache, "--threshold", "0.5"]) == 0
+    model, tokenizer = upo_fast.load_model(folder, dtype=torch.float32), upo_fast.load_tokenizer(folder)
+    ids = tokenizer(["2+2="], return_tensors="pt").input_ids
+    out = upo_fast.generate(model, ids, gen_length=16, block_length=8, steps=16, threshold=0.5, cache=cache)
+    assert capsys.readouterr().out == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) + "\n"

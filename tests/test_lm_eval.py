@@ -63,6 +63,51 @@ def test_generate_until_equals_upo_fast_generate(family, scorer):
     assert [s["resps"][0][0] for s in samples] == direct_answers(lm, prompts, ["\n", "Q:"])
 
 
+@pytest.mark.parametrize("family, fast", [("llada_untied", dict(cache="dual", threshold=0.9)),
+                                          ("dream", dict(cache="prefix", factor=1.0))])
+def test_generate_until_with_fast_dllm_caches(family, fast):
+    """model_args cache= (and a parallel rule) reach ``upo_fast.generate``: lm-eval's answers are its answers."""
+    results = evaluate(OFFICIAL / family, ["upo_fast_arith"], batch_size=2, **fast)
+    samples = sorted(results["samples"]["upo_fast_arith"], key=lambda s: s["doc_id"])
+    lm = UpoFastLM(pretrained=str(OFFICIAL / family), device="cpu", batch_size=2, **SMALL, **fast)
+    assert {k: lm.sampler[k] for k in fast} == fast and lm.sampler["steps"] == SMALL["steps"]
+    answers = [s["resps"][0][0] for s in samples]
+    assert all(isinstance(a, str) for a in answers) and any(answers)
+    assert answers == direct_answers(lm, [s["arguments"][0][0] for s in samples], ["\n", "Q:"])
+
+
+def test_cache_is_checked_once_before_the_model_loads():
+    """A bad cache (or two parallel rules, or a cache with guidance) is one line naming it, raised before the model
+    loads: a folder that does not exist is never reached (on the command line: test_cli_runs_lm_eval_...)."""
+    for bad, names in [(dict(cache="bogus"), ["cache must be None, 'prefix' or 'dual'", "'bogus'"]),
+                       (dict(cache="dual", cfg_scale=1.0), ["cache=", "cfg_scale=0"]),
+                       (dict(threshold=0.9, factor=1.0), ["at most one of", "threshold and factor"])]:
+        with pytest.raises(ValueError) as info:
+            UpoFastLM(pretrained="nowhere", device="cpu", **bad)
+        assert "\n" not in str(info.value) and all(name in str(info.value) for name in names), str(info.value)
+
+
+def test_a_model_without_a_kv_cache_gets_generates_error(tmp_path):
+    """A TinyMDM folder with a tokenizer loads (not natively: no KV cache); cache= is generate's error, at once."""
+    from hub_folders import VOCAB, save_tokenizer, token_ids
+
+    from upo_fast.integrations.lm_eval import SAMPLING_OPTIONS
+    from upo_fast.models import TinyMDM, TinyMDMConfig
+
+    config = TinyMDMConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=256,
+                           mask_token_id=token_ids("llada")["mask_token"], pad_token_id=token_ids("llada")["eos_token"])
+    TinyMDM(config).save_pretrained(tmp_path)
+    save_tokenizer(tmp_path, "llada")
+    with pytest.raises(ValueError, match="needs the KV cache of upo_fast's native LLaDA or Dream.*TinyMDM"):
+        UpoFastLM(pretrained=str(tmp_path), device="cpu", cache="dual", **SMALL)
+    lm = UpoFastLM(pretrained=str(tmp_path), device="cpu", threshold=0.9, **SMALL)
+    # generate's keyword arguments, named one by one (no dataclass turned into a dict, no field the harness lacks)
+    assert set(lm.sampler) == {"gen_length", "block_length", "steps", "policy", *SAMPLING_OPTIONS}
+    assert lm.sampler["cache"] is None and lm.sampler["threshold"] == 0.9 and lm.sampler["position_temperature"] == 0
+    assert lm.generate_until([_Request(("Q: 1+1\nA:", {"until": ["Q:"]}))], disable_tqdm=True)[0] is not None
+
+
 def test_dream_batches_with_left_padding_give_the_unbatched_answers():
     prompts = ["Q: 1+1\nA:", "Q: 12+30\nA:", "Q: 7\nA:"]  # three lengths: the batch is left-padded
     lm = UpoFastLM(pretrained=str(OFFICIAL / "dream"), device="cpu", batch_size=3, **SMALL)
@@ -98,6 +143,11 @@ def test_cli_runs_lm_eval_with_every_option_passed_through(tmp_path, capsys):
                  "--tasks", "upo_fast_arith", "--include_path", str(TASKS), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "unknown model_args stepz" in err[-1] and "Traceback" not in "\n".join(err)
+    # (here rather than in a test of its own: lm-eval's command line leaves a log handler on this test's stderr)
+    code = main(["lm-eval", "--model", "upo_fast", "--model_args", f"pretrained={OFFICIAL / 'dream'},cache=bogus",
+                 "--tasks", "upo_fast_arith", "--include_path", str(TASKS), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "cache must be None, 'prefix' or 'dual'" in err[-1] and "Traceback" not in "\n".join(err)
 
 
 def test_options_are_checked():

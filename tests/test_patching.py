@@ -31,6 +31,44 @@ def test_patched_llada_generate_gives_the_reference_tokens(factory):
     assert torch.equal(scored, upo_fast.generate(model, ids, mask, steps=8, gen_length=16, block_length=8))
 
 
+@pytest.mark.parametrize("fast", [dict(threshold=0.9, cache="dual"), dict(factor=1.0, cache="prefix"),
+                                  dict(threshold=0.8)], ids=["threshold-dual", "factor-prefix", "threshold"])
+def test_patched_llada_generate_takes_fast_dllm_options(fast):
+    """Fast-dLLM's keywords reach llada_generate as given, and upo_fast.generate with scorer=."""
+    model = make_native_llada(vocab_size=VOCAB, mask_id=MASK)
+    ids, mask = left_padded_batch([5, 3, 6], 10, 300, PAD)
+    schedule = dict(steps=8, gen_length=16, block_length=8)
+    want = upo_fast.llada_generate(model, ids, mask, mask_id=MASK, **schedule, **fast)
+    upo_fast.patch(model)
+    assert torch.equal(model.generate(ids, attention_mask=mask, mask_id=MASK, **schedule, **fast), want)
+    scored = model.generate(ids, mask, scorer="margin", **schedule, **fast)
+    assert torch.equal(scored, upo_fast.generate(model, ids, mask, scorer="margin", **schedule, **fast))
+
+
+def test_patched_llada_cache_on_a_model_without_one_is_the_samplers_error():
+    """The stand-in's parameters have no native twin (no KV cache): both routes raise the sampler's error."""
+    model = upo_fast.patch(make_llada_like(vocab_size=VOCAB, mask_id=MASK))
+    ids = torch.randint(10, 300, (1, 5))
+    with pytest.raises(ValueError, match="native"):
+        model.generate(ids, steps=8, gen_length=16, block_length=8, scorer="max_confidence", cache="dual")
+    with pytest.raises(ValueError, match="native"):
+        model.generate(ids, steps=8, gen_length=16, block_length=8, cache="dual")
+
+
+@pytest.mark.parametrize("dual_cache", [False, True])
+def test_patched_dream_diffusion_generate_takes_fast_dllm_options(dual_cache):
+    """Fast-dLLM's Dream keywords (block_length, dual_cache, threshold, alg="confidence_threshold") reach
+    dream_generate as given."""
+    model = make_native_dream(vocab_size=VOCAB, mask_id=MASK, pad_id=PAD)
+    ids, mask = left_padded_batch([4, 6], 10, 300, PAD)
+    options = dict(max_new_tokens=16, steps=16, block_length=8, dual_cache=dual_cache, threshold=0.9,
+                   alg="confidence_threshold")
+    want = upo_fast.dream_generate(model, ids.clone(), mask.clone(), generation_config=model.generation_config,
+                                   **options)
+    upo_fast.patch(model)
+    assert torch.equal(model.diffusion_generate(ids, attention_mask=mask, **options), want)
+
+
 @pytest.mark.parametrize("factory", DREAM_FACTORIES, ids=["standin", "native"])
 @pytest.mark.parametrize("alg", ["maskgit_plus", "entropy"])
 def test_patched_dream_diffusion_generate_gives_the_reference_tokens(factory, alg):

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from upo_fast import names
 
+# upo_fast.models.kv_cache.CACHE_MODES (the values of --cache), mirrored: importing that module loads torch, which
+# parsing must not (tests/test_cli_sample.py keeps the two equal)
+CACHE_MODES = ("prefix", "dual")
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr (exit code 2): ``upo-fast eval: error: ...``."""
@@ -115,6 +119,20 @@ def device_name(text: str) -> str:
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err).removeprefix("device=")) from None
     return text
+
+
+def add_parallel_arguments(parser) -> None:
+    """``--threshold`` / ``--factor``, Fast-dLLM's two parallel-unmasking rules (``upo_fast.sampling.commit_rules``),
+    which exclude each other: ``generate`` and ``unmask`` take at most one rule."""
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--threshold", type=unit_fraction, default=None,
+                       help="parallel unmasking, Fast-dLLM's threshold rule: each step commits the order's first "
+                       "pick plus every candidate whose token confidence is >= this, in (0, 1]; the step schedule "
+                       "(--steps) is ignored (default: off)")
+    rules.add_argument("--factor", type=positive_float, default=None,
+                       help="parallel unmasking, Fast-dLLM's factor rule: each step commits the order's first pick "
+                       "plus, along the order, every candidate n (1-based) with (n + 1)(1 - confidence_n) < this, > 0; "
+                       "the step schedule (--steps) is ignored (default: off)")
 
 
 def task_name(name: str) -> str:

@@ -1,7 +1,8 @@
 """The commands that evaluate and draw unmasking orders: ``eval`` (grid puzzles with TinyMDM, GSM8K/MATH500 with
-LLaDA/Dream, Pass@k), ``viz`` and ``parallel-curve``, each as a pair: ``add_<name>_arguments(parser)`` declares
-its options, ``cmd_<name>(args)`` runs it. ``upo_fast.cli.commands.COMMANDS`` registers them with the other
-commands and builds the whole command line from that table.
+LLaDA/Dream, Pass@k; Fast-dLLM's ``--threshold`` / ``--factor`` for both, its ``--cache`` for the text tasks),
+``viz`` and ``parallel-curve``, each as a pair: ``add_<name>_arguments(parser)`` declares its options,
+``cmd_<name>(args)`` runs it. ``upo_fast.cli.commands.COMMANDS`` registers them with the other commands and builds
+the whole command line from that table.
 
 torch and the modules that import it load inside the commands, after the arguments are parsed and checked, so that
 ``upo-fast --help`` and a bad argument answer at once."""
@@ -11,7 +12,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from upo_fast.cli.args import device_name, grid_task_name, nonneg_float, nonneg_int, positive_int, task_name
+from upo_fast.cli.args import (
+    CACHE_MODES,
+    add_parallel_arguments,
+    device_name,
+    grid_task_name,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    task_name,
+)
 from upo_fast.names import TEXT_TASKS
 
 
@@ -80,7 +90,8 @@ def cmd_eval(args) -> dict:
     torch.manual_seed(args.seed)
     results = {}
     for scorer in scorers:
-        options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk, temperature=args.temperature)
+        options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk, temperature=args.temperature,
+                       threshold=args.threshold, factor=args.factor)
         if needs_policy(scorer):  # greedy positions unless asked, or sampled ones when Pass@N needs samples
             default = 1.0 if args.pass_at > 1 else 0.0
             options.update(policy=load_policy(args.policy, task, model, args.model),
@@ -138,7 +149,8 @@ def _eval_text(args) -> dict:
             model, tokenizer, problems, task=args.task, scorer=scorer, gen_length=args.gen_length,
             block_length=args.block_length, steps=args.steps, batch_size=args.batch_size,
             temperature=args.temperature, position_temperature=position_temperature, pass_at=args.pass_at,
-            seed=args.seed, policy=policy, device=args.device)
+            seed=args.seed, policy=policy, device=args.device, threshold=args.threshold, factor=args.factor,
+            cache=args.cache)
         r = report["results"][scorer]
         print(f"{scorer:<20} accuracy={r['accuracy']:.3f} format={r['format_rate']:.3f} ({r['seconds']:.0f} s)")
     if args.pass_at > 1:
@@ -247,7 +259,21 @@ def add_eval_arguments(ev) -> None:
     ev.add_argument("--gen-length", type=positive_int, default=256, help="gsm8k/math500: tokens to generate")
     ev.add_argument("--block-length", type=positive_int, default=32, help="gsm8k/math500: semi-autoregressive block")
     ev.add_argument("--steps", type=positive_int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
+    add_parallel_arguments(ev)
+    ev.add_argument("--cache", choices=CACHE_MODES, default=None,
+                    help="gsm8k/math500: Fast-dLLM's KV cache: prefix (a step runs the block and what follows it) or "
+                    "dual (the block alone); a block's first step refreshes it (default: off)")
     ev.add_argument("--json", default=None)
+    ev.add_check(check_eval_args)
+
+
+def check_eval_args(args) -> None:
+    """``--cache`` on a grid task is refused while parsing: the caches sit around the blocks of the text tasks'
+    generation (``upo_fast.generate``), and a grid is filled as one region (``unmask``), so there is nothing to
+    cache."""
+    if args.cache is not None and args.task not in TEXT_TASKS:
+        raise ValueError(f"--cache {args.cache} needs the block-wise text generation of {' and '.join(TEXT_TASKS)}; "
+                         f"--task {args.task} fills its grid as one region (unmask): leave --cache out")
 
 
 def add_viz_arguments(vz) -> None:

@@ -1,20 +1,21 @@
 """``upo-fast sample``: fill one Sudoku grid with a shipped TinyMDM, or generate from a prompt with a local
 LLaDA/Dream folder, with any scorer (and a policy folder for ``--scorer policy``), token temperature and the
-parallel-unmasking rules of ``upo_fast.generate`` / ``unmask`` (``--threshold``, ``--factor``). torch loads inside
-the command, after parsing; what is cheap and certain (the scorer's name, a missing ``--policy`` or ``--model``
-for ``--prompt``, the block schedule) is refused while parsing, in one line."""
+parallel-unmasking rules of ``upo_fast.generate`` / ``unmask`` (``--threshold``, ``--factor``) and, for a prompt,
+Fast-dLLM's KV caches (``--cache``). torch loads inside the command, after parsing; what is cheap and certain (the
+scorer's name, a missing ``--policy`` or ``--model`` for ``--prompt``, the block schedule, ``--cache`` without
+``--prompt``, two parallel rules) is refused while parsing, in one line."""
 
 from __future__ import annotations
 
 from upo_fast.cli.args import (
+    CACHE_MODES,
+    add_parallel_arguments,
     device_name,
     nonneg_float,
     nonneg_int,
-    positive_float,
     positive_int,
     scorer_help,
     scorer_name,
-    unit_fraction,
 )
 from upo_fast.cli.evaluate import _task, policy_options
 
@@ -40,12 +41,11 @@ def add_sample_arguments(sa) -> None:
     sa.add_argument("--topk", type=positive_int, default=5, help="K of the topk scorer (default: %(default)s)")
     sa.add_argument("--temperature", type=nonneg_float, default=0.0,
                     help="token sampling temperature (0 = argmax; default: %(default)s)")
-    sa.add_argument("--threshold", type=unit_fraction, default=None,
-                    help="parallel unmasking: also commit every candidate whose token confidence is >= this, in "
-                    "(0, 1] (Fast-dLLM's threshold rule; default: off)")
-    sa.add_argument("--factor", type=positive_float, default=None,
-                    help="parallel unmasking: also commit, along the order, every candidate n with (n + 1)(1 - "
-                    "confidence_n) < this, > 0 (Fast-dLLM's factor rule; default: off); may join --threshold")
+    add_parallel_arguments(sa)
+    sa.add_argument("--cache", choices=CACHE_MODES, default=None,
+                    help="--prompt: Fast-dLLM's KV cache: prefix (a step runs the block and what follows it) or "
+                    "dual (the block alone); a block's first step refreshes it (default: off, every step runs the "
+                    "whole sequence)")
     sa.add_argument("--seed", type=nonneg_int, default=0,
                     help="seed of the random draws: tokens at --temperature > 0, the random scorer, sampled orders "
                     "(default: %(default)s)")
@@ -68,6 +68,9 @@ def check_sample_args(args) -> None:
     ships for LLaDA/Dream; ``--grid`` has the task's shipped one), and ``generate``'s block schedule. A ValueError
     names the first one broken."""
     if args.prompt is None:
+        if args.cache is not None:
+            raise ValueError(f"--cache {args.cache} caches around the blocks of --prompt's generation; --grid fills "
+                             "the whole grid as one region (unmask): leave --cache out")
         return
     if args.model is None:
         raise ValueError("--prompt needs --model DIR (a local LLaDA/Dream folder)")
@@ -132,5 +135,6 @@ def _sample_text(args, scorer: str, device: str) -> None:
     model, tokenizer = load_text_model(args.model, device, args.trust_remote_code)
     ids = tokenizer([args.prompt], return_tensors="pt").input_ids.to(device)
     out = generate(model, ids, gen_length=args.gen_length, block_length=args.block_length, steps=_text_steps(args),
-                   **_sampling_options(args, scorer, device), **policy_options(args, scorer, None, model))
+                   cache=args.cache, **_sampling_options(args, scorer, device),
+                   **policy_options(args, scorer, None, model))
     print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))

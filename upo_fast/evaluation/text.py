@@ -96,14 +96,17 @@ def _summary(samples: list[list[str]], problems, answers, task: str, pass_at: in
 def evaluate_math(model, tokenizer, problems, *, task: str, scorer="max_confidence", gen_length: int = 256,
                   block_length: int = 32, steps: int | None = None, batch_size: int = 8, temperature: float = 0.0,
                   position_temperature: float = 1.0, pass_at: int = 1, seed: int = 0, chat: bool = True,
-                  policy=None, device=None, progress: bool = True) -> dict:
+                  policy=None, device=None, progress: bool = True, threshold: float | None = None,
+                  factor: float | None = None, cache: str | None = None) -> dict:
     """Accuracy of ``model`` (LLaDA / Dream, or any model ``upo_fast.sampling.loop.generate`` takes) on ``problems``.
 
     Prompts (``build_prompts``) are tokenized with left padding (the tokenizer's ``padding_side`` is restored
     afterwards; a tokenizer without a pad token pads with its EOS token) and completed by ``generate`` with
-    ``scorer`` (steps default: ``gen_length``, one token per step). With ``pass_at`` = N > 1 every problem gets N
-    samples from different seeds (they differ only where sampling is random: temperature > 0 or a stochastic
-    scorer) and "pass_at" holds the unbiased Pass@k for k = 1..N.
+    ``scorer`` (steps default: ``gen_length``, one token per step); ``threshold`` / ``factor`` (Fast-dLLM's parallel
+    rules, at most one) and ``cache`` (None, "prefix" or "dual": Fast-dLLM's KV caches, native LLaDA / Dream only)
+    are ``generate``'s. With ``pass_at`` = N > 1 every problem gets N samples from different seeds (they differ
+    only where sampling is random: temperature > 0 or a stochastic scorer) and "pass_at" holds the unbiased Pass@k
+    for k = 1..N.
 
     Returns {"accuracy", "format_rate", "mean_reward" (means over all samples), "flexible_accuracy" (also
     crediting the last number of the answer, see ``math_tasks.flexible_match``), "pass_at" (N > 1 only), "n",
@@ -118,7 +121,8 @@ def evaluate_math(model, tokenizer, problems, *, task: str, scorer="max_confiden
     bos = getattr(tokenizer, "bos_token", None)
     add_special_tokens = not (use_chat and bos and all(p.startswith(bos) for p in prompts))
     options = dict(gen_length=gen_length, block_length=block_length, steps=gen_length if steps is None else steps,
-                   scorer=scorer, temperature=temperature, position_temperature=position_temperature, policy=policy)
+                   scorer=scorer, temperature=temperature, position_temperature=position_temperature, policy=policy,
+                   threshold=threshold, factor=factor, cache=cache)
     start_time = time.perf_counter()
     samples = []
     with _left_padded(tokenizer):

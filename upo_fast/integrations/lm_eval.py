@@ -7,6 +7,9 @@ likelihood estimate (``upo_fast.sampling.likelihood``).
 
 ``model_args`` are the fields of :class:`HarnessOptions`. Like LLaDA's own harness model, generation uses the
 model arguments' length and sampler options; of a task's ``gen_kwargs`` only ``until`` (the stop strings) is used.
+``threshold=``, ``factor=`` (at most one) and ``cache=prefix|dual`` are Fast-dLLM's parallel-unmasking rules and KV
+caches, as ``upo_fast.generate`` takes them: ``...,cache=dual,threshold=0.9`` samples as Fast-dLLM's dual-cache
+generator does, in any unmasking order (LLaDA and Dream only: a TinyMDM has no KV cache).
 Data parallel runs under ``torchrun`` / ``accelerate launch`` (one process per GPU, gloo on CPU): lm-eval shards the
 requests by ``rank`` and gathers the results through :mod:`upo_fast.training.distributed`.
 
@@ -42,6 +45,9 @@ from upo_fast.validation import check_device, options_from_dict
 DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LM_EVAL_OPTIONS = ("device", "batch_size", "max_batch_size")  # what lm-eval passes every model beside model_args
 SHORT_FLAGS = {"batch_size": "-b"}  # lm-eval's one-letter spellings of those options
+# the HarnessOptions fields that are upo_fast.sampling.loop.SamplingOptions fields of the same name
+SAMPLING_OPTIONS = ("scorer", "temperature", "cfg_scale", "threshold", "factor", "cache", "topk",
+                    "position_temperature")
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +73,9 @@ class HarnessOptions:
     position_temperature: float = 0.0  # a policy's order temperature (0 = greedy)
     topk: int = 5
     cfg_scale: float = 0.0
-    threshold: float | None = None  # parallel unmasking: confidence threshold
-    factor: float | None = None  # parallel unmasking: Fast-dLLM's factor rule
+    threshold: float | None = None  # parallel unmasking: Fast-dLLM's threshold rule (steps ignored)
+    factor: float | None = None  # parallel unmasking: Fast-dLLM's factor rule (steps ignored); not with threshold
+    cache: str | None = None  # None, prefix or dual: Fast-dLLM's KV caches (LLaDA / Dream, cfg_scale=0)
     mask_id: int | None = None
     max_length: int | None = None  # prompt + answer; longer prompts lose their left end (default: the model's)
     add_bos_token: bool | None = None  # None: the tokenizer's default, off once a chat template was applied
@@ -109,6 +116,7 @@ class UpoFastLM(LM):
         from upo_fast.sampling.adapters import wrap_model
 
         self.options = opts = HarnessOptions.from_model_args(model_args)
+        sampling = self._sampling_options()  # a bad sampler option fails here, before the model loads
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         check_device(device, "device")
         self.group = ProcessGroup.from_env(device)
@@ -124,12 +132,22 @@ class UpoFastLM(LM):
                                 trust_remote_code=opts.trust_remote_code)
         self.tokenizer = load_tokenizer(opts.pretrained, trust_remote_code=opts.trust_remote_code)
         self.adapter = wrap_model(self.model, mask_id=opts.mask_id)
+        if opts.cache is not None:
+            self._check_cache()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token  # LLaDA's recipe: left padding with EOS
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
         self.policy = self._load_policy()
-        self.sampler = self._sampler_options()
+        self.sampler = self._generate_kwargs(sampling)
         self.chat_template_applied = False
+
+    def _check_cache(self) -> None:
+        """What ``generate`` checks for ``cache=``, done once here rather than at the first ``generate_until`` batch:
+        a LLaDA / Dream from remote code gets its native twin (kept beside the model; ``generate`` reuses it), and a
+        model with no KV cache (a TinyMDM, another family) raises ``generate``'s own error."""
+        cached = self.adapter.with_cache()
+        if not cached.native:
+            cached.allocate_cache(1, 1)  # raises: no KV cache in this model
 
     def _load_policy(self):
         from upo_fast.sampling.scorers import get_scorer
@@ -142,19 +160,22 @@ class UpoFastLM(LM):
 
         return load_policy(self.options.policy, None, self.model)
 
-    def _sampler_options(self) -> dict:
-        """The keyword arguments of ``upo_fast.generate``, its sampling options checked once here
-        (``upo_fast.sampling.loop.SamplingOptions``; ``generate`` checks them again, to the same result)."""
-        from dataclasses import asdict
-
+    def _sampling_options(self):
+        """The sampling options of ``model_args``, checked once here as ``upo_fast.generate`` checks them
+        (``upo_fast.sampling.loop.SamplingOptions``: numbers in range, the scorer's canonical name, at most one of
+        threshold / factor, ``cache`` None, prefix or dual and not with cfg_scale > 0)."""
         from upo_fast.sampling.loop import SamplingOptions
 
         o = self.options
-        sampling = SamplingOptions(scorer=o.scorer, temperature=o.temperature, cfg_scale=o.cfg_scale,
-                                   threshold=o.threshold, factor=o.factor, topk=o.topk,
-                                   position_temperature=o.position_temperature)
+        return SamplingOptions(**{name: getattr(o, name) for name in SAMPLING_OPTIONS})
+
+    def _generate_kwargs(self, sampling) -> dict:
+        """The keyword arguments of ``upo_fast.generate``: the schedule, the policy and the ``SAMPLING_OPTIONS`` as
+        ``sampling`` checked them. Named one by one, not ``dataclasses.asdict``: that would also pass the fields
+        the harness never sets, and turn a ``commit`` rule (a dataclass) into a dict."""
+        o = self.options
         return dict(gen_length=o.gen_length, block_length=o.block_length, steps=o.steps or o.gen_length,
-                    policy=self.policy, **asdict(sampling))
+                    policy=self.policy, **{name: getattr(sampling, name) for name in SAMPLING_OPTIONS})
 
     # ---- what lm-eval reads -------------------------------------------------------------------------------
     @property

@@ -2,12 +2,16 @@
 a fine-tune), in the spirit of Liger-Kernel's ``apply_liger_kernel_to_*``.
 
 * LLaDA: ``model.generate(input_ids, attention_mask=None, **kwargs)`` runs ``upo_fast.llada_generate`` with
-  LLaDA's keyword arguments (steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id, ...), or
-  ``upo_fast.generate`` when ``scorer=`` is given (any unmasking order, a learned policy included). Without
+  LLaDA's keyword arguments (steps, gen_length, block_length, temperature, cfg_scale, remasking, mask_id, ...) and
+  Fast-dLLM's (``threshold``, ``factor``, ``cache="prefix"|"dual"``), or ``upo_fast.generate`` when ``scorer=`` is
+  given (any unmasking order, a learned policy included; the same ``threshold``, ``factor`` and ``cache``). Without
   ``mask_id`` both take the model's ``config.mask_token_id`` (else 126336).
 * Dream: ``model.diffusion_generate(inputs, generation_config=None, **kwargs)`` runs ``upo_fast.dream_generate``
   with the model's own generation config as the defaults, as Dream's method does (its ``mask_token_id`` included,
-  then the config's).
+  then the config's), and Fast-dLLM's keywords (``block_length``, ``dual_cache``, ``threshold``,
+  ``alg="confidence_threshold"``).
+
+Every keyword reaches the sampler as given: the patch adds none and checks none (the sampler's own errors).
 
 ``upo_fast.unpatch(model)`` puts back what was there. Only the instance is changed, never its class.
 """
