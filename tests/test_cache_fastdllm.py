@@ -42,11 +42,13 @@ def run(case) -> list[int]:
                                       remasking=kw["remasking"], threshold=kw["threshold"],
                                       cache=CACHE[case["function"]])
     else:
-        # Dream reads `threshold` only under confidence_threshold; the fixtures pass it only there
+        # Dream reads `threshold` only under confidence_threshold; the fixtures pass it only there. top_k=50: called
+        # without a generation config, Fast-dLLM's diffusion_generate (under transformers 4.x) takes transformers'
+        # GenerationConfig defaults, top_k=50 among them; the argmax is the same, the confidences are not
         rule = {"threshold": kw["threshold"]} if kw["alg"] == "confidence_threshold" else {}
         out = upo_fast.dream_generate(model, prompt, max_new_tokens=kw["max_new_tokens"], steps=kw["steps"],
                                       block_length=kw["block_length"], temperature=kw["temperature"],
-                                      alg=kw["alg"], dual_cache=kw["dual_cache"], **rule)
+                                      alg=kw["alg"], dual_cache=kw["dual_cache"], top_k=50, **rule)
     return out[0].tolist()
 
 

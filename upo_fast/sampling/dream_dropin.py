@@ -15,6 +15,11 @@ the same schedule is ``upo_fast.generate``/``unmask``.
 One deliberate difference: unknown keyword arguments raise a ValueError (the reference ignores them), so that a
 misspelt ``max_new_token`` does not silently fall back to the default length.
 
+Fast-dLLM's Dream block sampler (NVlabs/Fast-dLLM's ``diffusion_generate``: KV cache, blocks, the threshold rule)
+is the same call with its keyword arguments ``block_length``, ``threshold``, ``dual_cache`` or
+``alg="confidence_threshold"`` ("block mode", ``upo_fast.sampling.dream_blocks``; the native Dream only). That
+module sits below this one and also holds Dream's token statistics (``token_confidence``), which both samplers call.
+
 The options of a call travel as one :class:`DreamOptions`, resolved and checked once by
 :meth:`DreamOptions.from_call`; what the steps share (x, which a tokens hook may replace, the non-finite record)
 as one ``_Call``, and what one step found (the masked positions and their logits) as one ``_Masked``.
@@ -22,18 +27,23 @@ as one ``_Call``, and what one step found (the masked positions and their logits
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.distributions as dists
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 from upo_fast.sampling.adapters import MDMAdapter, dropin_adapter
+from upo_fast.sampling.dream_blocks import (
+    flag_non_finite,
+    naming_step,
+    raise_if_non_finite,
+    sample_blocks,
+    token_confidence,
+)
 from upo_fast.sampling.schedules import dream_timesteps
 from upo_fast.validation import (
     check_attention_mask,
@@ -41,11 +51,11 @@ from upo_fast.validation import (
     check_pad_not_mask,
     check_token_ids,
     field_check,
-    non_finite_logits_error,
-    record_first_step,
 )
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+BLOCK_ALGS = ("confidence_threshold", "entropy")  # block mode (Fast-dLLM's block sampler, ``dream_blocks``)
+BLOCK = ("block_length", "threshold", "dual_cache")  # its keyword arguments (not generation-config fields)
 IGNORED = ("pad_token_id", "bos_token_id", "eos_token_id", "generation_kwargs")
 HOOKS = {"generation_tokens_hook_func": "tokens_hook", "generation_logits_hook_func": "logits_hook"}
 
@@ -73,9 +83,16 @@ class DreamOptions:
     tokens_hook: Callable | None = None  # generation_tokens_hook_func(step, x, logits) -> x
     logits_hook: Callable | None = None  # generation_logits_hook_func(step, x, logits) -> logits
     max_length_given: bool = False
+    # Fast-dLLM's keyword arguments; any of them set (or alg "confidence_threshold") is block mode (dream_blocks)
+    block_length: int | None = None
+    threshold: float | None = None
+    dual_cache: bool | None = None
 
     def __post_init__(self):
-        field_check(self)(self.alg in ALGS, "alg", f"one of {ALGS}")
+        if self.block_mode:
+            self._check_block_mode()
+        else:
+            field_check(self)(self.alg in ALGS, "alg", f"one of {ALGS} ('confidence_threshold' in block mode)")
         check_finite(self.steps, "steps", low=1, integer=True)
         check_finite(self.eps, "eps", low=0, low_inclusive=False, high=1, high_inclusive=False)
         check_finite(self.temperature, "temperature", low=0)
@@ -86,6 +103,24 @@ class DreamOptions:
         check_finite(self.max_new_tokens, "max_new_tokens", low=1, integer=True, allow_none=True)
         check_finite(self.max_length, "max_length", low=1, integer=True)
 
+    @property
+    def block_mode(self) -> bool:
+        return self.alg == "confidence_threshold" or any(getattr(self, name) is not None for name in BLOCK)
+
+    def _check_block_mode(self) -> None:
+        check = field_check(self)
+        check(self.alg in BLOCK_ALGS, "alg", f"one of {BLOCK_ALGS} with block_length / threshold / dual_cache "
+              "(Fast-dLLM ranks every other alg by entropy: pass alg='entropy' for that)")
+        check_finite(self.block_length, "block_length", low=1, integer=True, allow_none=True)
+        check_finite(self.threshold, "threshold", low=0, low_inclusive=False, high=1, allow_none=True)
+        check(self.threshold is None or self.alg == "confidence_threshold", "threshold",
+              "None unless alg='confidence_threshold' (the entropy schedule has no threshold)")
+        check(self.dual_cache is None or isinstance(self.dual_cache, bool), "dual_cache", "True, False or None")
+        for keyword, field in HOOKS.items():
+            if getattr(self, field) is not None:
+                raise ValueError(f"{keyword} is not supported in block mode (Fast-dLLM's block sampler never "
+                                 "calls it)")
+
     @classmethod
     def from_call(cls, generation_config, kwargs: dict) -> DreamOptions:
         """The options of a call, as Dream resolves them: the defaults, then the generation config's fields that
@@ -95,11 +130,12 @@ class DreamOptions:
             for key in DEFAULTS:
                 if getattr(generation_config, key, None) is not None:
                     values[key] = getattr(generation_config, key)
-        unknown = sorted(set(kwargs) - set(DEFAULTS) - set(IGNORED) - set(HOOKS))
+        unknown = sorted(set(kwargs) - set(DEFAULTS) - set(IGNORED) - set(HOOKS) - set(BLOCK))
         if unknown:
-            raise ValueError(f"unknown keyword argument(s) {unknown}; dream_generate accepts {sorted(DEFAULTS)} and "
-                             "generation_tokens_hook_func / generation_logits_hook_func")
-        values.update({k: v for k, v in kwargs.items() if k in DEFAULTS})
+            raise ValueError(f"unknown keyword argument(s) {unknown}; dream_generate accepts {sorted(DEFAULTS)}, "
+                             "generation_tokens_hook_func / generation_logits_hook_func and Fast-dLLM's "
+                             "block_length / threshold / dual_cache")
+        values.update({k: v for k, v in kwargs.items() if k in DEFAULTS or k in BLOCK})
         values.update({field: kwargs[key] for key, field in HOOKS.items() if key in kwargs})
         return cls(**values, max_length_given="max_length" in kwargs)
 
@@ -108,7 +144,7 @@ class DreamOptions:
         return self.return_dict_in_generate and self.output_history
 
 
-_NOT_CONFIG = ("tokens_hook", "logits_hook", "max_length_given")
+_NOT_CONFIG = ("tokens_hook", "logits_hook", "max_length_given", *BLOCK)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamOptions) if f.name not in _NOT_CONFIG}
 
 
@@ -116,70 +152,6 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(DreamOptions) if f.nam
 class DreamSampleOutput(ModelOutput):
     sequences: torch.LongTensor = None
     history: tuple | None = None
-
-
-def _top_p_filter(logits, top_p):
-    """Keep the smallest set of tokens whose probability reaches top_p (always the first); others -> dtype min."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    cumulative = sorted_logits.softmax(-1).cumsum(-1)
-    drop_sorted = cumulative > top_p
-    drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
-    drop_sorted[..., 0] = False
-    drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, drop_sorted)
-    return logits.masked_fill(drop, torch.finfo(logits.dtype).min)
-
-
-def _top_k_filter(logits, top_k):
-    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
-
-
-def token_confidence(logits, alg, temperature=0.0, top_p=None, top_k=None):
-    """Dream's per-row (confidence, token) for [N, V] logits of the masked positions."""
-    if temperature > 0:
-        logits = logits / temperature
-    if top_p is not None and top_p < 1:
-        logits = _top_p_filter(logits, top_p)
-    if top_k is not None:
-        logits = _top_k_filter(logits, top_k)
-    probs = torch.softmax(logits, dim=-1)
-    if temperature > 0:
-        token = dists.Categorical(probs=probs).sample()
-        confidence = probs.gather(-1, token[:, None]).squeeze(-1)
-    else:
-        confidence, token = probs.max(dim=-1)
-    if alg == "topk_margin":
-        top2 = probs.topk(2, dim=-1).values
-        confidence = top2[:, 0] - top2[:, 1]
-    elif alg == "entropy":
-        confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
-    return confidence, token
-
-
-def _flag(bad_step: torch.Tensor, per_row: torch.Tensor, step: int) -> None:
-    """Record ``step`` in ``bad_step`` if ``per_row`` (a confidence or the max logit of each masked row) is
-    non-finite somewhere: either is exactly when the row's logits hold a NaN or +inf or are all -inf."""
-    record_first_step(bad_step, ~torch.isfinite(per_row).all(), step)
-
-
-def _raise_if_bad(bad_step: torch.Tensor) -> None:
-    first = int(bad_step)
-    if first >= 0:
-        raise non_finite_logits_error(first)
-
-
-@contextlib.contextmanager
-def _naming_step(bad_step: torch.Tensor, logits: torch.Tensor, step: int):
-    """At temperature > 0 sampling refuses NaN probabilities before the check after the loop: then say which
-    step's logits caused it. torch.distributions refuses them with a ValueError while it validates its arguments,
-    and ``multinomial`` with a RuntimeError once that is off (torch.compile turns it off for the whole process);
-    any other error is raised as it is."""
-    try:
-        yield
-    except (ValueError, RuntimeError):
-        _flag(bad_step, logits.amax(dim=-1), step)
-        _raise_if_bad(bad_step)
-        raise
 
 
 def _prepare_inputs(options: DreamOptions, adapter: MDMAdapter, input_ids, attention_mask):
@@ -281,11 +253,11 @@ def _origin_step(options: DreamOptions, call: _Call, masked: _Masked) -> None:
     p_transfer = 1 - masked.s / masked.t if not masked.last else 1
     transfer = torch.rand(masked.flat_idx.shape[0], device=call.device) < p_transfer
     # every masked row, transferred now or not (as unmask checks every candidate): NaN, +inf, all -inf
-    _flag(call.bad_step, masked.logits.amax(dim=-1), masked.step)
+    flag_non_finite(call.bad_step, masked.logits.amax(dim=-1), masked.step)
     x0 = torch.full_like(masked.flat_idx, call.adapter.mask_id)
     if bool(transfer.any()):
         rows = masked.logits[transfer]
-        with _naming_step(call.bad_step, rows, masked.step):
+        with naming_step(call.bad_step, rows, masked.step):
             _, x0[transfer] = token_confidence(rows, "maskgit_plus", options.temperature, options.top_p,
                                                options.top_k)
     call.x.view(-1)[masked.flat_idx] = x0
@@ -295,10 +267,10 @@ def _confidence_step(options: DreamOptions, call: _Call, masked: _Masked) -> Non
     """algs ``maskgit_plus``/``topk_margin``/``entropy``: commit the k (batch-mean schedule) most confident masked
     positions of each row, or k drawn by confidence at ``alg_temp``."""
     dtype, alg_temp = masked.logits.dtype, options.alg_temp  # the dtype of the logits the rows were read from
-    with _naming_step(call.bad_step, masked.logits, masked.step):
+    with naming_step(call.bad_step, masked.logits, masked.step):
         confidence, x0 = token_confidence(masked.logits, options.alg, options.temperature, options.top_p,
                                           options.top_k)
-    _flag(call.bad_step, confidence, masked.step)
+    flag_non_finite(call.bad_step, confidence, masked.step)
     if alg_temp is not None and alg_temp != 0:  # multinomial must not meet NaN
         confidence = confidence.nan_to_num(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
     mean_masks = masked.index.sum() / call.shape[0]
@@ -315,20 +287,8 @@ def _confidence_step(options: DreamOptions, call: _Call, masked: _Masked) -> Non
         call.x.scatter_(1, chosen, proposal.gather(1, chosen))
 
 
-@torch.no_grad()
-def dream_generate(model, input_ids, attention_mask=None, generation_config=None, **kwargs):
-    """Dream diffusion sampling. input_ids: [B, P] (left-padded when B > 1); attention_mask: [B, P] 0/1 or None.
-
-    Returns [B, max_length] token ids, or ``DreamSampleOutput(sequences, history)`` when
-    ``return_dict_in_generate=True``. Hooks: ``generation_tokens_hook_func(step, x, logits) -> x`` and
-    ``generation_logits_hook_func(step, x, logits) -> logits``, called as Dream calls them. ``mask_token_id``
-    unset (here and in ``generation_config``) takes the model's generation config's, then its config's, else
-    151666. A LLaDA model is refused (its logits are not shifted): use ``llada_generate``.
-    """
-    options = DreamOptions.from_call(generation_config, kwargs)
-    adapter = dropin_adapter(model, "dream_generate", options.mask_token_id, mask_arg="mask_token_id")
-    call = _Call.start(options, adapter, input_ids, attention_mask)
-    history = [] if options.keeps_history else None
+def _sample(options: DreamOptions, call: _Call, history: list | None) -> None:
+    """Dream's own loop: ``steps`` forwards over the whole sequence, x written in place (or replaced by a hook)."""
     if options.tokens_hook is not None:
         call.x = options.tokens_hook(None, call.x, None)
 
@@ -344,7 +304,30 @@ def dream_generate(model, input_ids, attention_mask=None, generation_config=None
         if history is not None:
             history.append(call.x.clone())
 
-    _raise_if_bad(call.bad_step)
+
+@torch.no_grad()
+def dream_generate(model, input_ids, attention_mask=None, generation_config=None, **kwargs):
+    """Dream diffusion sampling. input_ids: [B, P] (left-padded when B > 1); attention_mask: [B, P] 0/1 or None.
+
+    Returns [B, max_length] token ids, or ``DreamSampleOutput(sequences, history)`` when
+    ``return_dict_in_generate=True``. Hooks: ``generation_tokens_hook_func(step, x, logits) -> x`` and
+    ``generation_logits_hook_func(step, x, logits) -> logits``, called as Dream calls them. ``mask_token_id``
+    unset (here and in ``generation_config``) takes the model's generation config's, then its config's, else
+    151666. A LLaDA model is refused (its logits are not shifted): use ``llada_generate``.
+
+    Block mode (Fast-dLLM's block sampler, ``upo_fast.sampling.dream_blocks``): ``block_length`` (default 32),
+    ``threshold`` (default 0.9, with ``alg="confidence_threshold"``), ``dual_cache`` (default False); alg
+    "confidence_threshold" or "entropy"; no hooks; needs a model with a KV cache (``upo_fast.load_model``).
+    """
+    options = DreamOptions.from_call(generation_config, kwargs)
+    adapter = dropin_adapter(model, "dream_generate", options.mask_token_id, mask_arg="mask_token_id")
+    call = _Call.start(options, adapter, input_ids, attention_mask)
+    history = [] if options.keeps_history else None
+    if options.block_mode:
+        sample_blocks(options, call, input_ids.shape[1], history)
+    else:
+        _sample(options, call, history)
+    raise_if_non_finite(call.bad_step)
     if options.return_dict_in_generate:
         return DreamSampleOutput(sequences=call.x, history=history)
     return call.x
