@@ -55,11 +55,12 @@ def fused_head_stats_ref(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
                          rows: torch.Tensor | None = None, logit_scale: float = 1.0, topk: int = 8,
                          temperature: float = 0.0, generator: torch.Generator | None = None,
                          suppress: torch.Tensor | list[int] | None = None,
-                         exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05) -> VocabStats:
+                         exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
+                         need_ref: bool = True, features: bool = True) -> VocabStats:
     """``vocab_stats_ref`` on the materialized fp32 logits of the selected rows."""
     logits = head_logits(hidden, weight, bias, rows, logit_scale)
     return vocab_stats_ref(logits, topk=topk, temperature=temperature, generator=generator, suppress=suppress,
-                           exclude=exclude, ref_tau=ref_tau)
+                           exclude=exclude, ref_tau=ref_tau, need_ref=need_ref, features=features)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -73,8 +73,13 @@ def gumbel_like(x: torch.Tensor, generator: torch.Generator | None = None) -> to
 def vocab_stats_ref(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
                     temperature: float = 0.0, generator: torch.Generator | None = None,
                     suppress: torch.Tensor | list[int] | None = None,
-                    exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05) -> VocabStats:
+                    exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
+                    need_ref: bool = True, features: bool = True) -> VocabStats:
     """Reference statistics in fp32 (fp64 for the Gumbel sample). See the module docstring for shapes.
+    ``need_ref=False`` skips ``ref_logsumexp`` (NaN then, as the kernel leaves it): a pass over V that only the
+    softmax-confidence reference reads. ``features=False`` skips margin, entropy and the top-k probabilities (NaN):
+    on the CPU each is another pass over V, which the token and its confidence (all that max-confidence and the
+    commit rules read) do not need; the kernels compute everything in their one pass.
 
     ``suppress`` token ids are set to -inf before anything else (they can be neither chosen nor counted).
     Rows whose logits are all -inf (after suppression) yield token 0 and NaN statistics; callers that can meet
@@ -85,25 +90,34 @@ def vocab_stats_ref(logits: torch.Tensor, rows: torch.Tensor | None = None, *, t
         flat = flat.clone()
         flat[:, torch.as_tensor(suppress, device=flat.device, dtype=torch.long)] = float("-inf")
     logp = torch.log_softmax(flat, dim=-1)
-    probs = logp.exp()
     if temperature == 0:
         token = flat.argmax(dim=-1)
     else:
         noisy = flat.double() / temperature + gumbel_like(flat, generator)
         token = noisy.argmax(dim=-1)
-    confidence = probs.gather(-1, token[:, None]).squeeze(-1)
+    confidence = logp.gather(-1, token[:, None]).squeeze(-1).exp()  # = probs.gather(...): exp is elementwise
+    probs = logp.exp() if features or need_ref else None
+    nan = torch.full_like(confidence, float("nan"))
+    if features:
+        margin, entropy, topk_probs = _features_ref(probs, logp, topk, exclude)
+    else:
+        margin, entropy, topk_probs = nan, nan.clone(), nan[:, None].expand(-1, topk).contiguous()
+    ref_logsumexp = torch.logsumexp(probs / ref_tau, dim=-1) if need_ref else nan.clone()
+    return VocabStats(token, confidence, margin, entropy, topk_probs, ref_logsumexp)
+
+
+def _features_ref(probs, logp, topk: int, exclude):
+    """(margin, entropy, top-k probabilities with the ``exclude`` ids left out) of each row."""
     top2 = probs.topk(min(2, probs.shape[-1]), dim=-1).values
     margin = top2[:, 0] - top2[:, 1] if top2.shape[-1] > 1 else top2[:, 0]
-    # 0 * log 0 is taken as 0
-    entropy = -(probs * torch.where(probs > 0, logp, torch.zeros_like(logp))).sum(-1)
+    # 0 * log 0 is taken as 0: where p == 0, log p is -inf (a suppressed token) or finite (an underflow), and
+    # clamping it to the lowest finite value makes the product 0 in both cases (the same sum, one pass fewer)
+    entropy = -(probs * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)
     if exclude is not None:
         kept = probs.clone()
-        kept[:, torch.as_tensor(exclude, device=flat.device, dtype=torch.long)] = -1.0
-        topk_probs = kept.topk(topk, dim=-1).values.clamp_min(0.0)
-    else:
-        topk_probs = probs.topk(topk, dim=-1).values
-    ref_logsumexp = torch.logsumexp(probs / ref_tau, dim=-1)
-    return VocabStats(token, confidence, margin, entropy, topk_probs, ref_logsumexp)
+        kept[:, torch.as_tensor(exclude, device=probs.device, dtype=torch.long)] = -1.0
+        return margin, entropy, kept.topk(topk, dim=-1).values.clamp_min(0.0)
+    return margin, entropy, probs.topk(topk, dim=-1).values
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -49,3 +49,26 @@ def test_bad_arguments():
         vocab_stats_ref(torch.randn(2, 3), topk=4)
     with pytest.raises(ValueError, match="logits must be"):
         vocab_stats_ref(torch.randn(3))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_skipped_statistics_are_nan_and_the_rest_unchanged(temperature):
+    """need_ref=False / features=False skip passes over V on the CPU: the token and its confidence stay bit for bit
+    what the full pass gives, and what was skipped is NaN (never a plausible number a scorer could read)."""
+    logits = torch.randn(5, 70, generator=torch.Generator().manual_seed(3))
+    logits[1, 4] = float("-inf")
+
+    def stats(**kw):
+        return vocab_stats_ref(logits, topk=4, temperature=temperature, suppress=[3], exclude=[7],
+                               generator=torch.Generator().manual_seed(0), **kw)
+
+    full = stats()
+    for need_ref, features in [(False, True), (True, False), (False, False)]:
+        part = stats(need_ref=need_ref, features=features)
+        assert torch.equal(part.token, full.token) and torch.equal(part.confidence, full.confidence)
+        kept = {"ref_logsumexp": need_ref, "margin": features, "entropy": features, "topk_probs": features}
+        for name, computed in kept.items():
+            if computed:
+                assert torch.equal(getattr(part, name), getattr(full, name)), name
+            else:
+                assert getattr(part, name).isnan().all() and getattr(part, name).shape == getattr(full, name).shape

@@ -33,10 +33,12 @@ def _route(backend, x, topk, temperature, seed, generator):
 def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk: int = 8,
                 temperature: float = 0.0, seed: int | None = None, generator: torch.Generator | None = None,
                 suppress: torch.Tensor | list[int] | None = None, exclude: torch.Tensor | list[int] | None = None,
-                ref_tau: float = 0.05, check: bool = True, backend: str = "auto") -> VocabStats:
+                ref_tau: float = 0.05, need_ref: bool = True, features: bool = True, check: bool = True,
+                backend: str = "auto") -> VocabStats:
     """Per-row token statistics of ``logits`` [R, V] or [B, L, V] for the flat rows ``rows`` [N] (default all):
     token [N], confidence [N], margin [N], entropy [N], topk_probs [N, topk], ref_logsumexp [N]
-    (see ``upo_fast.kernels.vocab_stats``).
+    (see ``upo_fast.kernels.vocab_stats``; ``need_ref=False``: ``ref_logsumexp`` is NaN, one pass over V fewer;
+    ``features=False``: margin, entropy and topk_probs may be NaN, which saves the reference three passes over V).
 
     backend: "torch" runs the reference; "triton" the fused kernel (CUDA tensors, or CPU tensors in triton's
     interpreter when TRITON_INTERPRET=1 was set before triton was first imported; else a ValueError); "auto" picks
@@ -51,9 +53,9 @@ def vocab_stats(logits: torch.Tensor, rows: torch.Tensor | None = None, *, topk:
     kernel, seed, generator = _route(backend, logits, topk, temperature, seed, generator)
     if kernel:
         return vocab_stats_triton(logits, rows, topk=topk, temperature=temperature, seed=seed, suppress=suppress,
-                                  exclude=exclude, ref_tau=ref_tau, check_rows=check)
+                                  exclude=exclude, ref_tau=ref_tau, need_ref=need_ref, check_rows=check)
     return vocab_stats_ref(logits, rows, topk=topk, temperature=temperature, generator=generator,
-                           suppress=suppress, exclude=exclude, ref_tau=ref_tau)
+                           suppress=suppress, exclude=exclude, ref_tau=ref_tau, need_ref=need_ref, features=features)
 
 
 def fused_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -61,12 +63,13 @@ def fused_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                      temperature: float = 0.0, seed: int | None = None, generator: torch.Generator | None = None,
                      suppress: torch.Tensor | list[int] | None = None,
                      exclude: torch.Tensor | list[int] | None = None, ref_tau: float = 0.05,
-                     need_ref: bool = True, check: bool = True, backend: str = "auto") -> VocabStats:
+                     need_ref: bool = True, features: bool = True, check: bool = True,
+                     backend: str = "auto") -> VocabStats:
     """``vocab_stats`` of the logits ``(hidden @ weight.T + bias) * logit_scale`` without materializing them
     (``hidden`` [R, d] or [B, L, d] with flat ``rows``, ``weight`` [V, d], ``bias`` [V]); see
     ``upo_fast.kernels.fused_head``. Backends, seeds and generators follow ``vocab_stats``; ``need_ref=False``
-    (Triton only; the reference always computes it) skips the second matmul that ``ref_logsumexp`` costs;
-    ``check`` as in ``vocab_stats``.
+    skips what ``ref_logsumexp`` costs (the kernel's second matmul, the reference's pass over V; it is then NaN);
+    ``features`` and ``check`` as in ``vocab_stats``.
     """
     kernel, seed, generator = _route(backend, hidden, topk, temperature, seed, generator)
     if kernel:
@@ -75,7 +78,7 @@ def fused_head_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                                        ref_tau=ref_tau, need_ref=need_ref, check_rows=check)
     return fused_head_stats_ref(hidden, weight, bias, rows=rows, logit_scale=logit_scale, topk=topk,
                                 temperature=temperature, generator=generator, suppress=suppress, exclude=exclude,
-                                ref_tau=ref_tau)
+                                ref_tau=ref_tau, need_ref=need_ref, features=features)
 
 
 # Position ops over per-position scores [B, L] (selection, reference distributions, KL / CE); each takes

@@ -107,6 +107,7 @@ class _Loop:
         # the policy's input, and what training records (the recorder writes the hidden state and g_ref's term)
         self.need_hidden = self.scorer.needs_hidden or recorder is not None
         self.need_ref = self.scorer.needs_ref or recorder is not None
+        self.need_features = self.scorer.needs_features or recorder is not None
         if self.need_hidden:
             adapter.capture_last_block_input()
         self.prompt_index = x != adapter.mask_id  # what classifier-free guidance hides
@@ -185,9 +186,10 @@ class _Loop:
             topk = min(FEATURE_TOPK, self.head_weight.shape[0])
             flat = ops.fused_head_stats(out.to(self.head_weight.dtype), self.head_weight, self.head_bias,
                                         logit_scale=self.adapter.logit_scale(), topk=topk, need_ref=self.need_ref,
-                                        **shared)
+                                        features=self.need_features, **shared)
         else:
-            flat = ops.vocab_stats(out, topk=min(FEATURE_TOPK, out.shape[-1]), **shared)
+            flat = ops.vocab_stats(out, topk=min(FEATURE_TOPK, out.shape[-1]), need_ref=self.need_ref,
+                                   features=self.need_features, **shared)
         return VocabStats(*(t.view(batch, width, *t.shape[1:]) for t in flat))
 
     def step(self, start: int, end: int, k: torch.Tensor, transfer_prob: float | None = None,

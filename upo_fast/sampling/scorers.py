@@ -109,7 +109,9 @@ class Scorer:
     ``needs_policy``: ``policy=`` must be given; it is checked against the MDM (``check_compatible``) and its scores
     are checked for NaN / inf. ``needs_hidden``: the hidden state entering the MDM's last block is captured
     (the policy's input). ``needs_ref``: the statistics pass also computes the softmax-confidence reference term
-    (``ref_logsumexp``). ``select``: a selection rule ``(candidates, transfer_prob, generator) -> [B, W] bool``
+    (``ref_logsumexp``). ``needs_features``: it reads margin, entropy or the top-k probabilities (besides the token
+    and its confidence, which every step has; the CPU reference skips the others' passes over V). ``select``: a
+    selection rule ``(candidates, transfer_prob, generator) -> [B, W] bool``
     that replaces ranking; the parallel rules then walk the confidence order. ``no_capture``: why a step with this
     scorer cannot be captured in a CUDA graph, or None.
     """
@@ -119,6 +121,7 @@ class Scorer:
     needs_policy: bool = False
     needs_hidden: bool = False
     needs_ref: bool = False
+    needs_features: bool = False
     select: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor] | None = None
     no_capture: str | None = None
 
@@ -149,12 +152,12 @@ def _entries(*scorers: Scorer) -> dict[str, Scorer]:
 SCORERS: dict[str, Scorer] = _entries(
     Scorer("random", random_order),
     Scorer("max_confidence", max_confidence),
-    Scorer("margin", margin),
-    Scorer("entropy", entropy),
+    Scorer("margin", margin, needs_features=True),
+    Scorer("entropy", entropy, needs_features=True),
     Scorer("topk", topk_uniform),
     Scorer("softmax_confidence", softmax_confidence, needs_ref=True),
     Scorer("origin", None, select=independent_transfer, no_capture="the origin rule draws from a torch generator"),
-    Scorer("policy", learned_policy, needs_policy=True, needs_hidden=True),
+    Scorer("policy", learned_policy, needs_policy=True, needs_hidden=True, needs_features=True),
 )
 ALIASES = SCORER_ALIASES  # the reference samplers' names; one home in names.py (the CLI parses with it)
 HEURISTICS = tuple(name for name, scorer in SCORERS.items() if not scorer.needs_policy)
