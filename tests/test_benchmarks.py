@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("script", ["bench_kernels.py", "bench_position_ops.py", "bench_sampler.py",
-                                    "bench_trainer.py"])
+                                    "bench_trainer.py", "bench_cache.py"])
 def test_quick_benchmark_writes_results(tmp_path, script):
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(tmp_path)],
@@ -26,9 +26,15 @@ def test_quick_benchmark_writes_results(tmp_path, script):
     rows = result["results"]
     impls = {r["impl"] for r in rows}
     expected = {"bench_sampler.py": {"llada_ref_bf16", "paper_rollout", "floor"},
-                "bench_trainer.py": {"paper_loop", "upo_fast"}}.get(script, {"torch", "triton"})
+                "bench_trainer.py": {"paper_loop", "upo_fast"},
+                # without --official (Fast-dLLM's code, transformers 4.49) it measures ours only
+                "bench_cache.py": {"ours", "ours_unfused", "ours_loop"}}.get(script, {"torch", "triton"})
     assert impls >= expected
     assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
+    if script == "bench_cache.py":  # fused = unfused tokens; each left-padded row (mask_padding) = its prompt alone
+        checks = result["checks"]
+        assert all(c["unfused_equals_fused"] for c in checks if c["batch"] == 1)
+        assert all(c["rows_differing"] == [] for c in checks if c["batch"] > 1)
 
 
 def test_upo_results_table_compares_paired_with_max_confidence(tmp_path):
