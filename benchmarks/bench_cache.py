@@ -21,9 +21,12 @@ Measured (rows are medians over round-robin repeats, ``time.perf_counter``, the 
    ``model.final_hidden_states`` over every row (no cache), over rows [block start, L) with a filled cache (prefix),
    over the block only (dual), and the step's token statistics of the block's 32 rows (``ops.fused_head_stats``,
    the CPU reference the loop runs). Fast-dLLM (batch 1): its model's forward with its own cache inputs (logits
-   included; it has no headless forward). ``ratio_vs_no_cache``: median of the per-round ratios to the no-cache
-   row of the same implementation. Peak memory: ``peak_alloc_mb`` (``bench_native_models.peak_alloc_mb``: bytes
-   held by torch's CPU allocator above the start of one call, from the profiler's memory events).
+   included; it has no headless forward). ``block_stats`` is what the loop computes for the max-confidence order
+   (token and confidence only); ``block_stats_all`` adds the policy features (margin, entropy, top-8 probabilities)
+   and the reference term, what a policy or a recording step computes. ``ratio_vs_no_cache``: median of the
+   per-round ratios to the no-cache row of the same implementation. Peak memory: ``peak_alloc_mb``
+   (``bench_native_models.peak_alloc_mb``: bytes held by torch's CPU allocator above the start of one call, from
+   the profiler's memory events).
 2. ``op=generate``: end to end, prompt + ``--gen`` tokens, block 32, threshold None (steps = gen length: one token a
    step) and 0.9, cache None / prefix / dual, temperature 0. Batch 1: the 256-token prompt; ours is
    ``upo_fast.generate(..., fused_head=True)`` (impl ``ours``: the forward stops at the final hidden states and the
@@ -47,10 +50,11 @@ Measured (rows are medians over round-robin repeats, ``time.perf_counter``, the 
    at batch 1 at least 1.2x faster per token than ``generate_with_dual_cache`` with the same tokens; batch 8 at
    least 5x the throughput of Fast-dLLM looping over the 8 prompts.
 
-Exact command (repository root; the venv has transformers 4.49, which Fast-dLLM's code needs)::
+Exact command (repository root; the venv has transformers 4.49, which Fast-dLLM's code needs; 44 minutes on 2
+shared CPU cores, most of it Fast-dLLM's uncached loop at batch 8)::
 
     /tmp/venv-tf449/bin/python benchmarks/bench_cache.py --official /tmp/fastdllm \\
-        --out benchmarks/results/cache_cpu_20261207
+        --out benchmarks/results/cache_cpu_20261207 --gen 64 --repeats 2
 
 ``--official DIR`` is a folder holding Fast-dLLM's ``llada/model`` and ``llada/generate.py``, imported at run time
 and never copied into this repository. Without it the script measures ours only (the test suite's ``--quick``
@@ -82,6 +86,7 @@ from common import _quantile, finish, git_commit, metadata, write_results  # noq
 import upo_fast  # noqa: E402
 from upo_fast import ops  # noqa: E402
 from upo_fast.models.kv_cache import allocate_cache  # noqa: E402
+from upo_fast.sampling.scorers import SCORERS  # noqa: E402
 
 SEED = 1234
 BLOCK = 32
@@ -287,6 +292,8 @@ def step_calls(ref, ours, x: torch.Tensor, shape: dict, plan: Plan) -> dict:
     end = start + BLOCK
     weight, bias, scale = ours.output_head()
     suppress = torch.tensor([shape["mask_id"]])
+    scorer = SCORERS["max_confidence"]  # what the loop computes for it: token and confidence (no features, no ref)
+    stats = dict(logit_scale=scale, topk=8, suppress=suppress, exclude=suppress, check=False, backend="torch")
     with torch.no_grad():
         cache = allocate_cache(ours, x.shape[0], length)
         ours.final_hidden_states(x, cache=cache, start=0)  # filled as a block's first step fills it
@@ -297,8 +304,9 @@ def step_calls(ref, ours, x: torch.Tensor, shape: dict, plan: Plan) -> dict:
             x[:, start:], cache=cache, start=start),
         ("ours", "body", "dual", BLOCK): lambda: ours.final_hidden_states(x[:, start:end], cache=cache, start=start),
         ("ours", "block_stats", "any", BLOCK): lambda: ops.fused_head_stats(
-            block_hidden, weight, bias, logit_scale=scale, topk=8, suppress=suppress, exclude=suppress, check=False,
-            backend="torch"),
+            block_hidden, weight, bias, need_ref=scorer.needs_ref, features=scorer.needs_features, **stats),
+        ("ours", "block_stats_all", "any", BLOCK): lambda: ops.fused_head_stats(  # a policy's or a recorder's step
+            block_hidden, weight, bias, need_ref=True, features=True, **stats),
     }
     if ref is not None and x.shape[0] == 1:  # Fast-dLLM's forward (with logits) with its own cache inputs
         with torch.no_grad():
@@ -535,7 +543,7 @@ def main(argv=None) -> int:
     ap.add_argument("--official", help="folder holding Fast-dLLM's llada/model and llada/generate.py")
     ap.add_argument("--out", required=True, help="where bench_cache.{json,csv} are written")
     ap.add_argument("--gen", type=int, default=64, help="generated tokens end to end (a multiple of 32)")
-    ap.add_argument("--repeats", type=int, default=3, help="batch-1 end-to-end rounds")
+    ap.add_argument("--repeats", type=int, default=2, help="batch-1 end-to-end rounds")
     ap.add_argument("--batch-repeats", type=int, default=1, help="batch-8 end-to-end rounds")
     ap.add_argument("--step-repeats", type=int, default=10, help="single-step rounds")
     ap.add_argument("--warmup", type=int, default=2, help="single-step warmup calls")
