@@ -66,13 +66,11 @@ a tiny model (d 64, 2 layers, vocab 4096), prompt 32, batch 1 and 4, one or two 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,7 +79,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_native_models import LLADA, import_official, peak_alloc_mb, randomize  # noqa: E402
-from common import _quantile, finish, git_commit, metadata, write_results  # noqa: E402
+from common import PeakHeap, finish, git_commit, metadata, round_robin, summary, write_results  # noqa: E402
 
 import upo_fast  # noqa: E402
 from upo_fast import ops  # noqa: E402
@@ -203,56 +201,6 @@ def flop_ratio(d_model: int, n_layers: int, mlp_hidden_size: int, vocab: int, le
 
 # ------------------------------------------------------------------------------------------------------ measurement
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def _heap_reader():
-    """A function returning the bytes malloc has handed out and not taken back (glibc's ``mallinfo2``: in-use heap
-    chunks plus mmapped chunks, every arena; torch's CPU tensors are allocated there), or None off glibc >= 2.33."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-    except (OSError, AttributeError):
-        return None
-
-    def in_use() -> int:
-        info = libc.mallinfo2()
-        return info.uordblks + info.hblkhd
-
-    return in_use
-
-
-HEAP_IN_USE = _heap_reader()
-
-
-class PeakHeap:
-    """Peak of malloc's in-use bytes above the value at entry (``mb``), polled every millisecond by a thread (about
-    half a microsecond a poll); None where ``mallinfo2`` is missing. Resident memory would miss what malloc reuses
-    from pages it already holds."""
-
-    def __enter__(self):
-        self.mb = None
-        if HEAP_IN_USE is not None:
-            self.start = self.peak = HEAP_IN_USE()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, HEAP_IN_USE())
-
-    def __exit__(self, *exc):
-        if HEAP_IN_USE is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, HEAP_IN_USE())
-            self.mb = (self.peak - self.start) / 2**20
-
-
 def run_once(fn, counters: list[ForwardCounter]) -> dict:
     """One timed call of ``fn`` (no grad): ms, forwards counted, peak heap above the start, the output."""
     for c in counters:
@@ -262,26 +210,6 @@ def run_once(fn, counters: list[ForwardCounter]) -> dict:
         out = fn()
         ms = (time.perf_counter() - t0) * 1e3
     return dict(ms=ms, forwards=sum(c.count for c in counters), heap_mb=mem.mb, out=out)
-
-
-def summary(times: list[float]) -> dict:
-    return dict(median_ms=statistics.median(times), p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8),
-                repeats=len(times))
-
-
-def round_robin(calls: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Each call once per round, in turn, after ``warmup`` calls of each: load from other jobs falls on all alike."""
-    times = {key: [] for key in calls}
-    with torch.no_grad():
-        for fn in calls.values():
-            for _ in range(warmup):
-                fn()
-        for _ in range(repeats):
-            for key, fn in calls.items():
-                t0 = time.perf_counter()
-                fn()
-                times[key].append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 # ------------------------------------------------------------------------------------------------- 1. single steps

@@ -8,12 +8,14 @@ and the command line.
 from __future__ import annotations
 
 import csv
+import ctypes
 import datetime
 import importlib.metadata
 import json
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -182,3 +184,75 @@ def measure(results: list, fn, *, op: str, impl: str, device, warmup: int, repea
     sizes = " ".join(f"{k}={v}" for k, v in fields.items() if k != "note")
     print(f"{op:22s} {impl:16s} {sizes:40s} {shown}", flush=True)
     return row
+
+
+# ---- CPU peak memory and round-robin timing (bench_cache.py) ------------------------------------------------
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_reader():
+    """A function returning the bytes malloc has handed out and not taken back (glibc's ``mallinfo2``: in-use heap
+    chunks plus mmapped chunks, every arena; torch's CPU tensors are allocated there), or None off glibc >= 2.33."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return in_use
+
+
+HEAP_IN_USE = _heap_reader()
+
+
+class PeakHeap:
+    """Peak of malloc's in-use bytes above the value at entry (``mb``), polled every millisecond by a thread (about
+    half a microsecond a poll); None where ``mallinfo2`` is missing. Resident memory would miss what malloc reuses
+    from pages it already holds."""
+
+    def __enter__(self):
+        self.mb = None
+        if HEAP_IN_USE is not None:
+            self.start = self.peak = HEAP_IN_USE()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, HEAP_IN_USE())
+
+    def __exit__(self, *exc):
+        if HEAP_IN_USE is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, HEAP_IN_USE())
+            self.mb = (self.peak - self.start) / 2**20
+
+
+def summary(times: list[float]) -> dict:
+    return dict(median_ms=statistics.median(times), p20_ms=_quantile(times, 0.2), p80_ms=_quantile(times, 0.8),
+                repeats=len(times))
+
+
+def round_robin(calls: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Each call once per round, in turn, after ``warmup`` calls of each: load from other jobs falls on all alike."""
+    times = {key: [] for key in calls}
+    with torch.no_grad():
+        for fn in calls.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(repeats):
+            for key, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[key].append((time.perf_counter() - t0) * 1e3)
+    return times

@@ -189,8 +189,9 @@ class LLaDAModelLM(NativeMDM, PreTrainedModel):
         return config.n_layers, config.kv_heads, config.d_model // config.n_heads
 
     def _padding_mask(self, attention_mask) -> torch.Tensor | None:
-        """[B, 1, 1, L] keys that may be attended (``mask_padding``), or None: every key."""
-        if not self.mask_padding or attention_mask is None or attention_mask.dim() != 2 or bool(attention_mask.all()):
+        """[B, 1, 1, L] keys that may be attended (``mask_padding``), or None: every key. No test of whether the
+        mask hides anything: that would be a host read at every forward of the step loop."""
+        if not self.mask_padding or attention_mask is None or attention_mask.dim() != 2:
             return None
         if self.attn_backend == "flash":
             raise ValueError("mask_padding=True needs attn='sdpa' or 'eager' (load_model(..., attn='sdpa'))")
