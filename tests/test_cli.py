@@ -144,9 +144,10 @@ def test_parallel_curve(model_dir, tmp_path, capsys):
     out, js = tmp_path / "c.png", tmp_path / "c.json"
     assert main(["parallel-curve", "--task", "sudoku4", "--model", str(model_dir), "--thresholds", "0.5,0.2",
                  "--limit", "8", "--out", str(out), "--json", str(js)]) == 0
-    points = json.loads(js.read_text())["curves"]["max_confidence"]
-    assert [p["label"] for p in points] == ["1/step", "0.5", "0.2"]
-    assert points[0]["mean_steps"] >= points[1]["mean_steps"] >= points[2]["mean_steps"]
+    points = [p for p in json.loads(js.read_text())["points"]
+              if p["order"] == "max_confidence" and p["rule"] in ("one", "threshold")]
+    assert [p["commit"] for p in points] == ["schedule", "threshold=0.5", "threshold=0.2"]
+    assert points[0]["forwards"] >= points[1]["forwards"] >= points[2]["forwards"]
     assert out.read_bytes()[:4] == b"\x89PNG"
     for bad in ("2", "0.5,x", ""):
         assert main(["parallel-curve", "--task", "sudoku4", "--model", str(model_dir), "--thresholds", bad]) == 2

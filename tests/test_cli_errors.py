@@ -107,7 +107,7 @@ def test_eval_grid_parallel_rules_take_fewer_forwards(model_dir, tmp_path, capsy
         code, err = run(capsys, "eval", "--task", "sudoku4", "--model", model_dir, "--num-puzzles", 3, "--blanks", 8,
                         *rule, "--json", tmp_path / f"{name}.json")
         assert code == 0, err
-        steps[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]["max_confidence"]["mean_steps"]
+        steps[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]["max_confidence"]["forwards"]
     assert steps["one"] == 8 and steps["threshold"] < 8 and steps["factor"] < 8, steps
 
 

@@ -21,6 +21,28 @@ SCORERS = ("random", "max_confidence", "margin", "entropy", "topk", "softmax_con
 SCORER_ALIASES = {"low_confidence": "max_confidence", "topk_margin": "margin", "maskgit_plus": "max_confidence"}
 
 
+PARALLEL_RULES = ("schedule", "policy", "threshold", "factor")  # the commit rules a --parallel spec names
+
+
+def parse_parallel(spec: str) -> tuple[str, float | None]:
+    """A commit-rule spec -> (rule, value): ``schedule`` (one position a step, or the step schedule's count),
+    ``policy`` / ``policy=P`` (the policy's learned rule; P overrides its commit threshold), ``threshold=T``,
+    ``factor=F`` (Fast-dLLM's rules). The value's range is checked where the rule is made
+    (``upo_fast.sampling.commit_rules``); here only the spelling, so the command line answers before torch loads."""
+    name, sep, value = spec.partition("=") if isinstance(spec, str) else ("", "", "")
+    number = None
+    if sep:
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    valid = (name in ("schedule", "policy") and not sep) or (name in PARALLEL_RULES[1:] and number is not None)
+    if not valid:
+        raise ValueError(f"parallel rule {spec!r} is not one of: schedule, policy, policy=P (a commit probability "
+                         "in (0, 1)), threshold=T (in (0, 1]), factor=F (> 0)")
+    return name, number
+
+
 def is_grid_task(name: str) -> bool:
     """``sudoku4``, ``sudoku9``, ``zebra`` or ``zebraHxA`` (H houses, A attributes)."""
     return name in GRID_TASKS or bool(isinstance(name, str) and _ZEBRA_SIZE.fullmatch(name))

@@ -32,12 +32,13 @@ import logging
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from upo_fast.kernels.vocab_stats import VocabStats
-from upo_fast.models.tiny_mdm import TinyMDM, TinyMDMBlock, TinyMDMConfig
+from upo_fast.models.tiny_mdm import TinyMDM, TinyMDMBlock
+from upo_fast.policy_config import ANCHORS, BLOCK_INITS, BODIES, UnmaskingPolicyConfig
 from upo_fast.sampling.adapters import MDMAdapter
-from upo_fast.sampling.families import FAMILIES, detect_family
+from upo_fast.sampling.families import detect_family
 
 try:  # transformers >= 5: init helpers that skip tensors already loaded from a checkpoint
     from transformers import initialization as _init
@@ -45,128 +46,6 @@ except ImportError:  # transformers 4.x: plain torch init is fine there
     from torch.nn import init as _init
 
 logger = logging.getLogger(__name__)
-
-ANCHORS = ("none", "confidence")
-BLOCK_INITS = ("fresh", "copy")
-BODIES = ("block", "features")  # block: one transformer block (+ extra_blocks); features: no block (per position)
-
-
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _positive_float(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a float > 0, got {value!r}")
-
-
-def _check_config(*, mdm_family, mdm_hidden_size, feature_topk, policy_dim, num_heads, intermediate_size, mlp_hidden,
-                  anchor, anchor_tau, block_init, extra_blocks, candidate_topk, body, rms_norm_eps,
-                  initializer_range) -> None:
-    """The fields of an UnmaskingPolicyConfig as given: a ValueError naming the first one out of range."""
-    if mdm_family not in FAMILIES:
-        raise ValueError(f"mdm_family must be one of {', '.join(FAMILIES)}, got {mdm_family!r}")
-    if anchor not in ANCHORS:
-        raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
-    if block_init not in BLOCK_INITS:
-        raise ValueError(f"block_init must be one of {', '.join(BLOCK_INITS)}, got {block_init!r}")
-    for name, value in [("mdm_hidden_size", mdm_hidden_size), ("feature_topk", feature_topk),
-                        ("num_heads", num_heads), ("mlp_hidden", mlp_hidden)]:
-        _positive_int(name, value)
-    for name, value in [("policy_dim", policy_dim), ("intermediate_size", intermediate_size),
-                        ("candidate_topk", candidate_topk)]:
-        if value is not None:
-            _positive_int(name, value)
-    if not isinstance(extra_blocks, int) or extra_blocks < 0:
-        raise ValueError(f"extra_blocks must be an int >= 0, got {extra_blocks!r}")
-    for name, value in [("anchor_tau", anchor_tau), ("rms_norm_eps", rms_norm_eps),
-                        ("initializer_range", initializer_range)]:
-        _positive_float(name, value)
-    if body not in BODIES:
-        raise ValueError(f"body must be one of {', '.join(BODIES)}, got {body!r}")
-    if body == "features" and (block_init != "fresh" or extra_blocks):
-        raise ValueError("body='features' has no transformer block: it needs block_init='fresh' and "
-                         f"extra_blocks=0, got block_init={block_init!r}, extra_blocks={extra_blocks!r}")
-    width = policy_dim if policy_dim is not None else mdm_hidden_size
-    if body == "block" and width % num_heads != 0:
-        raise ValueError(f"num_heads={num_heads} must divide the policy width {width} (policy_dim or "
-                         "mdm_hidden_size)")
-
-
-class UnmaskingPolicyConfig(PretrainedConfig):
-    """Configuration of :class:`UnmaskingPolicy`. Records the MDM it fits (``mdm_family``, ``mdm_hidden_size``).
-
-    ``policy_dim=None`` (or equal to ``mdm_hidden_size``) runs the block at the MDM's width; otherwise a Linear
-    projects d -> policy_dim first. ``intermediate_size=None`` means 4 * policy width. ``body="features"``: no
-    transformer block (``block_init`` must be "fresh", ``extra_blocks`` 0); a saved config without ``body`` is a
-    "block" policy. ``candidate_topk=K`` (set for
-    policies trained against the Top-K reference) makes the sampler offer only the K most confident candidates.
-    """
-
-    model_type = "upo_policy"
-
-    def __init__(
-        self,
-        mdm_family: str = "generic",
-        mdm_hidden_size: int = 32,
-        feature_topk: int = 8,
-        policy_dim: int | None = None,
-        num_heads: int = 4,
-        intermediate_size: int | None = None,
-        mlp_hidden: int = 256,
-        anchor: str = "none",
-        anchor_tau: float = 0.1,
-        block_init: str = "fresh",
-        extra_blocks: int = 0,
-        candidate_topk: int | None = None,
-        body: str = "block",
-        rms_norm_eps: float = 1e-6,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        _check_config(mdm_family=mdm_family, mdm_hidden_size=mdm_hidden_size, feature_topk=feature_topk,
-                      policy_dim=policy_dim, num_heads=num_heads, intermediate_size=intermediate_size,
-                      mlp_hidden=mlp_hidden, anchor=anchor, anchor_tau=anchor_tau, block_init=block_init,
-                      extra_blocks=extra_blocks, candidate_topk=candidate_topk, body=body, rms_norm_eps=rms_norm_eps,
-                      initializer_range=initializer_range)
-        self.mdm_family = mdm_family
-        self.mdm_hidden_size = mdm_hidden_size
-        self.feature_topk = feature_topk
-        self.policy_dim = policy_dim
-        self.num_heads = num_heads
-        self.intermediate_size = intermediate_size
-        self.mlp_hidden = mlp_hidden
-        self.anchor = anchor
-        self.anchor_tau = float(anchor_tau)
-        self.block_init = block_init
-        self.extra_blocks = extra_blocks
-        self.body = body
-        self.candidate_topk = candidate_topk  # trained against Top-K: choose among the K most confident only
-        self.rms_norm_eps = float(rms_norm_eps)
-        self.initializer_range = float(initializer_range)
-        super().__init__(**kwargs)
-
-    @property
-    def width(self) -> int:
-        """The width the body runs at (the transformer block's, or the MLP head's input with body="features")."""
-        return self.policy_dim if self.policy_dim is not None else self.mdm_hidden_size
-
-    @property
-    def ffn_size(self) -> int:
-        return self.intermediate_size if self.intermediate_size is not None else 4 * self.width
-
-    @property
-    def projects_input(self) -> bool:
-        return self.width != self.mdm_hidden_size
-
-    def block_config(self) -> TinyMDMConfig:
-        """The TinyMDMConfig that builds the policy's block. "learned" positions: no rotary (the MDM's hidden
-        states already carry position information), and it drops rope's even-head-dim requirement."""
-        return TinyMDMConfig(vocab_size=1, hidden_size=self.width, num_hidden_layers=1,
-                             num_attention_heads=self.num_heads, intermediate_size=self.ffn_size,
-                             position_embedding="learned", rms_norm_eps=self.rms_norm_eps, pad_token_id=None)
-
 
 def _mdm_hidden_size(mdm: nn.Module) -> int:
     config = getattr(mdm, "config", None)
@@ -178,6 +57,47 @@ def _mdm_hidden_size(mdm: nn.Module) -> int:
 
 def _unwrap(mdm):
     return mdm.model if isinstance(mdm, MDMAdapter) else mdm
+
+
+def _trunk(net: nn.Module, hidden, topk_probs, candidates, attention_mask, feature_topk: int):
+    """The body both heads read, for ``net`` (the policy itself or its ``CommitNet``, which have the same parts):
+    (x [B, W, width] after the final norm, features [B, W, 1 + k]). The MDM may run in bf16 while the policy trains
+    in fp32: everything is computed in ``net``'s dtype."""
+    dtype = net.feature_proj.weight.dtype
+    topk = topk_probs[..., :feature_topk].to(dtype)
+    features = torch.cat([candidates.to(dtype)[..., None], topk], dim=-1)  # [B, W, 1 + k]
+    x = hidden.to(dtype)
+    if net.input_proj is not None:
+        x = net.input_proj(x)
+    x = x + net.feature_proj(features)
+    if net.block is not None:  # body="features": per position, nothing to mask
+        mask = UnmaskingPolicy._block_mask(attention_mask)
+        x = net.block(x, mask)
+        for block in net.extra_blocks:
+            x = block(x, mask)
+    return net.norm(x), features
+
+
+class CommitNet(nn.Module):
+    """The commit net of a policy with ``commit_head=True``: the order trunk's parts over again (its own input
+    projection, features embedding, one transformer block unless body="features", norm), and an MLP that reads the
+    trunk's output with the raw features beside it (so the token confidence is one Linear away) -> one log-odds
+    per position that the MDM's token there is already final. A separate trunk: training it leaves the order the
+    policy was trained for unchanged, and its block compares positions (two cells about to take the same digit)."""
+
+    def __init__(self, config: UnmaskingPolicyConfig):
+        super().__init__()
+        width, m = config.width, config.mlp_hidden
+        self.input_proj = nn.Linear(config.mdm_hidden_size, width) if config.projects_input else None
+        self.feature_proj = nn.Linear(1 + config.feature_topk, width)
+        self.block = TinyMDMBlock(config.block_config()) if config.body == "block" else None
+        self.extra_blocks = nn.ModuleList()  # one block: what _trunk reads
+        self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
+        self.head = nn.Sequential(
+            nn.Linear(width + 1 + config.feature_topk, m), nn.SiLU(), nn.LayerNorm(m),
+            nn.Linear(m, m), nn.SiLU(), nn.LayerNorm(m),
+            nn.Linear(m, 1),
+        )  # fmt: skip
 
 
 class UnmaskingPolicy(PreTrainedModel):
@@ -203,6 +123,7 @@ class UnmaskingPolicy(PreTrainedModel):
             nn.Linear(m, m), nn.SiLU(), nn.LayerNorm(m),
             nn.Linear(m, 1),
         )  # fmt: skip
+        self.commit = CommitNet(config) if config.commit_head else None
         self.post_init()
 
     def _init_weights(self, module):
@@ -274,7 +195,9 @@ class UnmaskingPolicy(PreTrainedModel):
                                  f"{config.num_heads} and {config.ffn_size}")
         policy = cls(config)
         if copy:
-            policy.block.load_state_dict(mdm.model.layers[-1].state_dict())
+            for block in (policy.block, policy.commit.block if policy.commit is not None else None):
+                if block is not None:
+                    block.load_state_dict(mdm.model.layers[-1].state_dict())
         policy.to(next(mdm.parameters()).device)
         logger.info("UnmaskingPolicy for a %s MDM (hidden %d): %.2fM parameters", config.mdm_family,
                     config.mdm_hidden_size, policy.num_parameters() / 1e6)
@@ -326,6 +249,40 @@ class UnmaskingPolicy(PreTrainedModel):
             raise ValueError(f"attention_mask must be [B, W] = {bw} (1 = real position), got "
                              f"{tuple(attention_mask.shape)}")
 
+    # ---- the commit net (learned parallel unmasking) ----------------------------------------------------------
+    @property
+    def has_commit_head(self) -> bool:
+        return self.commit is not None
+
+    def add_commit_head(self, mdm_model=None) -> UnmaskingPolicy:
+        """Give this policy a fresh commit net (the order part is unchanged); with ``block_init="copy"`` and a
+        TinyMDM ``mdm_model`` of the policy's width, its block starts as a copy of the MDM's last block."""
+        if self.commit is not None:
+            raise ValueError("this policy already has a commit net (config.commit_head is True)")
+        self.config.commit_head = True
+        device = next(self.parameters()).device
+        self.commit = CommitNet(self.config)
+        self.commit.apply(self._init_weights)
+        mdm = _unwrap(mdm_model) if mdm_model is not None else None
+        if (self.config.block_init == "copy" and isinstance(mdm, TinyMDM) and self.commit.block is not None
+                and not self.config.projects_input):
+            self.commit.block.load_state_dict(mdm.model.layers[-1].state_dict())
+        self.commit.to(device)
+        return self
+
+    def commit_logits(self, hidden: torch.Tensor, stats: VocabStats | None = None,
+                      candidates: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                      topk_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, W] float32 log-odds that the MDM's current token at each position is already final (what the learned
+        commit rule thresholds); inputs as in ``forward``. A ValueError when the policy has no commit net."""
+        if self.commit is None:
+            raise ValueError("this policy has no commit net (config.commit_head is False): train one with "
+                             "`upo-fast pretrain-commit`, or use a threshold/factor rule")
+        all_topk, topk_name = self._topk_probs(stats, topk_probs)
+        self._check_inputs(hidden, all_topk, topk_name, candidates, attention_mask)
+        x, features = _trunk(self.commit, hidden, all_topk, candidates, attention_mask, self.config.feature_topk)
+        return self.commit.head(torch.cat([x, features], dim=-1)).squeeze(-1).float()
+
     @staticmethod
     def _block_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """[B, W] (nonzero = real) -> bool [B, 1, W, W] (True = may attend). A pad query may attend to itself,
@@ -347,20 +304,7 @@ class UnmaskingPolicy(PreTrainedModel):
         all_topk, topk_name = self._topk_probs(stats, topk_probs)
         self._check_inputs(hidden, all_topk, topk_name, candidates, attention_mask)
         cfg = self.config
-        dtype = self.feature_proj.weight.dtype
-        # The MDM may run in bf16 while the policy trains in fp32: compute in the policy's dtype.
-        topk = all_topk[..., : cfg.feature_topk].to(dtype)
-        features = torch.cat([candidates.to(dtype)[..., None], topk], dim=-1)  # [B, W, 1 + k]
-        x = hidden.to(dtype)
-        if self.input_proj is not None:
-            x = self.input_proj(x)
-        x = x + self.feature_proj(features)
-        if self.block is not None:  # body="features": per position, nothing to mask
-            mask = self._block_mask(attention_mask)
-            x = self.block(x, mask)
-            for block in self.extra_blocks:
-                x = block(x, mask)
-        x = self.norm(x)
+        x, _ = _trunk(self, hidden, all_topk, candidates, attention_mask, cfg.feature_topk)
         scores = self.head(x).squeeze(-1).float()  # [B, W]
         if cfg.anchor == "confidence":
             # top-1 probability with the mask token excluded, exactly what max-confidence ranks by
@@ -393,4 +337,4 @@ def load_policy(path, task, mdm, model_dir=None) -> UnmaskingPolicy:
     policy.check_compatible(mdm)
     return policy
 
-__all__ = ["UnmaskingPolicyConfig", "UnmaskingPolicy", "ANCHORS", "BLOCK_INITS", "BODIES", "load_policy"]
+__all__ = ["UnmaskingPolicyConfig", "UnmaskingPolicy", "CommitNet", "ANCHORS", "BLOCK_INITS", "BODIES", "load_policy"]

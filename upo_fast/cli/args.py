@@ -121,10 +121,42 @@ def device_name(text: str) -> str:
     return text
 
 
+def parallel_spec(text: str) -> str:
+    """A ``--parallel`` commit rule: schedule, policy, policy=P, threshold=T or factor=F (``names.parse_parallel``)."""
+    try:
+        name, value = names.parse_parallel(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if name == "policy" and value is not None and not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"policy={value:g}: the commit probability must be in (0, 1)")
+    if name == "threshold" and not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"threshold={value:g}: must be in (0, 1]")
+    if name == "factor" and not value > 0:
+        raise argparse.ArgumentTypeError(f"factor={value:g}: must be > 0")
+    return text
+
+
+def uses_learned_commit(args) -> bool:
+    """Whether the command's ``--parallel`` is the policy's learned rule (a policy with a commit net is needed)."""
+    spec = getattr(args, "parallel", None)
+    return spec is not None and names.parse_parallel(spec)[0] == "policy"
+
+
+def parallel_options(args) -> dict:
+    """The sampler's commit-rule arguments from ``--threshold`` / ``--factor`` / ``--parallel`` (at most one)."""
+    return dict(threshold=args.threshold, factor=args.factor, commit=getattr(args, "parallel", None))
+
+
 def add_parallel_arguments(parser) -> None:
-    """``--threshold`` / ``--factor``, Fast-dLLM's two parallel-unmasking rules (``upo_fast.sampling.commit_rules``),
-    which exclude each other: ``generate`` and ``unmask`` take at most one rule."""
+    """``--threshold`` / ``--factor``, Fast-dLLM's two parallel-unmasking rules, and ``--parallel``, any rule by its
+    spec (the policy's learned rule among them) (``upo_fast.sampling.commit_rules``), which exclude each other:
+    ``generate`` and ``unmask`` take at most one rule."""
     rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--parallel", type=parallel_spec, default=None, metavar="RULE",
+                       help="parallel unmasking by any commit rule: policy (the policy's learned rule: the order's "
+                       "first pick plus every cell its commit net trusts, at the policy's own threshold), "
+                       "policy=P (that threshold instead), threshold=T, factor=F (as --threshold, --factor), "
+                       "schedule (default)")
     rules.add_argument("--threshold", type=unit_fraction, default=None,
                        help="parallel unmasking, Fast-dLLM's threshold rule: each step commits the order's first "
                        "pick plus every candidate whose token confidence is >= this, in (0, 1]; the step schedule "

@@ -13,6 +13,7 @@ from upo_fast.cli.args import (
     device_name,
     nonneg_float,
     nonneg_int,
+    parallel_options,
     positive_int,
     scorer_help,
     scorer_name,
@@ -108,8 +109,8 @@ def _sampling_options(args, scorer: str, device: str) -> dict:
     """The options ``unmask`` and ``generate`` both take, from the command line."""
     import torch
 
-    return dict(scorer=scorer, topk=args.topk, temperature=args.temperature, threshold=args.threshold,
-                factor=args.factor, generator=torch.Generator(device=device).manual_seed(args.seed))
+    return dict(scorer=scorer, topk=args.topk, temperature=args.temperature, **parallel_options(args),
+                generator=torch.Generator(device=device).manual_seed(args.seed))
 
 
 def _sample_grid(args, scorer: str, device: str) -> None:

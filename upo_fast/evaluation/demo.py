@@ -64,14 +64,14 @@ class OrderResult:
     scorer: str
     solved: np.ndarray
     cell_accuracy: np.ndarray
-    mean_steps: float
+    forwards: float
     seconds: float
     record: object = None  # upo_fast.evaluation.order_pictures.OrderRecord
 
     def summary(self) -> dict:
         solved, cells = solved_interval(self.solved), mean_interval(self.cell_accuracy, within=(0.0, 1.0))
         return {"cell_accuracy": cells["mean"], "cell_accuracy_ci95": cells["ci95"], "solved_rate": solved["rate"],
-                "solved_ci95": solved["ci95"], "mean_steps": self.mean_steps, "seconds": round(self.seconds, 3)}
+                "solved_ci95": solved["ci95"], "forwards": self.forwards, "seconds": round(self.seconds, 3)}
 
 
 class _Phases:

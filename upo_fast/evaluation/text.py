@@ -97,7 +97,7 @@ def evaluate_math(model, tokenizer, problems, *, task: str, scorer="max_confiden
                   block_length: int = 32, steps: int | None = None, batch_size: int = 8, temperature: float = 0.0,
                   position_temperature: float = 1.0, pass_at: int = 1, seed: int = 0, chat: bool = True,
                   policy=None, device=None, progress: bool = True, threshold: float | None = None,
-                  factor: float | None = None, cache: str | None = None) -> dict:
+                  factor: float | None = None, cache: str | None = None, commit=None) -> dict:
     """Accuracy of ``model`` (LLaDA / Dream, or any model ``upo_fast.sampling.loop.generate`` takes) on ``problems``.
 
     Prompts (``build_prompts``) are tokenized with left padding (the tokenizer's ``padding_side`` is restored
@@ -122,7 +122,7 @@ def evaluate_math(model, tokenizer, problems, *, task: str, scorer="max_confiden
     add_special_tokens = not (use_chat and bos and all(p.startswith(bos) for p in prompts))
     options = dict(gen_length=gen_length, block_length=block_length, steps=gen_length if steps is None else steps,
                    scorer=scorer, temperature=temperature, position_temperature=position_temperature, policy=policy,
-                   threshold=threshold, factor=factor, cache=cache)
+                   threshold=threshold, factor=factor, cache=cache, commit=commit)
     start_time = time.perf_counter()
     samples = []
     with _left_padded(tokenizer):

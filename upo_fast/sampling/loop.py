@@ -53,7 +53,7 @@ class SamplingOptions:
     cfg_scale: float = 0.0
     threshold: float | None = None  # parallel unmasking: Fast-dLLM's threshold rule (commit_rules.Threshold)
     factor: float | None = None  # parallel unmasking: Fast-dLLM's factor rule (commit_rules.Factor)
-    commit: CommitRule | None = None  # any commit rule; at most one of commit, threshold, factor
+    commit: CommitRule | str | None = None  # any commit rule or its spec; at most one of commit, threshold, factor
     cache: str | None = None  # None, "prefix" or "dual": Fast-dLLM's KV caches (generate only; native models)
     topk: int = 5  # K of the ``topk`` scorer
     position_temperature: float = 1.0  # temperature of a stochastic scorer's position draw
@@ -73,7 +73,9 @@ class SamplingOptions:
         if self.cache is not None and self.cfg_scale > 0:
             raise ValueError("cache='prefix'/'dual' runs without classifier-free guidance (cfg_scale=0), as "
                              "Fast-dLLM's cached generators do")
-        commit_rule(self.commit, self.threshold, self.factor)  # at most one, each checked
+        rule = commit_rule(self.commit, self.threshold, self.factor)  # at most one, each checked
+        if isinstance(self.commit, str):  # a spec string ("policy", "threshold=0.9", ...) is kept as its rule
+            object.__setattr__(self, "commit", rule)
         object.__setattr__(self, "scorer", resolve_scorer(self.scorer))  # frozen: __post_init__ normalizes once
         object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens or ()))
 
@@ -93,7 +95,7 @@ class _Loop:
         self.prepared = adapter.prepare_attention(attention_mask, *x.shape)
         self.valid = self.prepared.valid
         self.scorer = SCORERS[options.scorer]
-        self.rule = options.rule
+        self.rule = options.rule.bind(policy)  # the learned rule checks the policy's commit net and takes its threshold
         # Fast-dLLM's caches: buffers allocated once for the call; each step says which rows it runs (``rows``)
         self.cache = adapter.allocate_cache(*x.shape) if options.cache is not None else None
         self.one = torch.ones(x.shape[0], dtype=torch.long, device=x.device)  # a schedule-free rule's count
@@ -104,10 +106,12 @@ class _Loop:
         self.exclude = torch.tensor([adapter.mask_id], device=x.device)  # made once: no copies inside a step
         self.recorder = recorder
         self.scorer.check_policy(policy, adapter.model)  # an UnmaskingPolicy trained beside another MDM: clear error
-        # the policy's input, and what training records (the recorder writes the hidden state and g_ref's term)
-        self.need_hidden = self.scorer.needs_hidden or recorder is not None
+        if self.rule.needs_policy and hasattr(policy, "check_compatible"):
+            policy.check_compatible(adapter.model)
+        # the policy's input (its order or its commit net), and what training records (the hidden state, g_ref's term)
+        self.need_hidden = self.scorer.needs_hidden or self.rule.needs_policy or recorder is not None
         self.need_ref = self.scorer.needs_ref or recorder is not None
-        self.need_features = self.scorer.needs_features or recorder is not None
+        self.need_features = self.scorer.needs_features or self.rule.needs_policy or recorder is not None
         if self.need_hidden:
             adapter.capture_last_block_input()
         self.prompt_index = x != adapter.mask_id  # what classifier-free guidance hides
@@ -204,6 +208,10 @@ class _Loop:
             state.position_seed.add_(1)
         rows = self.rows(start, end, refresh)
         stats = self.statistics(self.region_outputs(start, end, rows))
+        if self.need_hidden:  # the policy reads the hidden states of the region's positions (see ranked_select)
+            hidden = self.adapter.position_hidden()
+            first, batch = start - rows[0], stats.token.shape[0]
+            self.ctx.hidden = hidden[:batch, first:first + end - start] if hidden is not None else None
         region = x[:, start:end]
         candidates = region == self.adapter.mask_id
         if self.valid is not None:
@@ -213,22 +221,27 @@ class _Loop:
         record_first_step(state.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any(), state.step_index)
         if self.scorer.select is not None:  # no ranking: the factor rule walks down the confidences
             select, order = self.scorer.select(candidates, transfer_prob, self.generator), stats.confidence
+            stochastic = True
         else:
-            select, candidates, order = self.ranked_select(stats, candidates, k, start - rows[0], end - rows[0])
-        extra = self.rule.extra(order, candidates, stats.confidence)
+            select, candidates, order, stochastic = self.ranked_select(stats, candidates, k)
+        commit_logits = None
+        if self.rule.needs_policy:  # the learned rule: the policy's commit net over the same candidates
+            commit_logits = self.ctx.policy.commit_logits(hidden=self.ctx.hidden, stats=stats, candidates=candidates)
+        extra = self.rule.extra(order, candidates, stats.confidence, commit_logits)
         if extra is not None:
             select |= extra
+        if self.recorder is not None and self.scorer.ranks:  # after the rule: it sees every position committed
+            position_temperature = self.ctx.position_temperature if stochastic else 0.0
+            self.recorder.write(self.ctx.hidden, stats, candidates, order, select, position_temperature)
         x[:, start:end] = torch.where(select, stats.token, region)
         state.step_index.add_(1)
 
-    def ranked_select(self, stats: VocabStats, candidates: torch.Tensor, k: torch.Tensor, start: int, end: int):
-        """(select, candidates, scores): the k best-scored (or Gumbel-top-k sampled) candidates of each row, the
-        candidates as the scorer narrowed them (Top-K), and the scores (the order the factor rule walks). start,
-        end: the region among the rows the forward ran, where the policy reads the hidden states of the positions
-        it scores (under a cache: computed in this step, attending to the cached keys and values)."""
-        if self.need_hidden:
-            hidden = self.adapter.position_hidden()
-            self.ctx.hidden = hidden[:stats.token.shape[0], start:end] if hidden is not None else None
+    def ranked_select(self, stats: VocabStats, candidates: torch.Tensor, k: torch.Tensor):
+        """(select, candidates, scores, stochastic): the k best-scored (or Gumbel-top-k sampled) candidates of each
+        row, the candidates as the scorer narrowed them (Top-K), the scores (the order the factor rule walks), and
+        whether the selection was sampled. A policy reads ``ctx.hidden``, the hidden states of the region's
+        positions that ``step`` took from this step's forward (under a cache: attending to the cached keys and
+        values)."""
         scored = self.scorer(stats, candidates, self.ctx)
         if scored.candidates is not None:
             candidates = scored.candidates
@@ -239,9 +252,7 @@ class _Loop:
         position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
         select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
                                       temperature=min(position_temperature, MAX_TEMPERATURE))
-        if self.recorder is not None:
-            self.recorder.write(self.ctx.hidden, stats, candidates, scored.scores, select, position_temperature)
-        return select, candidates, scored.scores
+        return select, candidates, scored.scores, scored.stochastic
 
     def remaining(self, start: int, end: int) -> bool:
         return bool((self.state.x[:, start:end] == self.adapter.mask_id).any())
@@ -303,7 +314,10 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
     threshold: Fast-dLLM's threshold rule, the scorer's first pick plus every candidate whose token confidence is
     >= threshold, the schedule ignored; factor: Fast-dLLM's factor rule, the first pick plus, along the scorer's
     order, every candidate n with (n + 1)(1 - confidence_n) < factor; commit: any ``CommitRule`` (e.g.
-    ``ScheduleAndThreshold(t)``: the schedule's count plus the candidates >= t). At most one of the three.
+    ``ScheduleAndThreshold(t)``: the schedule's count plus the candidates >= t) or its spec string; ``"policy"`` is
+    the learned rule (``LearnedCommit``: the first pick plus every candidate the policy's commit net gives a
+    probability >= its ``commit_threshold``; needs ``policy=`` with a commit net, whatever the scorer). At most one
+    of the three.
     return_steps: also return [B] the number of forwards in which each row still had a mask (the steps it used).
     cache: only ``generate`` has blocks to cache around; here it must be None.
     Padding positions (attention_mask == 0) are never unmasked. backend: "auto" (Triton kernels for the statistics

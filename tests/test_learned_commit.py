@@ -1,0 +1,222 @@
+"""The learned commit rule (issue 32): the policy's commit net, ``LearnedCommit`` in the loop, the spec strings of
+``commit=`` / ``--parallel``, the recorder of parallel rollouts and ``pretrain-commit`` (tiny sizes, seconds)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from upo_fast.models import TinyMDM, TinyMDMConfig
+from upo_fast.names import parse_parallel
+from upo_fast.policy import UnmaskingPolicy, UnmaskingPolicyConfig
+from upo_fast.sampling.commit_rules import Factor, LearnedCommit, Schedule, Threshold, commit_rule, parse_commit
+from upo_fast.sampling.loop import unmask
+from upo_fast.training.commit_imitation import CommitConfig, CommitRecorder, choose, commit_loss, pretrain_commit
+from upo_fast.training.rollout import TrajectoryRecorder
+
+HIDDEN = 32
+
+
+def tiny_mdm(seed=0):
+    torch.manual_seed(seed)
+    config = TinyMDMConfig(vocab_size=6, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=16, position_embedding="grid", grid_size=4,
+                           mask_token_id=5, pad_token_id=0)
+    return TinyMDM(config).eval()
+
+
+def policy_with_commit(mdm, logit: float | None = None, seed=0) -> UnmaskingPolicy:
+    """A policy beside ``mdm`` with a commit net; ``logit``: make every commit logit exactly this value."""
+    torch.manual_seed(seed)
+    policy = UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=16, num_heads=4).add_commit_head(mdm)
+    if logit is not None:
+        with torch.no_grad():
+            policy.commit.head[-1].weight.zero_()
+            policy.commit.head[-1].bias.fill_(logit)
+    return policy.eval()
+
+
+def masked_grids(batch=3, blanks=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, 5, (batch, 16), generator=g)
+    for row in range(batch):
+        x[row, torch.randperm(16, generator=g)[:blanks]] = 5
+    return x
+
+
+# ---- specs and rule objects ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec, rule", [("schedule", Schedule()), ("policy", LearnedCommit()),
+                                        ("policy=0.8", LearnedCommit(0.8)), ("threshold=0.99", Threshold(0.99)),
+                                        ("factor=1.5", Factor(1.5))])
+def test_spec_strings_make_their_rules(spec, rule):
+    assert parse_commit(spec) == rule
+    assert commit_rule(spec, None, None) == rule
+
+
+@pytest.mark.parametrize("spec", ["polcy", "policy=", "threshold", "threshold=x", "factor=", "schedule=1", "", 3])
+def test_bad_spec_strings_name_the_valid_ones(spec):
+    with pytest.raises(ValueError, match="schedule, policy, policy=P"):
+        parse_parallel(spec)
+
+
+@pytest.mark.parametrize("spec", ["policy=1", "policy=0", "policy=1.5", "threshold=0", "factor=-1"])
+def test_out_of_range_values_are_refused_by_their_rule(spec):
+    with pytest.raises(ValueError):
+        parse_commit(spec)
+
+
+def test_commit_spec_excludes_threshold_and_factor():
+    with pytest.raises(ValueError, match="at most one"):
+        commit_rule("policy", 0.9, None)
+
+
+def test_learned_rule_compares_log_odds():
+    rule = LearnedCommit(0.8)
+    logits = torch.tensor([[math.log(4) - 1e-4, math.log(4) + 1e-4, 9.0, -9.0]])
+    candidates = torch.tensor([[True, True, False, True]])
+    extra = rule.extra(None, candidates, None, logits)
+    assert extra.tolist() == [[False, True, False, False]]  # p = 0.8 is log-odds log 4; a non-candidate never
+
+
+# ---- the policy's commit net ----------------------------------------------------------------------------------
+
+def test_commit_net_saves_loads_and_leaves_the_order_alone(tmp_path):
+    from upo_fast.models.saved import load_saved
+
+    mdm = tiny_mdm()
+    policy = UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=16, num_heads=4).eval()
+    hidden, candidates = torch.randn(2, 16, HIDDEN), torch.rand(2, 16) > 0.3
+    topk = torch.rand(2, 16, 6).sort(-1, descending=True).values
+    before = policy(hidden, candidates=candidates, topk_probs=topk)
+    with pytest.raises(ValueError, match="no commit net"):
+        policy.commit_logits(hidden, candidates=candidates, topk_probs=topk)
+    policy.add_commit_head(mdm)
+    assert torch.equal(policy(hidden, candidates=candidates, topk_probs=topk), before)
+    logits = policy.commit_logits(hidden, candidates=candidates, topk_probs=topk)
+    assert logits.shape == (2, 16) and logits.dtype == torch.float32
+    policy.config.commit_threshold = 0.9
+    policy.save_pretrained(tmp_path)
+    loaded = load_saved(UnmaskingPolicy, tmp_path)
+    assert loaded.has_commit_head and loaded.config.commit_threshold == 0.9
+    assert torch.equal(loaded.commit_logits(hidden, candidates=candidates, topk_probs=topk), logits)
+    with pytest.raises(ValueError, match="already has a commit net"):
+        loaded.add_commit_head(mdm)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, True, "0.5"])
+def test_commit_threshold_must_be_a_probability(bad):
+    with pytest.raises(ValueError, match="commit_threshold"):
+        UnmaskingPolicyConfig(mdm_hidden_size=HIDDEN, commit_threshold=bad)
+
+
+# ---- the rule in the loop ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scorer", ["policy", "max_confidence", "margin"])
+def test_a_trusting_commit_net_fills_everything_in_one_forward(scorer):
+    mdm, x = tiny_mdm(), masked_grids()
+    policy = policy_with_commit(mdm, logit=20.0)
+    out, steps = unmask(mdm, x, scorer=scorer, policy=policy, commit="policy", return_steps=True,
+                        position_temperature=0.0)
+    assert steps.tolist() == [1, 1, 1] and not (out == 5).any()
+
+
+def test_a_distrusting_commit_net_commits_one_cell_a_step_like_the_order_alone():
+    mdm, x = tiny_mdm(), masked_grids(blanks=7)
+    policy = policy_with_commit(mdm, logit=-20.0)
+    out, steps = unmask(mdm, x, scorer="max_confidence", policy=policy, commit="policy", return_steps=True)
+    assert steps.tolist() == [7, 7, 7]
+    assert torch.equal(out, unmask(mdm, x, scorer="max_confidence"))
+
+
+def test_the_policys_threshold_is_the_default_and_policy_p_overrides_it():
+    mdm, x = tiny_mdm(), masked_grids(blanks=9)
+    policy = policy_with_commit(mdm, logit=0.0)  # probability 0.5 everywhere
+    policy.config.commit_threshold = 0.6
+    _, steps = unmask(mdm, x, scorer="max_confidence", policy=policy, commit="policy", return_steps=True)
+    assert steps.tolist() == [9, 9, 9]
+    _, steps = unmask(mdm, x, scorer="max_confidence", policy=policy, commit="policy=0.4", return_steps=True)
+    assert steps.tolist() == [1, 1, 1]
+
+
+def test_learned_rule_without_a_commit_net_is_a_clear_error():
+    mdm, x = tiny_mdm(), masked_grids()
+    plain = UnmaskingPolicy.for_mdm(mdm, anchor="confidence", mlp_hidden=16, num_heads=4)
+    with pytest.raises(ValueError, match="pretrain-commit"):
+        unmask(mdm, x, scorer="policy", policy=plain, commit="policy")
+    with pytest.raises(ValueError, match="none was given"):
+        unmask(mdm, x, commit=LearnedCommit(0.9))
+
+
+def test_recorders_see_every_position_a_step_commits():
+    mdm, x = tiny_mdm(), masked_grids()
+    recorder = TrajectoryRecorder(10)
+    unmask(mdm, x, scorer="max_confidence", threshold=0.01, recorder=recorder)
+    with pytest.raises(ValueError, match="several positions"):
+        recorder.trajectories()
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+
+def test_commit_recorder_keeps_states_up_to_the_first_wrong_commit():
+    recorder = CommitRecorder(max_steps=3, feature_topk=2)
+    solution = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    tokens = [torch.tensor([[1, 9, 3], [1, 2, 3]]), torch.tensor([[1, 2, 3], [1, 2, 3]])]
+    selects = [torch.tensor([[True, True, False], [True, False, False]]),  # row 0 commits a wrong token at step 0
+               torch.tensor([[False, False, True], [False, True, True]])]
+    for token, select in zip(tokens, selects):
+        stats = type("Stats", (), dict(topk_probs=torch.ones(2, 3, 2), token=token))
+        recorder.write(torch.zeros(2, 3, 4), stats, torch.ones(2, 3, dtype=torch.bool), None, select, 0.0)
+    states, failed = recorder.states(solution)
+    assert len(states["candidates"]) == 3  # row 0: step 0 only; row 1: both steps
+    assert states["correct"][0].tolist() == [True, False, True] and failed == 0.5
+
+
+def test_commit_loss_reads_candidates_only():
+    mdm = tiny_mdm()
+    policy = policy_with_commit(mdm, logit=0.0)
+    batch = dict(hidden=torch.randn(2, 16, HIDDEN), topk_probs=torch.rand(2, 16, 6),
+                 candidates=torch.zeros(2, 16, dtype=torch.bool), correct=torch.ones(2, 16, dtype=torch.bool))
+    batch["candidates"][:, :3] = True
+    assert commit_loss(policy, batch).item() == pytest.approx(math.log(2), abs=1e-5)  # p = 0.5 on every label
+
+
+def test_choose_takes_the_fewest_forwards_that_reach_the_target():
+    rows = [dict(threshold=0.5, val_solved=0.6, val_forwards=3.0),
+            dict(threshold=0.9, val_solved=0.8, val_forwards=9.0),
+            dict(threshold=0.99, val_solved=0.82, val_forwards=20.0)]
+    assert choose(rows, 0.75)["threshold"] == 0.9
+    assert choose(rows, 0.9)["threshold"] == 0.99  # none reaches it: the highest solved rate
+
+
+def test_pretrain_commit_runs_and_saves_a_policy_the_cli_evaluates(sudoku4_mdm_dir, tmp_path):
+    from upo_fast.cli.commands import main
+
+    out = tmp_path / "commit"
+    summary = pretrain_commit(CommitConfig(task="sudoku4", model=sudoku4_mdm_dir, init="anchor", rounds=1,
+                                           puzzles_per_round=16, rollout_batch=8, steps=3, batch_size=8,
+                                           eval_puzzles=8, sweep=(0.5, 0.9), out_dir=str(out)), progress=False)
+    assert summary["best"]["threshold"] in (0.5, 0.9)
+    log = [json.loads(line) for line in (out / "commit_log.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in log] == [-1, 0, 1] and log[1]["rollout"] == "Threshold"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["commit_head"] is True and saved["commit_threshold"] == summary["best"]["threshold"]
+    report = tmp_path / "eval.json"
+    code = main(["eval", "--task", "sudoku4", "--model", sudoku4_mdm_dir, "--policy", str(out), "--scorer", "policy",
+                 "--scorer", "max_confidence", "--parallel", "policy", "--num-puzzles", "6", "--json", str(report)])
+    assert code == 0
+    results = json.loads(report.read_text())["results"]
+    assert set(results) == {"policy", "max_confidence"}
+    assert all(1 <= r["forwards"] <= 16 for r in results.values())
+
+
+def test_cli_parallel_errors_are_one_line(sudoku4_mdm_dir, capsys):
+    from upo_fast.cli.commands import main
+
+    assert main(["eval", "--task", "sudoku4", "--parallel", "policy=2"]) == 2
+    assert "commit probability must be in (0, 1)" in capsys.readouterr().err
+    assert main(["eval", "--task", "sudoku4", "--model", sudoku4_mdm_dir, "--parallel", "policy",
+                 "--num-puzzles", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "policy" in err and "Traceback" not in err
