@@ -55,7 +55,7 @@ LAYERS: dict[str, list[str]] = {
         "upo_fast.sampling.patching",
     ],
     # Policy: the unmasking-policy network.
-    "policy": ["upo_fast.policy"],
+    "policy": ["upo_fast.policy_config", "upo_fast.policy"],
     # Grid evaluation of orders (solve_puzzles, evaluate, pass_at, HELD_OUT_SEED): below training, because the
     # trainer validates with it (one home for the cell-accuracy evaluation).
     "grid evaluation": ["upo_fast.evaluation", "upo_fast.evaluation.grids"],
@@ -65,12 +65,14 @@ LAYERS: dict[str, list[str]] = {
         "upo_fast.training.imitation", "upo_fast.training.losses", "upo_fast.training.policy_init",
         "upo_fast.training.references", "upo_fast.training.rollout", "upo_fast.training.trainer",
         "upo_fast.training.update", "upo_fast.training.pretrain_mdm", "upo_fast.training.finite_steps",
+        "upo_fast.training.commit_imitation",
     ],
     # Evaluation: text tasks through the sampler, intervals, plots, order pictures, the demo, FLOP counts
     # (benchmarks/ itself is outside the package).
     "evaluation": [
         "upo_fast.evaluation.text", "upo_fast.evaluation.intervals", "upo_fast.evaluation.plots",
         "upo_fast.evaluation.order_pictures", "upo_fast.evaluation.demo", "upo_fast.evaluation.flops",
+        "upo_fast.evaluation.parallel_curve",
     ],
     # CLI and integrations: commands, argument types, lm-eval, the lazy public API.
     "CLI and integrations": [

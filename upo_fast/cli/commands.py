@@ -316,8 +316,8 @@ COMMANDS = (
     Command("train", "UPO: train an unmasking policy with KL-regularized GRPO", add_train_arguments, cmd_train),
     Command("plot-runs", "reward-vs-step and validation curves of training runs (PNG)", add_plot_runs_arguments,
             cmd_plot_runs),
-    Command("parallel-curve", "solved rate vs MDM forwards under the threshold rule", add_parallel_curve_arguments,
-            cmd_parallel_curve),
+    Command("parallel-curve", "solved rate vs MDM forwards: the learned commit rule beside the threshold and factor "
+            "rules, with both orders", add_parallel_curve_arguments, cmd_parallel_curve),
     Command("pretrain-policy", "fit a policy to a reference order (a warm start for train)",
             add_pretrain_policy_arguments, cmd_pretrain_policy),
     Command("pretrain-commit", "learned parallel unmasking: train a policy's commit net toward the oracle filter "

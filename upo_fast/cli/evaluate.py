@@ -19,8 +19,10 @@ from upo_fast.cli.args import (
     grid_task_name,
     nonneg_float,
     nonneg_int,
+    parallel_options,
     positive_int,
     task_name,
+    uses_learned_commit,
 )
 from upo_fast.names import TEXT_TASKS
 
@@ -53,13 +55,16 @@ def needs_policy(scorer: str) -> bool:
 
 def policy_options(args, scorer: str, task, model) -> dict:
     """``policy`` and ``position_temperature`` (the command's ``--position-temperature``, else 0 = greedy) for
-    ``--scorer policy``, the shipped policy of a grid task when ``--policy`` is not given; nothing for heuristics."""
-    if not needs_policy(scorer):
+    ``--scorer policy``, the shipped policy of a grid task when ``--policy`` is not given; for a heuristic, the policy
+    alone under ``--parallel policy`` (its commit net), else nothing."""
+    if not needs_policy(scorer) and not uses_learned_commit(args):
         return {}
     from upo_fast.policy import load_policy
 
-    return {"policy": load_policy(args.policy, task, model, getattr(args, "model", None)),
-            "position_temperature": getattr(args, "position_temperature", 0.0)}
+    policy = load_policy(args.policy, task, model, getattr(args, "model", None))
+    if not needs_policy(scorer):  # a heuristic order with the policy's learned commit rule (--parallel policy)
+        return {"policy": policy}
+    return {"policy": policy, "position_temperature": getattr(args, "position_temperature", 0.0)}
 
 
 def _puzzles(args, task):
@@ -91,12 +96,12 @@ def cmd_eval(args) -> dict:
     results = {}
     for scorer in scorers:
         options = dict(batch_size=args.batch_size, seed=args.seed, topk=args.topk, temperature=args.temperature,
-                       threshold=args.threshold, factor=args.factor)
+                       **parallel_options(args))
+        if needs_policy(scorer) or uses_learned_commit(args):  # the order, or the commit net of --parallel policy
+            options["policy"] = load_policy(args.policy, task, model, args.model)
         if needs_policy(scorer):  # greedy positions unless asked, or sampled ones when Pass@N needs samples
-            default = 1.0 if args.pass_at > 1 else 0.0
-            options.update(policy=load_policy(args.policy, task, model, args.model),
-                           position_temperature=default if args.position_temperature is None
-                           else args.position_temperature)
+            given = args.position_temperature
+            options["position_temperature"] = (1.0 if args.pass_at > 1 else 0.0) if given is None else given
         elif args.position_temperature is not None:
             options["position_temperature"] = args.position_temperature
         results.update(evaluate(model, task, puzzles, solutions, [scorer], **options))
@@ -138,7 +143,7 @@ def _eval_text(args) -> dict:
     report = {"task": args.task, "n": len(problems), "results": {}}
     for scorer in _scorers(args, ["max_confidence"]):
         policy = None
-        if needs_policy(scorer):
+        if needs_policy(scorer) or uses_learned_commit(args):
             from upo_fast.policy import load_policy
 
             if not args.policy:
@@ -149,8 +154,7 @@ def _eval_text(args) -> dict:
             model, tokenizer, problems, task=args.task, scorer=scorer, gen_length=args.gen_length,
             block_length=args.block_length, steps=args.steps, batch_size=args.batch_size,
             temperature=args.temperature, position_temperature=position_temperature, pass_at=args.pass_at,
-            seed=args.seed, policy=policy, device=args.device, threshold=args.threshold, factor=args.factor,
-            cache=args.cache)
+            seed=args.seed, policy=policy, device=args.device, cache=args.cache, **parallel_options(args))
         r = report["results"][scorer]
         print(f"{scorer:<20} accuracy={r['accuracy']:.3f} format={r['format_rate']:.3f} ({r['seconds']:.0f} s)")
     if args.pass_at > 1:
@@ -201,34 +205,49 @@ def _viz_scorers(args, task, model) -> dict[str, dict]:
 
 
 def cmd_parallel_curve(args) -> dict:
+    """Solved rate against MDM forwards per (order, commit rule, knob) on the same puzzles, and each learned-rule
+    point against the best threshold/factor point at or below its forwards (paired 95% interval); see
+    ``upo_fast.evaluation.parallel_curve``. JSON (--json): {"task", "n", "orders", "rules", "points": [{"order", "rule"
+    (one | threshold | factor | learned), "knob", "commit" (the --parallel spec), "label", "forwards",
+    "solved_rate", "cell_accuracy", "seconds"}], "comparisons": [{"learned", "forwards", "solved_rate",
+    "baseline", "baseline_forwards", "baseline_solved_rate", "diff", "ci95", "wins", "losses"}]}."""
     from upo_fast.assets import load_task_model
-    from upo_fast.evaluation.grids import evaluate
+    from upo_fast.evaluation import parallel_curve as pc
     from upo_fast.evaluation.plots import plot_parallel_curve
 
-    task = _task(args.task)
+    task = _grid_task(args.task)
     model = load_task_model(args.model, task, args.device)
     puzzles, solutions = _puzzles(args, task)
+    orders = _scorers(args, ["max_confidence", "policy"])
+    rules = {"threshold": args.thresholds or pc.DEFAULT_KNOBS["threshold"],
+             "factor": args.factors or pc.DEFAULT_KNOBS["factor"],
+             "learned": args.commit_probs or pc.DEFAULT_KNOBS["learned"]}
+    policy = None
     try:
-        thresholds = [float(t) for t in args.thresholds.split(",")]
-    except ValueError:
-        thresholds = []
-    if not thresholds or any(not 0 < t <= 1 for t in thresholds):
-        raise ValueError(f"--thresholds must be comma-separated numbers in (0, 1], got {args.thresholds!r}")
-    curves = {}
-    for scorer in _scorers(args, ["max_confidence"]):
-        options = policy_options(args, scorer, task, model)
-        curves[scorer] = []
-        for threshold in [None, *thresholds]:  # None: one position per step
-            r = evaluate(model, task, puzzles, solutions, [scorer], progress=False, threshold=threshold,
-                         **options)[scorer]
-            curves[scorer].append({"label": "1/step" if threshold is None else f"{threshold:g}", **r})
-            print(f"{scorer:16s} threshold={curves[scorer][-1]['label']:7s} steps={r['mean_steps']:6.1f} "
-                  f"solved={r['solved_rate']:.3f} cells={r['cell_accuracy']:.3f}")
-    report = {"task": task.name, "n": int(len(puzzles)), "curves": curves}
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        from upo_fast.policy import load_policy
+
+        policy = load_policy(args.policy, task, model, args.model)
+    except ValueError as err:  # asked for explicitly (--policy, --scorer policy, --commit-probs): an error
+        if args.policy or (args.scorer and "policy" in orders) or args.commit_probs:
+            raise
+        print(f"(no policy order and no learned rule: {err})")
+        orders = [o for o in orders if o != "policy"]
+    if policy is None or not policy.has_commit_head:
+        if args.commit_probs and policy is not None:
+            raise ValueError("--commit-probs: the policy has no commit net (config.commit_head is False); train one "
+                             "with `upo-fast pretrain-commit` and pass it with --policy")
+        if policy is not None:
+            print("(no learned-rule curve: the policy has no commit net; train one with `upo-fast pretrain-commit`)")
+        del rules["learned"]
+    curve = pc.parallel_curve(model, task, puzzles, solutions, orders=orders, rules=rules, policy=policy,
+                              batch_size=args.batch_size, seed=args.seed, log=print)
+    comparisons = pc.compare(curve)
+    for row in comparisons:
+        print(pc.format_comparison(row))
+    report = pc.report(task.name, len(puzzles), curve, comparisons)
+    _write_json(args.json, report)
     if args.out:
-        print(plot_parallel_curve(curves, args.out, f"{task.name}: {len(puzzles)} held-out puzzles"))
+        print(plot_parallel_curve(report["points"], args.out, f"{task.name}: {len(puzzles)} held-out puzzles"))
     return report
 
 
@@ -297,15 +316,43 @@ def add_viz_arguments(vz) -> None:
 
 
 def add_parallel_curve_arguments(pc) -> None:
+    import argparse
+    import math
+
+    def knobs(option: str, valid: str, ok):
+        """An argparse type: comma-separated numbers, each passing ``ok``, or a one-line error naming ``option``."""
+        def parse(text: str) -> list[float]:
+            try:
+                values = [float(v) for v in text.split(",")]
+            except ValueError:
+                values = []
+            if not values or not all(ok(v) for v in values):  # NaN fails every range check
+                raise argparse.ArgumentTypeError(f"{option} must be comma-separated numbers {valid}, got {text!r}")
+            return values
+        return parse
+
     pc.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
-    pc.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
-    pc.add_argument("--policy", default=None, help="policy folder for --scorer policy (default: shipped)")
-    pc.add_argument("--thresholds", default="0.999,0.99,0.95,0.9,0.8,0.7")
+    pc.add_argument("--scorer", action="append", help="repeatable: the orders (a heuristic or policy); default "
+                    "max_confidence and policy (policy only when a policy loads)")
+    pc.add_argument("--policy", default=None, help="policy folder for the policy order and the learned rule "
+                    "(default: the --model folder's policy/, else the shipped one)")
+    pc.add_argument("--thresholds", default=None, metavar="T,T,...",
+                    type=knobs("--thresholds", "in (0, 1]", lambda v: 0 < v <= 1),
+                    help="the threshold rule's sweep (default 0.999,0.99,0.95,0.9,0.8,0.7)")
+    pc.add_argument("--factors", default=None, metavar="F,F,...",
+                    type=knobs("--factors", "> 0", lambda v: 0 < v < math.inf),
+                    help="the factor rule's sweep (default 0.5,1,2,3,4)")
+    pc.add_argument("--commit-probs", default=None, metavar="P,P,...",
+                    type=knobs("--commit-probs", "in (0, 1)", lambda v: 0 < v < 1),
+                    help="the learned rule's sweep: the commit probability its commit net must reach (default "
+                    "0.5,0.7,0.8,0.9,0.95,0.98,0.99; the learned rule runs when the policy has a commit net)")
     pc.add_argument("--data", default=None)
     pc.add_argument("--num-puzzles", type=positive_int, default=200)
     pc.add_argument("--blanks", type=positive_int, default=None)
     pc.add_argument("--limit", type=positive_int, default=None)
     pc.add_argument("--model", default=None)
+    pc.add_argument("--batch-size", type=positive_int, default=250)
+    pc.add_argument("--seed", type=int, default=0)
     pc.add_argument("--device", default="cpu", type=device_name)
-    pc.add_argument("--json", default=None)
-    pc.add_argument("--out", default=None, help="PNG path")
+    pc.add_argument("--json", default=None, help="the report: points and comparisons")
+    pc.add_argument("--out", default=None, help="PNG path of the curves")

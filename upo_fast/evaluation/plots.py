@@ -61,18 +61,42 @@ def plot_runs(runs: dict[str, str | Path], out: str | Path, window: int = 10, me
     return _finish(plt, fig, (ax_r, ax_v), out)
 
 
-def plot_parallel_curve(curves: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
-    """Solved rate against MDM forwards per puzzle, one line per scorer; each point a threshold (``label``)."""
+def plot_parallel_curve(points: list[dict], out: str | Path, title: str = "") -> Path:
+    """Solved rate against MDM forwards per puzzle (log scale), one line per (order, rule family) of
+    ``parallel_curve.CurvePoint.as_dict()`` points: one colour per order, one line style and marker per family;
+    the learned rule is drawn thick and solid, the heuristics thin and dashed, and each order's one-cell-a-step
+    point as a star. Each point is annotated with its knob."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for scorer, points in curves.items():
-        points = sorted(points, key=lambda p: p["mean_steps"])
-        ax.plot([p["mean_steps"] for p in points], [p["solved_rate"] for p in points], marker="o", label=scorer)
-        for p in points:
-            ax.annotate(p["label"], (p["mean_steps"], p["solved_rate"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-    ax.set(xlabel="MDM forwards per puzzle", ylabel="solved rate", title=title or "parallel unmasking")
-    return _finish(plt, fig, (ax,), out)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    styles = {"threshold": dict(ls="--", marker="o", lw=1.2), "factor": dict(ls=":", marker="s", lw=1.2),
+              "learned": dict(ls="-", marker="D", lw=2.6, ms=7)}
+    colours = {}
+    for order in dict.fromkeys(p["order"] for p in points):
+        colours[order] = f"C{len(colours)}"
+    families = dict.fromkeys((p["order"], p["rule"]) for p in points)
+    for order, rule in families:
+        line = sorted((p for p in points if (p["order"], p["rule"]) == (order, rule)), key=lambda p: p["forwards"])
+        xs, ys = [p["forwards"] for p in line], [p["solved_rate"] for p in line]
+        if rule == "one":
+            ax.plot(xs, ys, ls="", marker="*", ms=13, color=colours[order], label=f"{order}, one cell a step")
+            continue
+        name = "learned rule (commit prob.)" if rule == "learned" else f"{rule} rule"
+        ax.plot(xs, ys, color=colours[order], label=f"{order} order, {name}", **styles.get(rule, {}))
+        for p in line:
+            ax.annotate(f"{p['knob']:g}", (p["forwards"], p["solved_rate"]), fontsize=6.5, xytext=(3, 3),
+                        textcoords="offset points", color=colours[order])
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, 50: readable at any range
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="MDM forwards per puzzle (log scale)", ylabel="solved rate", title=title or "parallel unmasking")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the cheap, solved corner is free
+    fig.tight_layout()
+    return _save(plt, fig, out)
 
 
 def plot_pass_at(curves: dict[str, dict[str, float]], out: str | Path, title: str = "",

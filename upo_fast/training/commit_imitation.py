@@ -82,10 +82,12 @@ class CommitConfig:
 
 class CommitRecorder:
     """The sampler's recorder for parallel rollouts: per step the policy's inputs, the tokens and what was
-    committed (several positions a step). Buffers sized on the first step."""
+    committed (several positions a step), and with ``with_confidence`` the token confidences (what the threshold
+    rule, GRPO's reference, reads). Buffers sized on the first step."""
 
-    def __init__(self, max_steps: int, feature_topk: int):
+    def __init__(self, max_steps: int, feature_topk: int, with_confidence: bool = False):
         self.max_steps, self.feature_topk, self.step, self.buffers = max_steps, feature_topk, 0, None
+        self.with_confidence = with_confidence
 
     def write(self, hidden, stats, candidates, scores, select, position_temperature) -> None:
         if self.buffers is None:
@@ -96,13 +98,24 @@ class CommitRecorder:
                                 candidates=torch.zeros(shape, dtype=torch.bool, device=dev),
                                 token=torch.zeros(shape, dtype=torch.long, device=dev),
                                 select=torch.zeros(shape, dtype=torch.bool, device=dev))
+            if self.with_confidence:
+                self.buffers["confidence"] = torch.zeros(shape, device=dev)
         s, buf = self.step, self.buffers
         buf["hidden"][s].copy_(hidden)
         buf["topk_probs"][s].copy_(stats.topk_probs[..., :self.feature_topk])
         buf["candidates"][s].copy_(candidates)
         buf["token"][s].copy_(stats.token)
         buf["select"][s].copy_(select)
+        if self.with_confidence:
+            buf["confidence"][s].copy_(stats.confidence)
         self.step += 1
+
+    def trajectory_states(self) -> dict[str, torch.Tensor]:
+        """Every recorded (step, row) state with a candidate, each with its row (``rollout``), for GRPO."""
+        buf = {name: t[:self.step] for name, t in self.buffers.items()}
+        keep = buf["candidates"].any(-1).nonzero(as_tuple=True)
+        states = {name: t[keep] for name, t in buf.items() if name != "token"}
+        return states | {"rollout": keep[1]}
 
     def states(self, solution: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
         """The states to learn from (each step of each row up to and including its first wrong commit, with a
