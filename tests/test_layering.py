@@ -77,7 +77,8 @@ LAYERS: dict[str, list[str]] = {
     # CLI and integrations: commands, argument types, lm-eval, the lazy public API.
     "CLI and integrations": [
         "upo_fast", "upo_fast.cli", "upo_fast.cli.commands", "upo_fast.cli.args", "upo_fast.cli.evaluate",
-        "upo_fast.cli.__main__", "upo_fast.cli.sample", "upo_fast.integrations", "upo_fast.integrations.lm_eval",
+        "upo_fast.cli.__main__", "upo_fast.cli.sample", "upo_fast.cli.commit",
+        "upo_fast.integrations", "upo_fast.integrations.lm_eval",
         "upo_fast.integrations.lm_eval_generate",
     ],
 }

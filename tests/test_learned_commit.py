@@ -220,3 +220,48 @@ def test_cli_parallel_errors_are_one_line(sudoku4_mdm_dir, capsys):
                  "--num-puzzles", "2"]) == 2
     err = capsys.readouterr().err
     assert "policy" in err and "Traceback" not in err
+
+
+# ---- GRPO with a cost per forward ------------------------------------------------------------------------------
+
+def test_group_advantages_are_zero_mean_per_group():
+    from upo_fast.training.commit_grpo import group_advantages
+
+    adv = group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0, 0.5, 0.5]), 2)
+    assert adv[:4].tolist() == pytest.approx([0.7071, -0.7071, 0.7071, -0.7071], abs=1e-3)
+    assert adv[4:].tolist() == [0.0, 0.0]  # equal rewards: no signal
+
+
+def test_grpo_loss_raises_the_log_prob_of_the_better_rollout():
+    from upo_fast.training.commit_grpo import CommitGRPOConfig, grpo_loss
+
+    mdm = tiny_mdm()
+    policy = policy_with_commit(mdm, logit=0.0)
+    hidden, topk = torch.randn(2, 16, HIDDEN), torch.rand(2, 16, 6)
+    candidates = torch.ones(2, 16, dtype=torch.bool)
+    select = torch.zeros(2, 16, dtype=torch.bool)
+    select[0] = True  # rollout 0 committed everything, rollout 1 nothing
+    states = dict(hidden=hidden, topk_probs=topk, candidates=candidates, select=select,
+                  confidence=torch.zeros(2, 16), rollout=torch.tensor([0, 1]))
+    loss, _ = grpo_loss(policy, states, torch.tensor([1.0, -1.0]), CommitGRPOConfig(beta=0.0))
+    loss.backward()
+    bias_grad = policy.commit.head[-1].bias.grad.item()
+    assert bias_grad < 0  # gradient descent raises the commit logit: rollout 0 (commit everything) was better
+
+
+def test_train_commit_runs_from_a_pretrained_commit_net(sudoku4_mdm_dir, tmp_path):
+    from upo_fast.cli.commands import main
+
+    start = tmp_path / "start"
+    pretrain_commit(CommitConfig(task="sudoku4", model=sudoku4_mdm_dir, init="anchor", rounds=0, puzzles_per_round=8,
+                                 rollout_batch=8, steps=2, batch_size=4, eval_puzzles=6, sweep=(0.5,),
+                                 out_dir=str(start)), progress=False)
+    out = tmp_path / "grpo"
+    code = main(["train-commit", "--task", "sudoku4", "--model", sudoku4_mdm_dir, "--init", str(start), "--steps", "2",
+                 "--puzzles-per-step", "2", "--group-size", "3", "--eval-every", "1", "--eval-puzzles", "6",
+                 "--out", str(out)])
+    assert code == 0
+    log = [json.loads(line) for line in (out / "grpo_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2] and all("chosen" in r for r in log)
+    assert all(1 <= r["forwards"] <= 16 and 0 <= r["solved"] <= 1 for r in log[1:])
+    assert json.loads((out / "config.json").read_text())["commit_head"] is True

@@ -30,7 +30,12 @@ from upo_fast.cli.args import (
     positive_float,
     positive_int,
     report_error,
-    unit_fraction,
+)
+from upo_fast.cli.commit import (
+    add_pretrain_commit_arguments,
+    add_train_commit_arguments,
+    cmd_pretrain_commit,
+    cmd_train_commit,
 )
 from upo_fast.cli.evaluate import (
     _grid_task,
@@ -190,40 +195,6 @@ def cmd_pretrain_policy(args) -> dict:
     return summary
 
 
-# ---- pretrain-commit ----------------------------------------
-
-
-def add_pretrain_commit_arguments(pc) -> None:
-    # each option is the CommitConfig field of the same name (--out: out_dir); cmd_pretrain_commit copies them
-    pc.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
-    pc.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task)")
-    pc.add_argument("--init", default="shipped", help="the policy whose order is kept: shipped (the task's), anchor "
-                    "(max-confidence), or a saved policy folder (its commit net, if any, goes on training)")
-    pc.add_argument("--rounds", type=nonneg_int, default=6, help="DAgger rounds after the threshold rule's")
-    pc.add_argument("--puzzles-per-round", type=positive_int, default=1024)
-    pc.add_argument("--rollout-batch", type=positive_int, default=256)
-    pc.add_argument("--round0-threshold", type=unit_fraction, default=0.9,
-                    help="round 0 rolls out the confidence threshold rule at this threshold")
-    pc.add_argument("--rollout-threshold", type=unit_fraction, default=0.9,
-                    help="later rounds roll out the learned rule at this commit probability")
-    pc.add_argument("--steps", type=positive_int, default=300, help="AdamW steps after each round")
-    pc.add_argument("--batch-size", type=positive_int, default=128, help="buffered states per step")
-    pc.add_argument("--lr", type=positive_float, default=3e-4)
-    pc.add_argument("--eval-puzzles", type=positive_int, default=500, help="validation puzzles of the threshold sweep")
-    pc.add_argument("--target", type=unit_fraction, default=None, help="validation solved rate the chosen threshold "
-                    "must reach with the fewest forwards (default: the one-cell-a-step policy's)")
-    pc.add_argument("--seed", type=int, default=0)
-    pc.add_argument("--out", required=True)
-
-
-def cmd_pretrain_commit(args) -> dict:
-    from upo_fast.training.commit_imitation import CommitConfig, pretrain_commit
-
-    summary = pretrain_commit(config_from_args(CommitConfig, args, out_dir=args.out))
-    print(json.dumps(summary, indent=2))
-    return summary
-
-
 # ---- pretrain-mdm ----------------------------------------
 
 
@@ -322,6 +293,8 @@ COMMANDS = (
             add_pretrain_policy_arguments, cmd_pretrain_policy),
     Command("pretrain-commit", "learned parallel unmasking: train a policy's commit net toward the oracle filter "
             "(DAgger), its threshold chosen on validation puzzles", add_pretrain_commit_arguments, cmd_pretrain_commit),
+    Command("train-commit", "learned parallel unmasking by GRPO with a cost per MDM forward, regularized toward the "
+            "confidence threshold rule", add_train_commit_arguments, cmd_train_commit),
     Command("sample", "fill one Sudoku grid, or generate from a prompt with a local LLaDA/Dream",
             add_sample_arguments, cmd_sample),
     Command("pretrain-mdm", "train a TinyMDM on a task (MDM objective)", add_pretrain_mdm_arguments, cmd_pretrain_mdm),
