@@ -129,6 +129,29 @@ def _run_task(task, model, policy, scorers, num_puzzles: int, topk: int) -> dict
     return {"task": task, "model": model, "puzzles": puzzles, "solutions": solutions, "orders": orders}
 
 
+PARALLEL_RULES = (("threshold 0.99", "threshold=0.99"), ("learned commit rule", "policy"))
+
+
+def _parallel(run: dict, policy) -> dict:
+    """Parallel unmasking on the demo's Sudoku puzzles, the policy's order with the threshold rule and with its own
+    learned commit rule: {label: {"forwards", "solved_rate"}} (forwards: mean MDM forwards per puzzle)."""
+    task, puzzles, solutions = run["task"], run["puzzles"], run["solutions"]
+    results = {}
+    for label, commit in PARALLEL_RULES:
+        grids, forwards = solve_puzzles(run["model"], task, puzzles, "policy", with_steps=True, policy=policy,
+                                        position_temperature=0.0, commit=commit)
+        results[label] = {"commit": commit, "forwards": float(forwards.mean()),
+                          "solved_rate": float(task.is_solved(grids, puzzles, solutions).mean())}
+    return results
+
+
+def _parallel_line(parallel: dict, n: int, blanks: int) -> str:
+    parts = [f"{label}: {r['forwards']:.1f} MDM forwards per puzzle, solved {r['solved_rate']:.3f}"
+             for label, r in parallel.items()]
+    return (f"Parallel unmasking, the policy's order on the same {n} puzzles (one cell a step: {blanks} forwards): "
+            + "; ".join(parts) + ".")
+
+
 def _sampled_solved(model, task, puzzles, solutions, plan: DemoPlan) -> np.ndarray:
     """[samples, puzzles] bool: ``plan.pass_at_samples`` sampled top-K orders of each puzzle, all in one batch
     (every row draws its own positions, so repeating the puzzles gives independent samples)."""
@@ -307,14 +330,20 @@ def run_demo(plan: DemoPlan = QUICK, model_path=None, out_dir: str | Path = "dem
 def _run_plan(plan: DemoPlan, model_path, out_dir: Path, json_path) -> dict:
     start = time.perf_counter()
     zebra = _shipped_zebra()
-    phases = _Phases(3 + (zebra is not None))
     sudoku_task = get_task("sudoku9")
     model = load_task_model(model_path, sudoku_task)
     policy = _policy_or_none(sudoku_task, model)
+    learned_commit = policy is not None and policy.has_commit_head
+    phases = _Phases(3 + (zebra is not None) + learned_commit)
     names = ", ".join([*plan.sudoku_scorers, *(["policy"] if policy is not None else [])])
     runs = {"sudoku9": phases.run(f"sudoku9: {names} on {plan.sudoku_puzzles} held-out puzzles", lambda: _run_task(
         sudoku_task, model, policy, plan.sudoku_scorers, plan.sudoku_puzzles, plan.pass_at_topk))}
     print(_format_table(runs["sudoku9"]) + "\n")
+    parallel = None
+    if learned_commit:
+        parallel = phases.run("sudoku9: parallel unmasking, the threshold rule and the learned commit rule",
+                              lambda: _parallel(runs["sudoku9"], policy))
+        print(_parallel_line(parallel, plan.sudoku_puzzles, sudoku_task.default_blanks) + "\n")
     pass_at = None
     if "max_confidence" in runs["sudoku9"]["orders"]:
         pass_at = phases.run(f"sudoku9: Pass@k of {plan.pass_at_samples} sampled top-{plan.pass_at_topk} orders on "
@@ -331,6 +360,8 @@ def _run_plan(plan: DemoPlan, model_path, out_dir: Path, json_path) -> dict:
     comparisons = _comparisons(runs["sudoku9"]["orders"])
     print("\n" + "\n".join(_conclusions(runs["sudoku9"], comparisons, pass_at)))
     report = _report(plan, runs, comparisons, pass_at, written, phases, time.perf_counter() - start)
+    if parallel is not None:
+        report["sudoku9"]["parallel"] = parallel
     json_path = Path(json_path) if json_path else out_dir / "demo.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from upo_fast.kernels.vocab_stats import VocabStats
 from upo_fast.names import parse_parallel
 from upo_fast.sampling.schedules import factor_select
 from upo_fast.validation import check_finite
@@ -53,10 +54,11 @@ class CommitRule:
         """The rule the loop runs, given the call's policy (the learned rule takes the policy's threshold)."""
         return self
 
-    def extra(self, order: torch.Tensor, candidates: torch.Tensor, confidence: torch.Tensor,
+    def extra(self, order: torch.Tensor, candidates: torch.Tensor, stats: VocabStats,
               commit_logits: torch.Tensor | None = None) -> torch.Tensor | None:
         """[B, W] bool candidates committed besides the scorer's picks; ``order``: the scorer's scores (higher
-        first), ``confidence``: each candidate's token confidence, ``commit_logits``: the policy's commit net's
+        first), ``stats``: the step's token statistics (``confidence``: each position's token confidence, ``token``:
+        the token it would take), ``commit_logits``: the policy's commit net's
         log-odds (given to a rule that ``needs_policy``). None: nothing added."""
         return None
 
@@ -74,8 +76,8 @@ class Threshold(CommitRule):
     def __post_init__(self):
         check_finite(self.threshold, "threshold", low=0, low_inclusive=False, high=1)
 
-    def extra(self, order, candidates, confidence, commit_logits=None):
-        return candidates & (confidence >= self.threshold)
+    def extra(self, order, candidates, stats, commit_logits=None):
+        return candidates & (stats.confidence >= self.threshold)
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ class Factor(CommitRule):
     def __post_init__(self):
         check_finite(self.factor, "factor", low=0, low_inclusive=False)
 
-    def extra(self, order, candidates, confidence, commit_logits=None):
-        return factor_select(order, candidates, confidence, self.factor)
+    def extra(self, order, candidates, stats, commit_logits=None):
+        return factor_select(order, candidates, stats.confidence, self.factor)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class LearnedCommit(CommitRule):
                                 "False): train one with `upo-fast pretrain-commit`"))
         return self if self.threshold is not None else LearnedCommit(policy.config.commit_threshold)
 
-    def extra(self, order, candidates, confidence, commit_logits=None):
+    def extra(self, order, candidates, stats, commit_logits=None):
         if commit_logits is None:
             raise ValueError("the learned commit rule needs the policy's commit logits")
         cut = math.log(self.threshold / (1 - self.threshold))  # log-odds: no sigmoid inside the step

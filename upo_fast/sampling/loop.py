@@ -227,7 +227,7 @@ class _Loop:
         commit_logits = None
         if self.rule.needs_policy:  # the learned rule: the policy's commit net over the same candidates
             commit_logits = self.ctx.policy.commit_logits(hidden=self.ctx.hidden, stats=stats, candidates=candidates)
-        extra = self.rule.extra(order, candidates, stats.confidence, commit_logits)
+        extra = self.rule.extra(order, candidates, stats, commit_logits)
         if extra is not None:
             select |= extra
         if self.recorder is not None and self.scorer.ranks:  # after the rule: it sees every position committed

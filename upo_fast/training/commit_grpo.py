@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from upo_fast.assets import load_task_model
-from upo_fast.evaluation.grids import evaluate
 from upo_fast.sampling.adapters import wrap_model
 from upo_fast.sampling.commit_rules import LearnedCommit
 from upo_fast.sampling.loop import unmask
@@ -41,6 +40,7 @@ from upo_fast.training.commit_imitation import (
     CommitConfig,
     CommitRecorder,
     choose,
+    one_cell_target,
     start_policy,
     sweep_validation,
 )
@@ -59,7 +59,7 @@ class SampledCommit(LearnedCommit):
         super().bind(policy)  # the checks: a policy with a commit net
         return self
 
-    def extra(self, order, candidates, confidence, commit_logits=None):
+    def extra(self, order, candidates, stats, commit_logits=None):
         draw = torch.rand(candidates.shape, device=candidates.device, generator=self.generator)
         return candidates & (draw < torch.sigmoid(commit_logits))
 
@@ -79,6 +79,7 @@ class CommitGRPOConfig:
     eval_every: int = 20
     eval_puzzles: int = 500
     target: float | None = None  # as CommitConfig.target
+    metric: str = "solved"  # as CommitConfig.metric
     sweep: tuple = field(default=SWEEP)
     out_dir: str = "runs/commit-grpo"
     seed: int = 0
@@ -86,7 +87,7 @@ class CommitGRPOConfig:
     def validate(self) -> CommitGRPOConfig:
         check = field_check(self)
         CommitConfig(task=self.task, init=self.init, eval_puzzles=self.eval_puzzles, target=self.target,
-                     sweep=self.sweep).validate()  # the fields the two share, checked in one place
+                     metric=self.metric, sweep=self.sweep).validate()  # the fields the two share, checked in one place
         for name in ("steps", "puzzles_per_step", "eval_every"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
         check(isinstance(self.group_size, int) and self.group_size >= 2, "group_size", "an int >= 2")
@@ -150,11 +151,10 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
     policy = start_policy(CommitConfig(task=cfg.task, init=cfg.init), mdm, task)
     optimizer = torch.optim.AdamW(policy.commit.parameters(), lr=cfg.lr)
     val = task.make_puzzles(cfg.eval_puzzles, seed=VALIDATION_SEED)
-    one_cell = evaluate(mdm, task, *val, ["policy"], progress=False, policy=policy, position_temperature=0.0)
-    target = cfg.target if cfg.target is not None else one_cell["policy"]["solved_rate"]
+    target = one_cell_target(mdm, task, policy, val, cfg)
     mask_id, out, started = wrap_model(mdm).mask_id, Path(cfg.out_dir), time.perf_counter()
     sweep = sweep_validation(mdm, task, policy, val, cfg.sweep)
-    best = {"step": 0, "chosen": choose(sweep, target)}
+    best = {"step": 0, "chosen": choose(sweep, target, cfg.metric)}
     log = [{"step": 0, "target": target, "sweep": sweep, "chosen": best["chosen"]}]
     policy.config.commit_threshold = best["chosen"]["threshold"]
     policy.save_pretrained(out)
@@ -172,9 +172,9 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
         if step % cfg.eval_every == 0 or step == cfg.steps:
             policy.eval()
             record["sweep"] = sweep_validation(mdm, task, policy, val, cfg.sweep)
-            record["chosen"] = chosen = choose(record["sweep"], target)
+            record["chosen"] = chosen = choose(record["sweep"], target, cfg.metric)
             policy.config.commit_threshold = chosen["threshold"]
-            if choose([best["chosen"], chosen], target) is chosen:
+            if choose([best["chosen"], chosen], target, cfg.metric) is chosen:
                 best = record
                 policy.save_pretrained(out)
             policy.save_pretrained(out / "last")
