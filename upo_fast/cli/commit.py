@@ -29,6 +29,8 @@ def _common(parser, init_help: str) -> None:
                         help="validation puzzles of the threshold sweep")
     parser.add_argument("--target", type=unit_fraction, default=None, help="validation solved rate the chosen "
                         "threshold must reach with the fewest forwards (default: the one-cell-a-step policy's)")
+    parser.add_argument("--metric", default="solved", choices=["solved", "cell_accuracy"],
+                        help="what --target measures (cell_accuracy: for a model that solves few puzzles, e.g. Zebra)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
 
