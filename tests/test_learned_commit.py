@@ -265,3 +265,16 @@ def test_train_commit_runs_from_a_pretrained_commit_net(sudoku4_mdm_dir, tmp_pat
     assert [r["step"] for r in log] == [0, 1, 2] and all("chosen" in r for r in log)
     assert all(1 <= r["forwards"] <= 16 and 0 <= r["solved"] <= 1 for r in log[1:])
     assert json.loads((out / "config.json").read_text())["commit_head"] is True
+
+
+@pytest.mark.gpu
+def test_learned_rule_replays_in_a_cuda_graph_with_the_eager_tokens():
+    mdm = tiny_mdm().cuda()
+    policy = policy_with_commit(mdm, seed=1).cuda()
+    with torch.no_grad():  # spread the commit probabilities so that some steps commit several cells, some one
+        policy.commit.head[-1].weight.normal_(std=2.0)
+    x = masked_grids(batch=4, blanks=10).cuda()
+    options = dict(scorer="policy", policy=policy, commit="policy=0.6", position_temperature=0.0, return_steps=True)
+    eager, eager_steps = unmask(mdm, x, **options)
+    graphed, graphed_steps = unmask(mdm, x, cuda_graph=True, **options)
+    assert torch.equal(graphed, eager) and torch.equal(graphed_steps, eager_steps)

@@ -80,7 +80,7 @@ def _trunk(net: nn.Module, hidden, topk_probs, candidates, attention_mask, featu
 
 class CommitNet(nn.Module):
     """The commit net of a policy with ``commit_head=True``: the order trunk's parts over again (its own input
-    projection, features embedding, one transformer block unless body="features", norm), and an MLP that reads the
+    projection, features embedding, ``commit_blocks`` transformer blocks, norm), and an MLP that reads the
     trunk's output with the raw features beside it (so the token confidence is one Linear away) -> one log-odds
     per position that the MDM's token there is already final. A separate trunk: training it leaves the order the
     policy was trained for unchanged, and its block compares positions (two cells about to take the same digit)."""
@@ -90,8 +90,9 @@ class CommitNet(nn.Module):
         width, m = config.width, config.mlp_hidden
         self.input_proj = nn.Linear(config.mdm_hidden_size, width) if config.projects_input else None
         self.feature_proj = nn.Linear(1 + config.feature_topk, width)
-        self.block = TinyMDMBlock(config.block_config()) if config.body == "block" else None
-        self.extra_blocks = nn.ModuleList()  # one block: what _trunk reads
+        blocks = config.commit_blocks if config.body == "block" else 0
+        self.block = TinyMDMBlock(config.block_config()) if blocks else None
+        self.extra_blocks = nn.ModuleList(TinyMDMBlock(config.block_config()) for _ in range(max(blocks - 1, 0)))
         self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
         self.head = nn.Sequential(
             nn.Linear(width + 1 + config.feature_topk, m), nn.SiLU(), nn.LayerNorm(m),
@@ -135,8 +136,9 @@ class UnmaskingPolicy(PreTrainedModel):
             # A copied block must see the MDM's own hidden state at first: features enter through zero weights
             # (their gradient is not zero, so they are learned).
             zero = zero or (self.config.block_init == "copy" and module is self.feature_proj)
-            # An extra block starts as the identity (its residual branches add 0).
-            zero = zero or any(module is b.self_attn.o_proj or module is b.mlp.down_proj for b in self.extra_blocks)
+            # An extra block starts as the identity (its residual branches add 0), the commit net's too.
+            extra = [*self.extra_blocks, *(self.commit.extra_blocks if getattr(self, "commit", None) else [])]
+            zero = zero or any(module is b.self_attn.o_proj or module is b.mlp.down_proj for b in extra)
             if zero:
                 _init.zeros_(module.weight)
             else:
@@ -254,12 +256,15 @@ class UnmaskingPolicy(PreTrainedModel):
     def has_commit_head(self) -> bool:
         return self.commit is not None
 
-    def add_commit_head(self, mdm_model=None) -> UnmaskingPolicy:
-        """Give this policy a fresh commit net (the order part is unchanged); with ``block_init="copy"`` and a
-        TinyMDM ``mdm_model`` of the policy's width, its block starts as a copy of the MDM's last block."""
+    def add_commit_head(self, mdm_model=None, blocks: int = 1) -> UnmaskingPolicy:
+        """Give this policy a fresh commit net with ``blocks`` transformer blocks (the order part is unchanged); with
+        ``block_init="copy"`` and a TinyMDM ``mdm_model`` of the policy's width, its first block starts as a copy of
+        the MDM's last block."""
         if self.commit is not None:
             raise ValueError("this policy already has a commit net (config.commit_head is True)")
-        self.config.commit_head = True
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+            raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
+        self.config.commit_head, self.config.commit_blocks = True, blocks
         device = next(self.parameters()).device
         self.commit = CommitNet(self.config)
         self.commit.apply(self._init_weights)

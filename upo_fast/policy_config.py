@@ -68,8 +68,9 @@ class UnmaskingPolicyConfig(PretrainedConfig):
     ``commit_head=True``: the policy also has a commit net (learned parallel unmasking; ``policy.CommitNet``), which
     gives each candidate the probability that the MDM's token there is already final; the learned commit rule
     (``sampling.commit_rules.LearnedCommit``) commits every candidate whose probability is >= ``commit_threshold``
-    (chosen on validation puzzles when the net is trained) besides the order's first pick. A saved config without
-    these fields has no commit net.
+    (chosen on validation puzzles when the net is trained) besides the order's first pick; ``commit_blocks``: the
+    transformer blocks of the commit net's trunk (the first a copy of the MDM's last block when the widths allow, the
+    others fresh, identity at the start). A saved config without these fields has no commit net.
     """
 
     model_type = "upo_policy"
@@ -93,6 +94,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         commit_head: bool = False,
         commit_threshold: float = 0.5,
+        commit_blocks: int = 1,
         **kwargs,
     ):
         _check_config(mdm_family=mdm_family, mdm_hidden_size=mdm_hidden_size, feature_topk=feature_topk,
@@ -105,6 +107,9 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         if isinstance(commit_threshold, bool) or not isinstance(commit_threshold, (int, float)) \
                 or not 0 < commit_threshold < 1:
             raise ValueError(f"commit_threshold must be a probability in (0, 1), got {commit_threshold!r}")
+        if isinstance(commit_blocks, bool) or not isinstance(commit_blocks, int) or commit_blocks < 0 \
+                or (body == "features" and commit_blocks > 0):
+            raise ValueError(f"commit_blocks must be an int >= 0 (0 with body='features'), got {commit_blocks!r}")
         self.mdm_family = mdm_family
         self.mdm_hidden_size = mdm_hidden_size
         self.feature_topk = feature_topk
@@ -122,6 +127,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         self.initializer_range = float(initializer_range)
         self.commit_head = commit_head
         self.commit_threshold = float(commit_threshold)
+        self.commit_blocks = commit_blocks
         super().__init__(**kwargs)
 
     @property

@@ -24,6 +24,8 @@ def _common(parser, init_help: str) -> None:
                         help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
     parser.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task)")
     parser.add_argument("--init", default="shipped", help=init_help)
+    parser.add_argument("--commit-blocks", type=nonneg_int, default=1,
+                        help="transformer blocks of a new commit net (the first copies the MDM's last block)")
     parser.add_argument("--lr", type=positive_float, default=None, help="AdamW learning rate (default: the config's)")
     parser.add_argument("--eval-puzzles", type=positive_int, default=500,
                         help="validation puzzles of the threshold sweep")
@@ -75,6 +77,8 @@ def add_train_commit_arguments(tc) -> None:
     tc.add_argument("--beta", type=nonneg_float, default=0.05, help="weight of the CE to the reference threshold rule")
     tc.add_argument("--ref-threshold", type=unit_fraction, default=0.9, help="the reference rule's threshold")
     tc.add_argument("--eval-every", type=positive_int, default=20)
+    tc.add_argument("--time-limit", type=positive_float, default=None,
+                    help="seconds: stop after the step that passes it (it is evaluated)")
 
 
 def cmd_train_commit(args) -> dict:

@@ -345,7 +345,7 @@ def add_parallel_curve_arguments(pc) -> None:
     pc.add_argument("--commit-probs", default=None, metavar="P,P,...",
                     type=knobs("--commit-probs", "in (0, 1)", lambda v: 0 < v < 1),
                     help="the learned rule's sweep: the commit probability its commit net must reach (default "
-                    "0.5,0.7,0.8,0.9,0.95,0.98,0.99; the learned rule runs when the policy has a commit net)")
+                    "0.5,0.8,0.9,0.95,0.98,0.99,0.995,0.999; the learned rule runs when the policy has a commit net)")
     pc.add_argument("--data", default=None)
     pc.add_argument("--num-puzzles", type=positive_int, default=200)
     pc.add_argument("--blanks", type=positive_int, default=None)

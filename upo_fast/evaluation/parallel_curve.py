@@ -39,7 +39,7 @@ from upo_fast.sampling.commit_rules import Factor, LearnedCommit, Threshold
 DEFAULT_KNOBS = {
     "threshold": (0.999, 0.99, 0.95, 0.9, 0.8, 0.7),
     "factor": (0.5, 1.0, 2.0, 3.0, 4.0),
-    "learned": (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+    "learned": (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999),
 }
 RULES = {"threshold": Threshold, "factor": Factor, "learned": LearnedCommit}  # family -> rule class
 SPEC = {"threshold": "threshold", "factor": "factor", "learned": "policy"}  # family -> spec name (--parallel)

@@ -69,6 +69,7 @@ class CommitGRPOConfig:
     task: str = "sudoku9"
     model: str | None = None
     init: str = "shipped"  # a policy folder with a commit net (e.g. pretrain-commit's), or shipped/anchor (fresh net)
+    commit_blocks: int = 1  # as CommitConfig.commit_blocks
     steps: int = 100
     puzzles_per_step: int = 16
     group_size: int = 8
@@ -77,6 +78,7 @@ class CommitGRPOConfig:
     ref_threshold: float = 0.9
     lr: float = 1e-4
     eval_every: int = 20
+    time_limit: float | None = None  # seconds: the step that passes it is the last (and is evaluated)
     eval_puzzles: int = 500
     target: float | None = None  # as CommitConfig.target
     metric: str = "solved"  # as CommitConfig.metric
@@ -95,6 +97,7 @@ class CommitGRPOConfig:
         check(self.beta >= 0, "beta", ">= 0")
         check(0 < self.ref_threshold <= 1, "ref_threshold", "in (0, 1]")
         check(self.lr > 0, "lr", "> 0")
+        check(self.time_limit is None or self.time_limit > 0, "time_limit", "None or > 0 seconds")
         return self
 
 
@@ -148,7 +151,7 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
     cfg.validate()
     task = get_task(cfg.task)
     mdm = load_task_model(cfg.model, task).eval().requires_grad_(False)
-    policy = start_policy(CommitConfig(task=cfg.task, init=cfg.init), mdm, task)
+    policy = start_policy(CommitConfig(task=cfg.task, init=cfg.init, commit_blocks=cfg.commit_blocks), mdm, task)
     optimizer = torch.optim.AdamW(policy.commit.parameters(), lr=cfg.lr)
     val = task.make_puzzles(cfg.eval_puzzles, seed=VALIDATION_SEED)
     target = one_cell_target(mdm, task, policy, val, cfg)
@@ -169,7 +172,8 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
         optimizer.step()
         record = {"step": step, "reward": float(reward.mean()), "solved": float(solved.mean()),
                   "forwards": float(forwards.mean()), **parts, "seconds": round(time.perf_counter() - started, 1)}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        last = step == cfg.steps or (cfg.time_limit is not None and time.perf_counter() - started > cfg.time_limit)
+        if step % cfg.eval_every == 0 or last:
             policy.eval()
             record["sweep"] = sweep_validation(mdm, task, policy, val, cfg.sweep)
             record["chosen"] = chosen = choose(record["sweep"], target, cfg.metric)
@@ -181,6 +185,8 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
         log.append(record)
         with open(out / "grpo_log.jsonl", "w") as f:  # rewritten each step: a stopped run keeps its log
             f.writelines(json.dumps(r) + "\n" for r in log)
+        if last:
+            break
     summary = {"config": asdict(cfg), "target": target, "best_step": best["step"], "best": best["chosen"],
                "seconds": round(time.perf_counter() - started, 1)}
     (out / "grpo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

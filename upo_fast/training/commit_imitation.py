@@ -41,7 +41,8 @@ from upo_fast.training.policy_init import VALIDATION_SEED, PolicyInit, make_poli
 from upo_fast.validation import field_check
 
 _FIELDS = ("hidden", "topk_probs", "candidates", "correct")
-SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # commit probabilities tried on validation after each round
+# commit probabilities tried on validation after each round
+SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
 METRICS = {"solved": ("val_solved", "solved_rate"), "cell_accuracy": ("val_cell_accuracy", "cell_accuracy")}
 
 
@@ -50,6 +51,7 @@ class CommitConfig:
     task: str = "sudoku9"
     model: str | None = None
     init: str = "shipped"  # the policy whose order is kept: "shipped" (the task's), "anchor" (max-confidence), a folder
+    commit_blocks: int = 1  # transformer blocks of a new commit net (a folder's own net keeps its size)
     rounds: int = 6  # round 0: threshold-rule rollouts; rounds 1..: the learned rule's own rollouts (DAgger)
     puzzles_per_round: int = 1024
     rollout_batch: int = 256
@@ -75,6 +77,7 @@ class CommitConfig:
         for name in ("puzzles_per_round", "rollout_batch", "steps", "batch_size", "eval_puzzles"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
         check(isinstance(self.rounds, int) and self.rounds >= 0, "rounds", "an int >= 0")
+        check(isinstance(self.commit_blocks, int) and self.commit_blocks >= 0, "commit_blocks", "an int >= 0")
         for name in ("round0_threshold", "rollout_threshold"):
             check(0 < getattr(self, name) < 1, name, "in (0, 1)")
         check(self.target is None or 0 <= self.target <= 1, "target", "None or in [0, 1]")
@@ -152,7 +155,7 @@ def start_policy(cfg: CommitConfig, mdm, task) -> UnmaskingPolicy:
     else:
         policy = make_policy(PolicyInit(init=cfg.init), mdm)
     if not policy.has_commit_head:
-        policy.add_commit_head(mdm)
+        policy.add_commit_head(mdm, blocks=cfg.commit_blocks)
     policy.requires_grad_(False)
     policy.commit.requires_grad_(True)
     return policy
