@@ -160,8 +160,8 @@ def test_every_command_is_one_registered_pair():
     from upo_fast.cli import commands
 
     names = [command.name for command in commands.COMMANDS]
-    assert names == ["demo", "eval", "viz", "train", "plot-runs", "parallel-curve", "pretrain-policy", "sample",
-                     "pretrain-mdm", "lm-eval"]
+    assert names == ["demo", "eval", "viz", "train", "plot-runs", "parallel-curve", "pretrain-policy",
+                     "pretrain-commit", "train-commit", "sample", "pretrain-mdm", "lm-eval"]
     assert list(commands.build_parser()._subparsers._group_actions[0].choices) == names
     for command in commands.COMMANDS:
         name = command.name.replace("-", "_")

@@ -69,7 +69,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
     gives each candidate the probability that the MDM's token there is already final; the learned commit rule
     (``sampling.commit_rules.LearnedCommit``) commits every candidate whose probability is >= ``commit_threshold``
     (chosen on validation puzzles when the net is trained) besides the order's first pick; ``commit_blocks``: the
-    transformer blocks of the commit net's trunk (the first a copy of the MDM's last block when the widths allow, the
+    transformer blocks of the commit net's trunk (none with ``body="features"``) (the first a copy of the MDM's last block when the widths allow, the
     others fresh, identity at the start). A saved config without these fields has no commit net.
     """
 
@@ -107,9 +107,8 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         if isinstance(commit_threshold, bool) or not isinstance(commit_threshold, (int, float)) \
                 or not 0 < commit_threshold < 1:
             raise ValueError(f"commit_threshold must be a probability in (0, 1), got {commit_threshold!r}")
-        if isinstance(commit_blocks, bool) or not isinstance(commit_blocks, int) or commit_blocks < 0 \
-                or (body == "features" and commit_blocks > 0):
-            raise ValueError(f"commit_blocks must be an int >= 0 (0 with body='features'), got {commit_blocks!r}")
+        if isinstance(commit_blocks, bool) or not isinstance(commit_blocks, int) or commit_blocks < 0:
+            raise ValueError(f"commit_blocks must be an int >= 0, got {commit_blocks!r}")
         self.mdm_family = mdm_family
         self.mdm_hidden_size = mdm_hidden_size
         self.feature_topk = feature_topk
