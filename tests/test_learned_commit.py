@@ -90,17 +90,23 @@ def test_commit_net_saves_loads_and_leaves_the_order_alone(tmp_path):
     hidden, candidates = torch.randn(2, 16, HIDDEN), torch.rand(2, 16) > 0.3
     topk = torch.rand(2, 16, 6).sort(-1, descending=True).values
     before = policy(hidden, candidates=candidates, topk_probs=topk)
+    tokens = torch.randint(1, 5, (2, 16))
     with pytest.raises(ValueError, match="no commit net"):
-        policy.commit_logits(hidden, candidates=candidates, topk_probs=topk)
+        policy.commit_logits(hidden, candidates=candidates, topk_probs=topk, tokens=tokens)
     policy.add_commit_head(mdm)
     assert torch.equal(policy(hidden, candidates=candidates, topk_probs=topk), before)
-    logits = policy.commit_logits(hidden, candidates=candidates, topk_probs=topk)
+    assert policy.config.commit_token_buckets == 6  # the MDM's vocabulary
+    with pytest.raises(ValueError, match="reads the candidates' tokens"):
+        policy.commit_logits(hidden, candidates=candidates, topk_probs=topk)
+    logits = policy.commit_logits(hidden, candidates=candidates, topk_probs=topk, tokens=tokens)
+    other = policy.commit_logits(hidden, candidates=candidates, topk_probs=topk, tokens=(tokens % 4) + 1)
+    assert not torch.equal(other, logits)  # the candidates' tokens are an input
     assert logits.shape == (2, 16) and logits.dtype == torch.float32
     policy.config.commit_threshold = 0.9
     policy.save_pretrained(tmp_path)
     loaded = load_saved(UnmaskingPolicy, tmp_path)
     assert loaded.has_commit_head and loaded.config.commit_threshold == 0.9
-    assert torch.equal(loaded.commit_logits(hidden, candidates=candidates, topk_probs=topk), logits)
+    assert torch.equal(loaded.commit_logits(hidden, candidates=candidates, topk_probs=topk, tokens=tokens), logits)
     with pytest.raises(ValueError, match="already has a commit net"):
         loaded.add_commit_head(mdm)
 
@@ -177,7 +183,8 @@ def test_commit_loss_reads_candidates_only():
     mdm = tiny_mdm()
     policy = policy_with_commit(mdm, logit=0.0)
     batch = dict(hidden=torch.randn(2, 16, HIDDEN), topk_probs=torch.rand(2, 16, 6),
-                 candidates=torch.zeros(2, 16, dtype=torch.bool), correct=torch.ones(2, 16, dtype=torch.bool))
+                 candidates=torch.zeros(2, 16, dtype=torch.bool), correct=torch.ones(2, 16, dtype=torch.bool),
+                 token=torch.ones(2, 16, dtype=torch.long))
     batch["candidates"][:, :3] = True
     assert commit_loss(policy, batch).item() == pytest.approx(math.log(2), abs=1e-5)  # p = 0.5 on every label
 
@@ -241,7 +248,7 @@ def test_grpo_loss_raises_the_log_prob_of_the_better_rollout():
     candidates = torch.ones(2, 16, dtype=torch.bool)
     select = torch.zeros(2, 16, dtype=torch.bool)
     select[0] = True  # rollout 0 committed everything, rollout 1 nothing
-    states = dict(hidden=hidden, topk_probs=topk, candidates=candidates, select=select,
+    states = dict(hidden=hidden, topk_probs=topk, candidates=candidates, select=select, token=torch.ones(2, 16).long(),
                   confidence=torch.zeros(2, 16), rollout=torch.tensor([0, 1]))
     loss, _ = grpo_loss(policy, states, torch.tensor([1.0, -1.0]), CommitGRPOConfig(beta=0.0))
     loss.backward()

@@ -59,10 +59,11 @@ def _unwrap(mdm):
     return mdm.model if isinstance(mdm, MDMAdapter) else mdm
 
 
-def _trunk(net: nn.Module, hidden, topk_probs, candidates, attention_mask, feature_topk: int):
+def _trunk(net: nn.Module, hidden, topk_probs, candidates, attention_mask, feature_topk: int, added=None):
     """The body both heads read, for ``net`` (the policy itself or its ``CommitNet``, which have the same parts):
-    (x [B, W, width] after the final norm, features [B, W, 1 + k]). The MDM may run in bf16 while the policy trains
-    in fp32: everything is computed in ``net``'s dtype."""
+    (x [B, W, width] after the final norm, features [B, W, 1 + k]); ``added`` [B, W, width]: more input, summed with
+    the embeddings before the blocks. The MDM may run in bf16 while the policy trains in fp32: everything is computed
+    in ``net``'s dtype."""
     dtype = net.feature_proj.weight.dtype
     topk = topk_probs[..., :feature_topk].to(dtype)
     features = torch.cat([candidates.to(dtype)[..., None], topk], dim=-1)  # [B, W, 1 + k]
@@ -70,6 +71,8 @@ def _trunk(net: nn.Module, hidden, topk_probs, candidates, attention_mask, featu
     if net.input_proj is not None:
         x = net.input_proj(x)
     x = x + net.feature_proj(features)
+    if added is not None:
+        x = x + added
     if net.block is not None:  # body="features": per position, nothing to mask
         mask = UnmaskingPolicy._block_mask(attention_mask)
         x = net.block(x, mask)
@@ -94,6 +97,10 @@ class CommitNet(nn.Module):
         self.block = TinyMDMBlock(config.block_config()) if blocks else None
         self.extra_blocks = nn.ModuleList(TinyMDMBlock(config.block_config()) for _ in range(max(blocks - 1, 0)))
         self.norm = nn.RMSNorm(width, eps=config.rms_norm_eps)
+        # the token each candidate would take, so that the block can compare candidates' tokens (two cells of a
+        # Sudoku row about to take the same digit); ids beyond the table share rows (id modulo its size)
+        buckets = config.commit_token_buckets
+        self.token_embed = nn.Embedding(buckets, width) if buckets else None
         self.head = nn.Sequential(
             nn.Linear(width + 1 + config.feature_topk, m), nn.SiLU(), nn.LayerNorm(m),
             nn.Linear(m, m), nn.SiLU(), nn.LayerNorm(m),
@@ -265,6 +272,9 @@ class UnmaskingPolicy(PreTrainedModel):
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
             raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
         self.config.commit_head, self.config.commit_blocks = True, blocks
+        vocab = getattr(getattr(_unwrap(mdm_model), "config", None), "vocab_size", None) if mdm_model is not None \
+            else None
+        self.config.commit_token_buckets = min(int(vocab), 1024) if isinstance(vocab, int) else 0
         device = next(self.parameters()).device
         self.commit = CommitNet(self.config)
         self.commit.apply(self._init_weights)
@@ -277,7 +287,7 @@ class UnmaskingPolicy(PreTrainedModel):
 
     def commit_logits(self, hidden: torch.Tensor, stats: VocabStats | None = None,
                       candidates: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
-                      topk_probs: torch.Tensor | None = None) -> torch.Tensor:
+                      topk_probs: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """[B, W] float32 log-odds that the MDM's current token at each position is already final (what the learned
         commit rule thresholds); inputs as in ``forward``. A ValueError when the policy has no commit net."""
         if self.commit is None:
@@ -285,7 +295,16 @@ class UnmaskingPolicy(PreTrainedModel):
                              "`upo-fast pretrain-commit`, or use a threshold/factor rule")
         all_topk, topk_name = self._topk_probs(stats, topk_probs)
         self._check_inputs(hidden, all_topk, topk_name, candidates, attention_mask)
-        x, features = _trunk(self.commit, hidden, all_topk, candidates, attention_mask, self.config.feature_topk)
+        added = None
+        if self.commit.token_embed is not None:  # the token each candidate would take (stats.token), else nothing
+            tokens = stats.token if stats is not None else tokens
+            if tokens is None or tuple(tokens.shape) != tuple(candidates.shape):
+                raise ValueError(f"this commit net reads the candidates' tokens: pass stats (a VocabStats) or tokens "
+                                 f"[B, W] = {tuple(candidates.shape)}")
+            table = self.commit.token_embed
+            added = table(tokens.long() % table.num_embeddings) * candidates[..., None].to(table.weight.dtype)
+        x, features = _trunk(self.commit, hidden, all_topk, candidates, attention_mask, self.config.feature_topk,
+                             added)
         return self.commit.head(torch.cat([x, features], dim=-1)).squeeze(-1).float()
 
     @staticmethod

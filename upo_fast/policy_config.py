@@ -68,9 +68,11 @@ class UnmaskingPolicyConfig(PretrainedConfig):
     ``commit_head=True``: the policy also has a commit net (learned parallel unmasking; ``policy.CommitNet``), which
     gives each candidate the probability that the MDM's token there is already final; the learned commit rule
     (``sampling.commit_rules.LearnedCommit``) commits every candidate whose probability is >= ``commit_threshold``
-    (chosen on validation puzzles when the net is trained) besides the order's first pick; ``commit_blocks``: the
-    transformer blocks of the commit net's trunk (none with ``body="features"``) (the first a copy of the MDM's last block when the widths allow, the
-    others fresh, identity at the start). A saved config without these fields has no commit net.
+    (chosen on validation puzzles when the net is trained) besides the order's first pick. ``commit_blocks``: the
+    transformer blocks of the commit net's trunk (the first a copy of the MDM's last block when the widths allow, the
+    others fresh, identity at the start; none with ``body="features"``). ``commit_token_buckets``: rows of its
+    embedding of the token each candidate would take (0: none; ``add_commit_head`` sets the MDM's vocabulary size, at
+    most 1,024, larger ids sharing rows). A saved config without these fields has no commit net.
     """
 
     model_type = "upo_policy"
@@ -95,6 +97,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         commit_head: bool = False,
         commit_threshold: float = 0.5,
         commit_blocks: int = 1,
+        commit_token_buckets: int = 0,
         **kwargs,
     ):
         _check_config(mdm_family=mdm_family, mdm_hidden_size=mdm_hidden_size, feature_topk=feature_topk,
@@ -109,6 +112,9 @@ class UnmaskingPolicyConfig(PretrainedConfig):
             raise ValueError(f"commit_threshold must be a probability in (0, 1), got {commit_threshold!r}")
         if isinstance(commit_blocks, bool) or not isinstance(commit_blocks, int) or commit_blocks < 0:
             raise ValueError(f"commit_blocks must be an int >= 0, got {commit_blocks!r}")
+        if isinstance(commit_token_buckets, bool) or not isinstance(commit_token_buckets, int) \
+                or commit_token_buckets < 0:
+            raise ValueError(f"commit_token_buckets must be an int >= 0, got {commit_token_buckets!r}")
         self.mdm_family = mdm_family
         self.mdm_hidden_size = mdm_hidden_size
         self.feature_topk = feature_topk
@@ -127,6 +133,7 @@ class UnmaskingPolicyConfig(PretrainedConfig):
         self.commit_head = commit_head
         self.commit_threshold = float(commit_threshold)
         self.commit_blocks = commit_blocks
+        self.commit_token_buckets = commit_token_buckets
         super().__init__(**kwargs)
 
     @property

@@ -130,7 +130,8 @@ def group_advantages(reward: torch.Tensor, group_size: int) -> torch.Tensor:
 def grpo_loss(policy, states: dict, advantage: torch.Tensor, cfg: CommitGRPOConfig) -> tuple[torch.Tensor, dict]:
     """The loss of the module docstring over every recorded (step, rollout) state."""
     candidates = states["candidates"]
-    logits = policy.commit_logits(states["hidden"].float(), candidates=candidates, topk_probs=states["topk_probs"])
+    logits = policy.commit_logits(states["hidden"].float(), candidates=candidates, topk_probs=states["topk_probs"],
+                                  tokens=states["token"])
     decided = states["select"].float()
     logp = -F.binary_cross_entropy_with_logits(logits, decided, reduction="none") * candidates
     rollout = states["rollout"]

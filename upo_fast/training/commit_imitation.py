@@ -40,7 +40,7 @@ from upo_fast.tasks import get_task
 from upo_fast.training.policy_init import VALIDATION_SEED, PolicyInit, make_policy, step_seed
 from upo_fast.validation import field_check
 
-_FIELDS = ("hidden", "topk_probs", "candidates", "correct")
+_FIELDS = ("hidden", "topk_probs", "candidates", "token", "correct")
 # commit probabilities tried on validation after each round
 SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
 METRICS = {"solved": ("val_solved", "solved_rate"), "cell_accuracy": ("val_cell_accuracy", "cell_accuracy")}
@@ -121,7 +121,7 @@ class CommitRecorder:
         """Every recorded (step, row) state with a candidate, each with its row (``rollout``), for GRPO."""
         buf = {name: t[:self.step] for name, t in self.buffers.items()}
         keep = buf["candidates"].any(-1).nonzero(as_tuple=True)
-        states = {name: t[keep] for name, t in buf.items() if name != "token"}
+        states = {name: t[keep] for name, t in buf.items()}
         return states | {"rollout": keep[1]}
 
     def states(self, solution: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
@@ -133,14 +133,15 @@ class CommitRecorder:
         alive = torch.cumsum(wrong, 0) - wrong == 0
         keep = (alive & buf["candidates"].any(-1)).nonzero(as_tuple=True)
         states = dict(hidden=buf["hidden"][keep], topk_probs=buf["topk_probs"][keep],
-                      candidates=buf["candidates"][keep], correct=correct[keep])
+                      candidates=buf["candidates"][keep], token=buf["token"][keep], correct=correct[keep])
         return states, float(wrong.any(0).float().mean())
 
 
 def commit_loss(policy: UnmaskingPolicy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean binary cross-entropy over the batch's candidates: commit logit against ``token == solution``."""
     candidates = batch["candidates"]
-    logits = policy.commit_logits(batch["hidden"].float(), candidates=candidates, topk_probs=batch["topk_probs"])
+    logits = policy.commit_logits(batch["hidden"].float(), candidates=candidates, topk_probs=batch["topk_probs"],
+                                  tokens=batch["token"])
     loss = F.binary_cross_entropy_with_logits(logits, batch["correct"].float(), reduction="none")
     return (loss * candidates).sum() / candidates.sum().clamp_min(1)
 
