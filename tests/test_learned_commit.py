@@ -285,3 +285,30 @@ def test_learned_rule_replays_in_a_cuda_graph_with_the_eager_tokens():
     eager, eager_steps = unmask(mdm, x, **options)
     graphed, graphed_steps = unmask(mdm, x, cuda_graph=True, **options)
     assert torch.equal(graphed, eager) and torch.equal(graphed_steps, eager_steps)
+
+
+def test_benchmark_table_scores_every_rule_and_the_oracle(sudoku4_mdm_dir, tmp_path):
+    """benchmarks/learned_commit_table.py end to end on a tiny model: every row, the oracle filter within one cell a
+    step's forwards, the paired comparison against the policy's one-cell row, and the run's metadata."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    policy_dir = tmp_path / "policy"
+    pretrain_commit(CommitConfig(task="sudoku4", model=sudoku4_mdm_dir, init="anchor", rounds=0, puzzles_per_round=8,
+                                 rollout_batch=8, steps=2, batch_size=4, eval_puzzles=6, sweep=(0.5,),
+                                 out_dir=str(policy_dir)), progress=False)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "learned_commit_table.py"
+    done = subprocess.run([sys.executable, str(script), "--task", "sudoku4", "--model", sudoku4_mdm_dir, "--policy",
+                           str(policy_dir), "--num-puzzles", "12", "--thresholds", "0.9", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "learned_commit_table.json").read_text())
+    rows = {(r["order"], r["rule"]): r for r in result["results"]}
+    assert set(rows) == {("max_confidence", "schedule"), ("policy", "schedule"), ("max_confidence", "threshold=0.9"),
+                         ("policy", "threshold=0.9"), ("max_confidence", "learned"), ("policy", "learned"),
+                         ("max_confidence", "oracle")}
+    assert rows[("policy", "schedule")]["vs_policy_one_cell"]["diff"] == 0
+    assert rows[("max_confidence", "oracle")]["forwards"] <= rows[("max_confidence", "schedule")]["forwards"]
+    assert result["meta"]["commit"] and result["meta"]["n"] == 12
+    assert (tmp_path / "learned_commit_table.md").read_text().count("\n| ") == 8  # header + 7 rows
