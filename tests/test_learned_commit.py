@@ -312,3 +312,10 @@ def test_benchmark_table_scores_every_rule_and_the_oracle(sudoku4_mdm_dir, tmp_p
     assert rows[("max_confidence", "oracle")]["forwards"] <= rows[("max_confidence", "schedule")]["forwards"]
     assert result["meta"]["commit"] and result["meta"]["n"] == 12
     assert (tmp_path / "learned_commit_table.md").read_text().count("\n| ") == 8  # header + 7 rows
+
+
+def test_the_command_lines_default_sweep_is_the_trainers():
+    from upo_fast.cli import commit
+    from upo_fast.training import commit_imitation
+
+    assert commit.SWEEP == commit_imitation.SWEEP

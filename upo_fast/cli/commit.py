@@ -5,6 +5,7 @@ the same name (``--out``: ``out_dir``). torch loads inside the commands, after t
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from upo_fast.cli.args import (
@@ -16,6 +17,20 @@ from upo_fast.cli.args import (
     positive_int,
     unit_fraction,
 )
+
+# the default sweep, written here too: parsing must not import torch (tests/test_learned_commit.py keeps them equal)
+SWEEP = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+
+
+def _probabilities(text: str) -> tuple[float, ...]:
+    """``--sweep``: comma-separated commit probabilities, each in (0, 1)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated probabilities in (0, 1), got {text!r}")
+    return values
 
 
 def _common(parser, init_help: str) -> None:
@@ -31,6 +46,9 @@ def _common(parser, init_help: str) -> None:
                         help="validation puzzles of the threshold sweep")
     parser.add_argument("--target", type=unit_fraction, default=None, help="validation solved rate the chosen "
                         "threshold must reach with the fewest forwards (default: the one-cell-a-step policy's)")
+    parser.add_argument("--sweep", type=_probabilities, default=SWEEP, metavar="P,P,...",
+                        help="commit probabilities tried on the validation puzzles (default: "
+                        f"{','.join(map(str, SWEEP))})")
     parser.add_argument("--metric", default="solved", choices=["solved", "cell_accuracy"],
                         help="what --target measures (cell_accuracy: for a model that solves few puzzles, e.g. Zebra)")
     parser.add_argument("--seed", type=int, default=0)
