@@ -240,7 +240,7 @@ def test_group_advantages_are_zero_mean_per_group():
 
 
 def test_grpo_loss_raises_the_log_prob_of_the_better_rollout():
-    from upo_fast.training.commit_grpo import CommitGRPOConfig, grpo_loss
+    from upo_fast.training.commit_grpo import CommitGRPOConfig, SampledCommit, grpo_loss
 
     mdm = tiny_mdm()
     policy = policy_with_commit(mdm, logit=0.0)
@@ -250,7 +250,8 @@ def test_grpo_loss_raises_the_log_prob_of_the_better_rollout():
     select[0] = True  # rollout 0 committed everything, rollout 1 nothing
     states = dict(hidden=hidden, topk_probs=topk, candidates=candidates, select=select, token=torch.ones(2, 16).long(),
                   confidence=torch.zeros(2, 16), rollout=torch.tensor([0, 1]))
-    loss, _ = grpo_loss(policy, states, torch.tensor([1.0, -1.0]), CommitGRPOConfig(beta=0.0))
+    rule = SampledCommit(0.5, temperature=0.5)
+    loss, _ = grpo_loss(policy, states, torch.tensor([1.0, -1.0]), CommitGRPOConfig(beta=0.0), rule)
     loss.backward()
     bias_grad = policy.commit.head[-1].bias.grad.item()
     assert bias_grad < 0  # gradient descent raises the commit logit: rollout 0 (commit everything) was better

@@ -92,6 +92,8 @@ def add_train_commit_arguments(tc) -> None:
     tc.add_argument("--group-size", type=positive_int, default=8, help="rollouts per puzzle (>= 2)")
     tc.add_argument("--cost", type=nonneg_float, default=0.5,
                     help="lambda: reward = solved - lambda * forwards / blanks")
+    tc.add_argument("--temperature", type=positive_float, default=0.5,
+                    help="of the rollouts' Bernoulli draws, centred on the start policy's commit threshold")
     tc.add_argument("--beta", type=nonneg_float, default=0.05, help="weight of the CE to the reference threshold rule")
     tc.add_argument("--ref-threshold", type=unit_fraction, default=0.9, help="the reference rule's threshold")
     tc.add_argument("--eval-every", type=positive_int, default=20)

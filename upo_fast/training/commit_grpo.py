@@ -3,8 +3,11 @@ regularized toward a reference commit rule (the confidence threshold), as the or
 reference policy.
 
 At each step of a rollout the policy's order picks its first cell (greedy, as at sampling time) and every other
-candidate is committed with probability sigmoid(commit logit), drawn independently: the commit net is a
-product of Bernoulli policies. For a group of ``group_size`` rollouts of one puzzle:
+candidate is committed with probability sigmoid((logit - cut) / temperature), drawn independently: the commit net
+is a product of Bernoulli policies centred on the deterministic rule it will run (cut: the log-odds of the start
+policy's ``commit_threshold``; ``temperature``: how far from that rule the rollouts explore). Sampling at
+sigmoid(logit) itself commits every cell whose probability is 0.9 nine times in ten: the rollouts then solve
+nothing and the rewards only count forwards. For a group of ``group_size`` rollouts of one puzzle:
 
     reward     = solved - cost * forwards / blanks          (forwards: the MDM forwards the rollout used)
     advantage  = (reward - group mean) / (group std + 1e-6)
@@ -22,8 +25,9 @@ is swept on validation puzzles and the best policy is kept exactly as ``pretrain
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -53,15 +57,19 @@ class SampledCommit(LearnedCommit):
     """The learned rule as a stochastic policy (training rollouts only): each candidate is committed with probability
     sigmoid(commit logit), drawn from ``generator`` (on the MDM's device)."""
 
+    temperature: float = 1.0
     generator: torch.Generator | None = None
 
     def bind(self, policy) -> SampledCommit:
-        super().bind(policy)  # the checks: a policy with a commit net
-        return self
+        return super().bind(policy)  # the checks (a policy with a commit net), the policy's threshold if none
 
     def extra(self, order, candidates, stats, commit_logits=None):
         draw = torch.rand(candidates.shape, device=candidates.device, generator=self.generator)
-        return candidates & (draw < torch.sigmoid(commit_logits))
+        return candidates & (draw < torch.sigmoid(self.centred(commit_logits)))
+
+    def centred(self, commit_logits: torch.Tensor) -> torch.Tensor:
+        """The log-odds the rollouts draw from: (logit - cut) / temperature."""
+        return (commit_logits - math.log(self.threshold / (1 - self.threshold))) / self.temperature
 
 
 @dataclass
@@ -74,6 +82,7 @@ class CommitGRPOConfig:
     puzzles_per_step: int = 16
     group_size: int = 8
     cost: float = 0.5  # lambda: reward = solved - cost * forwards / blanks
+    temperature: float = 0.5  # of the rollouts' Bernoulli draws around the start policy's threshold
     beta: float = 0.05  # weight of the CE to the reference threshold rule
     ref_threshold: float = 0.9
     lr: float = 1e-4
@@ -94,6 +103,7 @@ class CommitGRPOConfig:
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
         check(isinstance(self.group_size, int) and self.group_size >= 2, "group_size", "an int >= 2")
         check(self.cost >= 0, "cost", ">= 0")
+        check(self.temperature > 0, "temperature", "> 0")
         check(self.beta >= 0, "beta", ">= 0")
         check(0 < self.ref_threshold <= 1, "ref_threshold", "in (0, 1]")
         check(self.lr > 0, "lr", "> 0")
@@ -101,7 +111,7 @@ class CommitGRPOConfig:
         return self
 
 
-def grouped_rollouts(mdm, task, policy, cfg: CommitGRPOConfig, step: int, mask_id: int):
+def grouped_rollouts(mdm, task, policy, rule: SampledCommit, cfg: CommitGRPOConfig, step: int, mask_id: int):
     """``puzzles_per_step`` puzzles, each rolled out ``group_size`` times with the sampled rule -> (states, per
     rollout: reward [R], solved [R], forwards [R])."""
     seed = step_seed(cfg.seed + 30_000, step)  # neither the validation nor the test seed
@@ -110,7 +120,7 @@ def grouped_rollouts(mdm, task, policy, cfg: CommitGRPOConfig, step: int, mask_i
     generator = torch.Generator().manual_seed(seed)
     recorder = CommitRecorder(int((x == mask_id).sum(1).max()), policy.config.feature_topk, with_confidence=True)
     filled, forwards = unmask(mdm, x, scorer="policy", policy=policy, position_temperature=0.0, recorder=recorder,
-                              commit=SampledCommit(0.5, generator=generator), generator=generator,
+                              commit=replace(rule, generator=generator), generator=generator,
                               return_steps=True)
     index = torch.arange(cfg.puzzles_per_step).repeat_interleave(cfg.group_size)
     grids = task.decode(filled)
@@ -127,11 +137,12 @@ def group_advantages(reward: torch.Tensor, group_size: int) -> torch.Tensor:
     return (centred / (grouped.std(1, keepdim=True) + 1e-6)).view(-1)
 
 
-def grpo_loss(policy, states: dict, advantage: torch.Tensor, cfg: CommitGRPOConfig) -> tuple[torch.Tensor, dict]:
-    """The loss of the module docstring over every recorded (step, rollout) state."""
+def grpo_loss(policy, states: dict, advantage: torch.Tensor, cfg: CommitGRPOConfig,
+              rule: SampledCommit) -> tuple[torch.Tensor, dict]:
+    """The loss of the module docstring over every recorded (step, rollout) state; ``rule``: the rollouts' draw."""
     candidates = states["candidates"]
-    logits = policy.commit_logits(states["hidden"].float(), candidates=candidates, topk_probs=states["topk_probs"],
-                                  tokens=states["token"])
+    logits = rule.centred(policy.commit_logits(states["hidden"].float(), candidates=candidates,
+                                               topk_probs=states["topk_probs"], tokens=states["token"]))
     decided = states["select"].float()
     logp = -F.binary_cross_entropy_with_logits(logits, decided, reduction="none") * candidates
     rollout = states["rollout"]
@@ -139,7 +150,7 @@ def grpo_loss(policy, states: dict, advantage: torch.Tensor, cfg: CommitGRPOConf
     per_rollout_logp = torch.zeros(n_rollouts).index_add_(0, rollout, logp.sum(-1))
     per_rollout_n = torch.zeros(n_rollouts).index_add_(0, rollout, candidates.sum(-1).float()).clamp_min(1)
     policy_term = -(advantage * per_rollout_logp / per_rollout_n).mean()
-    reference = (states["confidence"] >= cfg.ref_threshold).float()
+    reference = (states["confidence"] >= cfg.ref_threshold).float()  # CE of the centred draw to the reference rule
     ce = F.binary_cross_entropy_with_logits(logits, reference, reduction="none")
     ce = (ce * candidates).sum() / candidates.sum().clamp_min(1)
     return policy_term + cfg.beta * ce, {"policy_term": float(policy_term.detach()), "ref_ce": float(ce.detach())}
@@ -162,11 +173,12 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
     log = [{"step": 0, "target": target, "sweep": sweep, "chosen": best["chosen"]}]
     policy.config.commit_threshold = best["chosen"]["threshold"]
     policy.save_pretrained(out)
+    rule = SampledCommit(policy.config.commit_threshold, temperature=cfg.temperature)  # the cut stays the start's
     for step in tqdm(range(1, cfg.steps + 1), desc="commit GRPO", disable=not progress):
         policy.eval()
-        states, reward, solved, forwards = grouped_rollouts(mdm, task, policy, cfg, step, mask_id)
+        states, reward, solved, forwards = grouped_rollouts(mdm, task, policy, rule, cfg, step, mask_id)
         policy.commit.train()
-        loss, parts = grpo_loss(policy, states, group_advantages(reward, cfg.group_size), cfg)
+        loss, parts = grpo_loss(policy, states, group_advantages(reward, cfg.group_size), cfg, rule)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.commit.parameters(), 1.0)
