@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None)
     parser.add_argument("--policy", default=None, help="a policy with a commit net (default: the shipped one)")
     parser.add_argument("--num-puzzles", type=int, default=1000)
+    parser.add_argument("--data", default=None, help="a puzzle file (e.g. ../shared/data/sudoku4x4_test_upo.csv) "
+                        "instead of generated held-out puzzles")
     parser.add_argument("--thresholds", default="0.99,0.9")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", required=True)
@@ -80,7 +82,10 @@ def main(argv=None) -> int:
     task = get_task(args.task)
     model = load_task_model(args.model, task)
     policy = load_policy(args.policy, task, model)
-    puzzles, solutions = task.make_puzzles(args.num_puzzles, seed=HELD_OUT_SEED)
+    if args.data:
+        puzzles, solutions = task.load(args.data)
+    else:
+        puzzles, solutions = task.make_puzzles(args.num_puzzles, seed=HELD_OUT_SEED)
     rows_spec = [("max_confidence", "schedule"), ("policy", "schedule")]
     orders = ("max_confidence", "policy")
     rows_spec += [(order, f"threshold={t}") for t in args.thresholds.split(",") for order in orders]
@@ -99,7 +104,7 @@ def main(argv=None) -> int:
     baseline = outcomes[("policy", "schedule")]
     for row, solved in zip(rows, outcomes.values()):
         row["vs_policy_one_cell"] = paired_difference(solved.astype(float), baseline.astype(float))
-    meta = metadata("cpu") | {"task": task.name, "n": len(puzzles), "puzzle_seed": HELD_OUT_SEED,
+    meta = metadata("cpu") | {"task": task.name, "n": len(puzzles), "puzzles": args.data or f"seed {HELD_OUT_SEED}",
                               "commit_threshold": policy.config.commit_threshold,
                               "policy": args.policy or f"shipped ({task.name})"}
     write_results(args.out, "learned_commit_table", rows, meta)
@@ -109,7 +114,7 @@ def main(argv=None) -> int:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"{meta['task']}: {meta['n']} held-out puzzles (seed {meta['puzzle_seed']}); learned rule at commit "
+    lines = [f"{meta['task']}: {meta['n']} held-out puzzles ({meta['puzzles']}); learned rule at commit "
              f"probability {meta['commit_threshold']:g}; {meta['device']}, {meta['date']}, commit {meta['commit']}", "",
              "| order | commit rule | MDM forwards per puzzle | solved [95%] | cell accuracy | "
              "solved vs policy one cell a step [95%] |", "|---|---|---|---|---|---|"]

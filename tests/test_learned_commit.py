@@ -320,3 +320,15 @@ def test_the_command_lines_default_sweep_is_the_trainers():
     from upo_fast.training import commit_imitation
 
     assert commit.SWEEP == commit_imitation.SWEEP
+
+
+def test_grpo_rollouts_draw_around_the_threshold_rule():
+    from upo_fast.training.commit_grpo import SampledCommit
+
+    rule = SampledCommit(0.8, temperature=0.25, generator=torch.Generator().manual_seed(0))
+    cut = math.log(4)  # the log-odds of 0.8
+    logits = torch.full((1, 4000), cut)
+    logits[0, 2000:] = cut + 1.0
+    drawn = rule.extra(None, torch.ones(1, 4000, dtype=torch.bool), None, logits)
+    assert drawn[0, :2000].float().mean().item() == pytest.approx(0.5, abs=0.04)  # at the cut: a coin
+    assert drawn[0, 2000:].float().mean().item() == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), abs=0.02)
