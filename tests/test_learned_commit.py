@@ -332,3 +332,16 @@ def test_grpo_rollouts_draw_around_the_threshold_rule():
     drawn = rule.extra(None, torch.ones(1, 4000, dtype=torch.bool), None, logits)
     assert drawn[0, :2000].float().mean().item() == pytest.approx(0.5, abs=0.04)  # at the cut: a coin
     assert drawn[0, 2000:].float().mean().item() == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), abs=0.02)
+
+
+def test_generate_with_a_trusting_commit_net_fills_each_block_in_one_forward():
+    from upo_fast.sampling.loop import generate
+
+    mdm = tiny_mdm()
+    prompt = torch.randint(1, 5, (2, 8), generator=torch.Generator().manual_seed(3))
+    trusting, distrusting = policy_with_commit(mdm, logit=20.0), policy_with_commit(mdm, logit=-20.0)
+    options = dict(gen_length=8, block_length=4, scorer="max_confidence")
+    one_step_a_block = generate(mdm, prompt, steps=2, **options)  # the schedule commits a whole block at once
+    assert torch.equal(generate(mdm, prompt, steps=8, policy=trusting, commit="policy", **options), one_step_a_block)
+    one_a_step = generate(mdm, prompt, steps=8, **options)
+    assert torch.equal(generate(mdm, prompt, steps=8, policy=distrusting, commit="policy", **options), one_a_step)
