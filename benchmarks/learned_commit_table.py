@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=None, help="a puzzle file (e.g. ../shared/data/sudoku4x4_test_upo.csv) "
                         "instead of generated held-out puzzles")
     parser.add_argument("--thresholds", default="0.99,0.9")
+    parser.add_argument("--other", default=None, help="a second policy folder with a commit net (e.g. GRPO's): its "
+                        "learned rule with its own order is one more row, compared pairwise with this policy's")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -90,13 +92,18 @@ def main(argv=None) -> int:
     orders = ("max_confidence", "policy")
     rows_spec += [(order, f"threshold={t}") for t in args.thresholds.split(",") for order in orders]
     rows_spec += [("max_confidence", "policy"), ("policy", "policy"), ("max_confidence", "oracle")]
+    if args.other:
+        rows_spec.append(("policy", "other"))
+    other = load_policy(args.other, task, model) if args.other else None
     outcomes, rows = {}, []
     for order, rule in rows_spec:
         started = time.perf_counter()
-        solved, cells, forwards = fill(model, task, puzzles, solutions, order, rule, policy, args.batch_size)
+        row_policy, row_rule = (other, "policy") if rule == "other" else (policy, rule)
+        solved, cells, forwards = fill(model, task, puzzles, solutions, order, row_rule, row_policy, args.batch_size)
         outcomes[(order, rule)] = solved, cells
         interval = solved_interval(solved)
-        rows.append(dict(order=order, rule="learned" if rule == "policy" else rule, forwards=float(forwards.mean()),
+        name = {"policy": "learned", "other": "learned (--other policy)"}.get(rule, rule)
+        rows.append(dict(order=order, rule=name, forwards=float(forwards.mean()),
                          solved_rate=interval["rate"], solved_ci95=interval["ci95"], cell_accuracy=float(cells.mean()),
                          seconds=round(time.perf_counter() - started, 1)))
         print(f"{order:15s} {rows[-1]['rule']:15s} forwards {rows[-1]['forwards']:5.1f}  solved "
@@ -105,9 +112,13 @@ def main(argv=None) -> int:
     for row, (solved, cells) in zip(rows, outcomes.values()):
         row["vs_policy_one_cell"] = paired_difference(solved.astype(float), base_solved.astype(float))
         row["cells_vs_policy_one_cell"] = paired_difference(cells, base_cells)
+    if args.other:  # the second policy's learned rule against this one's, on the same puzzles
+        mine, theirs = outcomes[("policy", "policy")][0], outcomes[("policy", "other")][0]
+        rows[-1]["solved_vs_learned"] = paired_difference(theirs.astype(float), mine.astype(float))
     meta = metadata("cpu") | {"task": task.name, "n": len(puzzles), "puzzles": args.data or f"seed {HELD_OUT_SEED}",
                               "commit_threshold": policy.config.commit_threshold,
-                              "policy": args.policy or f"shipped ({task.name})"}
+                              "policy": args.policy or f"shipped ({task.name})", "other": args.other,
+                              "other_commit_threshold": other.config.commit_threshold if other else None}
     write_results(args.out, "learned_commit_table", rows, meta)
     (Path(args.out) / "learned_commit_table.md").write_text(markdown(rows, meta) + "\n")
     print(markdown(rows, meta))
