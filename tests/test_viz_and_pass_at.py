@@ -188,15 +188,19 @@ def test_demo_tells_its_story_with_intervals(tmp_path, capsys):
     sampled = report["sudoku9"]["pass_at"]["topk (uniform over the 3 most confident)"]
     assert set(sampled) == {str(k) for k in range(1, 9)}
     assert report["sudoku9"]["pass_at_detail"]["puzzles"] == 2
-    assert report["zebra"]["n"] == 2 and [p["phase"][:6] for p in report["phases"]] == ["sudoku", "sudoku", "zebra:",
-                                                                                        "pictur"]
+    phases = [p["phase"][:6] for p in report["phases"]]
+    assert report["zebra"]["n"] == 2 and phases == ["sudoku", "sudoku", "sudoku", "zebra:", "pictur"]
+    parallel = report["sudoku9"]["parallel"]  # the shipped policy's learned commit rule beside the threshold rule
+    assert [r["commit"] for r in parallel.values()] == ["threshold=0.99", "policy"]
+    assert all(1 <= r["forwards"] <= 50 and 0 <= r["solved_rate"] <= 1 for r in parallel.values())
     names = [Path(p).name for p in report["pictures"]]
     assert names[:3] == ["sudoku9_orders.png", "sudoku9_order_stats.png", "sudoku9_pass_at.png"]
     assert {"zebra_orders.png", "zebra_order_stats.png", "zebra_trajectory.txt"} <= set(names)
     for path in report["pictures"]:
         assert (tmp_path / "pics") in Path(path).parents and Path(path).stat().st_size > 0
     out = capsys.readouterr().out
-    assert "[1/4] sudoku9: random, max_confidence, margin, policy on 2 held-out puzzles ..." in out
+    assert "[1/5] sudoku9: random, max_confidence, margin, policy on 2 held-out puzzles ..." in out
+    assert "Parallel unmasking, the policy's order on the same 2 puzzles (one cell a step: 50 forwards)" in out
     assert "1. The order matters" in out and "2. A better order exists" in out and "3. The learned policy" in out
     assert "Open sudoku9_orders.png first" in out
 
