@@ -44,9 +44,11 @@ from upo_fast.training.commit_imitation import (
     CommitConfig,
     CommitRecorder,
     choose,
+    keep_best,
     one_cell_target,
     start_policy,
     sweep_validation,
+    write_log,
 )
 from upo_fast.training.policy_init import VALIDATION_SEED, step_seed
 from upo_fast.validation import field_check
@@ -169,10 +171,8 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
     target = one_cell_target(mdm, task, policy, val, cfg)
     mask_id, out, started = wrap_model(mdm).mask_id, Path(cfg.out_dir), time.perf_counter()
     sweep = sweep_validation(mdm, task, policy, val, cfg.sweep)
-    best = {"step": 0, "chosen": choose(sweep, target, cfg.metric)}
-    log = [{"step": 0, "target": target, "sweep": sweep, "chosen": best["chosen"]}]
-    policy.config.commit_threshold = best["chosen"]["threshold"]
-    policy.save_pretrained(out)
+    log = [{"step": 0, "target": target, "sweep": sweep, "chosen": choose(sweep, target, cfg.metric)}]
+    best = keep_best(policy, out, log[0], None, target, cfg.metric)
     rule = SampledCommit(policy.config.commit_threshold, temperature=cfg.temperature)  # the cut stays the start's
     for step in tqdm(range(1, cfg.steps + 1), desc="commit GRPO", disable=not progress):
         policy.eval()
@@ -189,15 +189,10 @@ def train_commit_grpo(cfg: CommitGRPOConfig, *, progress: bool = True) -> dict:
         if step % cfg.eval_every == 0 or last:
             policy.eval()
             record["sweep"] = sweep_validation(mdm, task, policy, val, cfg.sweep)
-            record["chosen"] = chosen = choose(record["sweep"], target, cfg.metric)
-            policy.config.commit_threshold = chosen["threshold"]
-            if choose([best["chosen"], chosen], target, cfg.metric) is chosen:
-                best = record
-                policy.save_pretrained(out)
-            policy.save_pretrained(out / "last")
+            record["chosen"] = choose(record["sweep"], target, cfg.metric)
+            best = keep_best(policy, out, record, best, target, cfg.metric)
         log.append(record)
-        with open(out / "grpo_log.jsonl", "w") as f:  # rewritten each step: a stopped run keeps its log
-            f.writelines(json.dumps(r) + "\n" for r in log)
+        write_log(out / "grpo_log.jsonl", log)
         if last:
             break
     summary = {"config": asdict(cfg), "target": target, "best_step": best["step"], "best": best["chosen"],

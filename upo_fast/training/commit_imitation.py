@@ -183,6 +183,24 @@ def choose(rows: list[dict], target: float, metric: str = "solved") -> dict:
     return max(rows, key=lambda r: (r[key], -r["val_forwards"]))
 
 
+def keep_best(policy, out: Path, record: dict, best: dict | None, target: float, metric: str) -> dict:
+    """Give the policy the threshold ``record`` chose; save it to ``out`` when it beats ``best`` by ``choose`` (the
+    first record always does), and to ``out/last`` in any case. Returns the best record."""
+    chosen = record["chosen"]
+    policy.config.commit_threshold = chosen["threshold"]
+    if best is None or choose([best["chosen"], chosen], target, metric) is chosen:
+        best = record
+        policy.save_pretrained(out)
+    policy.save_pretrained(out / "last")
+    return best
+
+
+def write_log(path: Path, log: list[dict]) -> None:
+    """Rewrite the whole log after each round or step: a stopped run keeps it."""
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in log)
+
+
 def one_cell_target(mdm, task, policy, val, cfg) -> float:
     """``cfg.target``, else the one-cell-a-step policy's ``cfg.metric`` on the validation puzzles."""
     if cfg.target is not None:
@@ -247,19 +265,14 @@ def pretrain_commit(cfg: CommitConfig, *, progress: bool = True) -> dict:
         record |= {"round": round_, "states": len(data["candidates"]), "first_loss": losses[0],
                    "last_loss": losses[-1], "sweep": sweep, "chosen": chosen,
                    "seconds": round(time.perf_counter() - started, 1)}
-        policy.config.commit_threshold = chosen["threshold"]
-        if best is None or choose([best["chosen"], chosen], target, cfg.metric) is chosen:
-            best = record
-            policy.save_pretrained(out)
-        policy.save_pretrained(out / "last")
+        best = keep_best(policy, out, record, best, target, cfg.metric)
         log.append(record)
-        with open(out / "commit_log.jsonl", "w") as f:  # rewritten each round: a stopped run keeps its log
-            f.writelines(json.dumps(r) + "\n" for r in log)
+        write_log(out / "commit_log.jsonl", log)
     summary = {"config": asdict(cfg), "target": target, "best_round": best["round"], "best": best["chosen"],
                "seconds": round(time.perf_counter() - started, 1)}
     (out / "commit_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-__all__ = ["CommitConfig", "CommitRecorder", "METRICS", "commit_loss", "choose", "one_cell_target", "pretrain_commit",
-           "sweep_validation"]
+__all__ = ["CommitConfig", "CommitRecorder", "METRICS", "commit_loss", "choose", "keep_best", "one_cell_target",
+           "pretrain_commit", "sweep_validation", "write_log"]
