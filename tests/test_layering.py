@@ -65,7 +65,7 @@ LAYERS: dict[str, list[str]] = {
         "upo_fast.training.imitation", "upo_fast.training.losses", "upo_fast.training.policy_init",
         "upo_fast.training.references", "upo_fast.training.rollout", "upo_fast.training.trainer",
         "upo_fast.training.update", "upo_fast.training.pretrain_mdm", "upo_fast.training.finite_steps",
-        "upo_fast.training.commit_imitation",
+        "upo_fast.training.commit_imitation", "upo_fast.training.commit_grpo",
     ],
     # Evaluation: text tasks through the sampler, intervals, plots, order pictures, the demo, FLOP counts
     # (benchmarks/ itself is outside the package).
