@@ -106,7 +106,7 @@ class _Loop:
         self.exclude = torch.tensor([adapter.mask_id], device=x.device)  # made once: no copies inside a step
         self.recorder = recorder
         self.scorer.check_policy(policy, adapter.model)  # an UnmaskingPolicy trained beside another MDM: clear error
-        if self.rule.needs_policy and hasattr(policy, "check_compatible"):
+        if self.rule.needs_policy and not self.scorer.needs_policy:  # the commit net's policy, checked once too
             policy.check_compatible(adapter.model)
         # the policy's input (its order or its commit net), and what training records (the hidden state, g_ref's term)
         self.need_hidden = self.scorer.needs_hidden or self.rule.needs_policy or recorder is not None
@@ -221,9 +221,9 @@ class _Loop:
         record_first_step(state.bad_step, (candidates & ~torch.isfinite(stats.confidence)).any(), state.step_index)
         if self.scorer.select is not None:  # no ranking: the factor rule walks down the confidences
             select, order = self.scorer.select(candidates, transfer_prob, self.generator), stats.confidence
-            stochastic = True
+            position_temperature = None  # nothing ranked, nothing recorded
         else:
-            select, candidates, order, stochastic = self.ranked_select(stats, candidates, k)
+            select, candidates, order, position_temperature = self.ranked_select(stats, candidates, k)
         commit_logits = None
         if self.rule.needs_policy:  # the learned rule: the policy's commit net over the same candidates
             commit_logits = self.ctx.policy.commit_logits(hidden=self.ctx.hidden, stats=stats, candidates=candidates)
@@ -231,17 +231,16 @@ class _Loop:
         if extra is not None:
             select |= extra
         if self.recorder is not None and self.scorer.ranks:  # after the rule: it sees every position committed
-            position_temperature = self.ctx.position_temperature if stochastic else 0.0
             self.recorder.write(self.ctx.hidden, stats, candidates, order, select, position_temperature)
         x[:, start:end] = torch.where(select, stats.token, region)
         state.step_index.add_(1)
 
     def ranked_select(self, stats: VocabStats, candidates: torch.Tensor, k: torch.Tensor):
-        """(select, candidates, scores, stochastic): the k best-scored (or Gumbel-top-k sampled) candidates of each
-        row, the candidates as the scorer narrowed them (Top-K), the scores (the order the factor rule walks), and
-        whether the selection was sampled. A policy reads ``ctx.hidden``, the hidden states of the region's
-        positions that ``step`` took from this step's forward (under a cache: attending to the cached keys and
-        values)."""
+        """(select, candidates, scores, position_temperature): the k best-scored (or Gumbel-top-k sampled) candidates
+        of each row, the candidates as the scorer narrowed them (Top-K), the scores (the order the factor rule walks),
+        and the temperature the positions were drawn at (0: taken greedily). A policy reads ``ctx.hidden``, the
+        hidden states of the region's positions that ``step`` took from this step's forward (under a cache: attending
+        to the cached keys and values)."""
         scored = self.scorer(stats, candidates, self.ctx)
         if scored.candidates is not None:
             candidates = scored.candidates
@@ -252,7 +251,7 @@ class _Loop:
         position_temperature = self.ctx.position_temperature if scored.stochastic else 0.0
         select = ops.select_positions(scored.scores, candidates, k, check=False, backend=self.backend, **noise,
                                       temperature=min(position_temperature, MAX_TEMPERATURE))
-        return select, candidates, scored.scores, scored.stochastic
+        return select, candidates, scored.scores, position_temperature
 
     def remaining(self, start: int, end: int) -> bool:
         return bool((self.state.x[:, start:end] == self.adapter.mask_id).any())
