@@ -271,14 +271,13 @@ class UnmaskingPolicy(PreTrainedModel):
             raise ValueError("this policy already has a commit net (config.commit_head is True)")
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
             raise ValueError(f"blocks must be an int >= 0, got {blocks!r}")
+        mdm = _unwrap(mdm_model) if mdm_model is not None else None
+        vocab = getattr(getattr(mdm, "config", None), "vocab_size", None)
         self.config.commit_head, self.config.commit_blocks = True, blocks
-        vocab = getattr(getattr(_unwrap(mdm_model), "config", None), "vocab_size", None) if mdm_model is not None \
-            else None
-        self.config.commit_token_buckets = min(int(vocab), 1024) if isinstance(vocab, int) else 0
+        self.config.commit_token_buckets = min(vocab, 1024) if isinstance(vocab, int) else 0
         device = next(self.parameters()).device
         self.commit = CommitNet(self.config)
         self.commit.apply(self._init_weights)
-        mdm = _unwrap(mdm_model) if mdm_model is not None else None
         if (self.config.block_init == "copy" and isinstance(mdm, TinyMDM) and self.commit.block is not None
                 and not self.config.projects_input):
             self.commit.block.load_state_dict(mdm.model.layers[-1].state_dict())
