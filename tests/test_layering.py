@@ -32,7 +32,7 @@ LAYERS: dict[str, list[str]] = {
         "upo_fast.models.tiny_mdm",
         "upo_fast.tasks", "upo_fast.tasks.math_answers", "upo_fast.tasks.math_tasks", "upo_fast.tasks.metrics",
         "upo_fast.tasks.sudoku", "upo_fast.tasks.sudoku_solver", "upo_fast.tasks.zebra", "upo_fast.tasks.zebra_io",
-        "upo_fast.tasks.zebra_solver",
+        "upo_fast.tasks.zebra_solver", "upo_fast.tasks.arith",
         "upo_fast.checkpoints", "upo_fast.checkpoint_files", "upo_fast.validation", "upo_fast.assets", "upo_fast.names",
     ],
     # Ops: token statistics and position selection, the Triton kernels and their references.
@@ -56,21 +56,22 @@ LAYERS: dict[str, list[str]] = {
     ],
     # Policy: the unmasking-policy network.
     "policy": ["upo_fast.policy_config", "upo_fast.policy"],
-    # Grid evaluation of orders (solve_puzzles, evaluate, pass_at, HELD_OUT_SEED): below training, because the
-    # trainer validates with it (one home for the cell-accuracy evaluation).
-    "grid evaluation": ["upo_fast.evaluation", "upo_fast.evaluation.grids"],
+    # Task evaluation of orders (grids: solve_puzzles, evaluate, pass_at, HELD_OUT_SEED; text: evaluate_math): below
+    # training, because the trainers validate with it (one home for each task kind's evaluation).
+    "task evaluation": ["upo_fast.evaluation", "upo_fast.evaluation.grids", "upo_fast.evaluation.text"],
     # Training: rollouts, references, losses, update, trainer, imitation, config, distributed, MDM pretraining.
     "training": [
         "upo_fast.training", "upo_fast.training.config", "upo_fast.training.distributed",
         "upo_fast.training.imitation", "upo_fast.training.losses", "upo_fast.training.policy_init",
         "upo_fast.training.references", "upo_fast.training.rollout", "upo_fast.training.trainer",
         "upo_fast.training.update", "upo_fast.training.pretrain_mdm", "upo_fast.training.finite_steps",
-        "upo_fast.training.commit_imitation", "upo_fast.training.commit_grpo",
+        "upo_fast.training.commit_imitation", "upo_fast.training.commit_grpo", "upo_fast.training.pretrain_text",
+        "upo_fast.training.text_env",
     ],
     # Evaluation: text tasks through the sampler, intervals, plots, order pictures, the demo, FLOP counts
     # (benchmarks/ itself is outside the package).
     "evaluation": [
-        "upo_fast.evaluation.text", "upo_fast.evaluation.intervals", "upo_fast.evaluation.plots",
+        "upo_fast.evaluation.intervals", "upo_fast.evaluation.plots",
         "upo_fast.evaluation.order_pictures", "upo_fast.evaluation.demo", "upo_fast.evaluation.flops",
         "upo_fast.evaluation.parallel_curve",
     ],
@@ -90,7 +91,7 @@ HOMES: dict[str, set[str | None]] = {
     "sampling: scorers": {"upo_fast.sampling"},
     "sampling: loop": {"upo_fast.sampling"},
     "policy": {None},
-    "grid evaluation": {"upo_fast.evaluation"},
+    "task evaluation": {"upo_fast.evaluation"},
     "training": {"upo_fast.training"},
     "evaluation": {"upo_fast.evaluation"},
     "CLI and integrations": {"upo_fast.cli", "upo_fast.integrations", None},

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 GRID_TASKS = ("sudoku4", "sudoku9", "zebra")
-TEXT_TASKS = ("gsm8k", "math500")
+TEXT_TASKS = ("gsm8k", "math500", "arith")
 _ZEBRA_SIZE = re.compile(r"zebra(\d+)x(\d+)")
 
 SCORERS = ("random", "max_confidence", "margin", "entropy", "topk", "softmax_confidence", "origin", "policy")

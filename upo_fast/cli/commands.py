@@ -26,6 +26,7 @@ from upo_fast.cli.args import (
     config_from_args,
     finite_float,
     grid_task_name,
+    task_name,
     nonneg_int,
     positive_float,
     positive_int,
@@ -97,7 +98,7 @@ _TRAIN_OPTIONS = {
     "stop_at_step": int, "certain_keep": float, "extra_blocks": int, "policy_body": str, "policy_dim": int,
     "mlp_hidden": int, "block_init": str, "update_chunk": int, "compile_backend": str,
     "drop_zero_std": str, "blanks": int, "select_on": str, "weight_decay": float, "grad_clip": float,
-    "clip_eps_high": float,  # drop_zero_std: a str, converted (true/false/yes/no) and checked by TrainConfig
+    "clip_eps_high": float, "gen_length": int, "block_length": int,  # drop_zero_std: a str, converted (true/false/yes/no) and checked by TrainConfig
 }
 
 
@@ -199,19 +200,26 @@ def cmd_pretrain_policy(args) -> dict:
 
 
 def add_pretrain_mdm_arguments(pt) -> None:
-    pt.add_argument("--task", default="sudoku9", type=grid_task_name, help="sudoku4, sudoku9, zebra (4x4) or zebraHxA")
+    pt.add_argument("--arch", default="tiny", choices=["tiny", "llada", "dream"],
+                    help="tiny: TinyMDM on a grid task; llada / dream: the official architecture on --task arith, "
+                         "pretraining (--steps) then SFT (--sft-steps)")
+    pt.add_argument("--task", default=None, type=task_name,
+                    help="sudoku4, sudoku9 (default for --arch tiny), zebra, zebraHxA; arith for llada / dream")
     pt.add_argument("--out", required=True)
     pt.add_argument("--steps", type=positive_int, default=1200)
+    pt.add_argument("--sft-steps", type=positive_int, default=3600, help="llada / dream: the SFT phase's steps")
     pt.add_argument("--batch-size", type=positive_int, default=128)
     pt.add_argument("--lr", type=positive_float, default=2e-3)
     pt.add_argument("--hidden-size", type=positive_int, default=128)
     pt.add_argument("--layers", type=positive_int, default=4)
     pt.add_argument("--heads", type=positive_int, default=4)
-    pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"])
+    pt.add_argument("--kv-heads", type=positive_int, default=2, help="llada / dream: key/value heads")
+    pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"],
+                    help="--arch tiny only")
     pt.add_argument("--min-mask-ratio", type=finite_float, default=0.05)
     pt.add_argument("--loss-weighting", default="inverse_t", choices=["inverse_t", "none"])
     pt.add_argument("--checkpoint-every", type=positive_int, default=200)
-    pt.add_argument("--time-limit", type=positive_float, default=None, help="seconds")
+    pt.add_argument("--time-limit", type=positive_float, default=None, help="seconds (per phase for llada / dream)")
     pt.add_argument("--stop-at-step", type=positive_int, default=None,
                     help="stop here; the lr schedule still spans --steps")
     pt.add_argument("--seed", type=int, default=0)
@@ -224,7 +232,9 @@ def cmd_pretrain_mdm(args) -> None:
     from upo_fast.models import TinyMDM, TinyMDMConfig
     from upo_fast.training.pretrain_mdm import PretrainConfig, pretrain_mdm
 
-    task = _grid_task(args.task)
+    if args.arch != "tiny":
+        return _pretrain_text_mdm(args)
+    task = _grid_task(args.task or "sudoku9")
     if args.position_embedding == "grid" and not hasattr(task, "n"):
         raise ValueError(f"--position-embedding grid is for Sudoku (rows, columns, boxes); use learned or rope for "
                          f"{task.name}")
@@ -250,6 +260,23 @@ def cmd_pretrain_mdm(args) -> None:
     summary = pretrain_mdm(model, task.training_batch, cfg, mask_id=task.mask_id, eval_fn=eval_fn)
     model.save_pretrained(args.out)
     print(json.dumps(summary, indent=2))
+
+
+def _pretrain_text_mdm(args) -> None:
+    """``--arch llada|dream``: the official architecture on arith, pretraining then SFT (``training.pretrain_text``),
+    with the validation accuracy (max-confidence, 64 problems) in the log at every checkpoint."""
+    from upo_fast.training.pretrain_mdm import PretrainConfig
+    from upo_fast.training.pretrain_text import TextModelSize, TextPretrainPlan, pretrain_text_mdm, validation_fn
+
+    if args.task not in (None, "arith"):
+        raise ValueError(f"--arch {args.arch} trains on --task arith (the generated text task), got --task {args.task}")
+    size = TextModelSize(hidden_size=args.hidden_size, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads)
+    pretrain = config_from_args(PretrainConfig, args, out_dir=args.out, time_limit_s=args.time_limit)
+    sft = config_from_args(PretrainConfig, args, out_dir=args.out, time_limit_s=args.time_limit,
+                           steps=args.sft_steps, stop_at_step=None)
+    plan = TextPretrainPlan(arch=args.arch, out_dir=args.out, pretrain=pretrain, sft=sft, size=size)
+    summary = pretrain_text_mdm(plan, eval_fn=validation_fn(args.arch))
+    print(json.dumps(summary, indent=2, default=str))
 
 
 # ---- lm-eval ----------------------------------------

@@ -73,7 +73,7 @@ def _puzzles(args, task):
     else:
         from upo_fast.evaluation.grids import HELD_OUT_SEED
 
-        puzzles, solutions = task.make_puzzles(args.num_puzzles, blanks=args.blanks, seed=HELD_OUT_SEED)
+        puzzles, solutions = task.make_puzzles(args.num_puzzles or 200, blanks=args.blanks, seed=HELD_OUT_SEED)
     if args.limit is not None:
         puzzles, solutions = puzzles[: args.limit], solutions[: args.limit]
     return puzzles, solutions
@@ -128,39 +128,67 @@ def _plot_pass_at(args, name: str, n: int, results: dict) -> Path:
     return plot_pass_at(curves, path, f"{name}: Pass@k over {n} puzzles")
 
 
-def _eval_text(args) -> dict:
-    """GSM8K / MATH500 with a local LLaDA or Dream checkpoint and a local copy of the data."""
-    from upo_fast.tasks.math_tasks import load_problems
+TEXT_DEFAULTS = {"arith": (64, 16), "gsm8k": (256, 32), "math500": (256, 32)}  # (gen length, block length)
 
+
+def _text_problems(args):
+    """arith: ``--data`` (JSONL) or the first ``--num-puzzles`` (default 500) of its generated test split;
+    GSM8K / MATH500: ``--data``, a local copy of the test set (nothing is downloaded)."""
+    if args.task == "arith":
+        from upo_fast.tasks import arith
+
+        if args.data:
+            return arith.load_problems(args.data, limit=args.limit)
+        return arith.make_problems(min(args.limit or 10**9, args.num_puzzles or 500), "test")
     if not args.model or not args.data:
         raise ValueError(f"--task {args.task} needs --model (a local LLaDA/Dream folder) and --data (a local "
                          "JSON/JSONL/parquet copy of the test set); nothing is downloaded at run time")
+    from upo_fast.tasks.math_tasks import load_problems
+
+    return load_problems(args.data, args.task, limit=args.limit)
+
+
+def _eval_text(args) -> dict:
+    """GSM8K / MATH500 / arith with a local LLaDA or Dream checkpoint; ``accuracy`` (exact match) per scorer."""
+    if not args.model:
+        raise ValueError(f"--task {args.task} needs --model: a local LLaDA/Dream folder (for arith, e.g. the shipped "
+                         "upo_fast/assets/arith_llada)")
     from upo_fast.evaluation.text import evaluate_math
     from upo_fast.models.loading import load_text_model
 
-    problems = load_problems(args.data, args.task, limit=args.limit)
-    model, tokenizer = load_text_model(args.model, args.device, args.trust_remote_code)
-    report = {"task": args.task, "n": len(problems), "results": {}}
+    problems = _text_problems(args)
+    model, tokenizer = load_text_model(_text_model_folder(args.model), args.device, args.trust_remote_code)
+    gen_length, block_length = TEXT_DEFAULTS[args.task]
+    gen_length, block_length = args.gen_length or gen_length, args.block_length or block_length
+    report = {"task": args.task, "n": len(problems), "gen_length": gen_length, "block_length": block_length,
+              "results": {}}
     for scorer in _scorers(args, ["max_confidence"]):
         policy = None
         if needs_policy(scorer) or uses_learned_commit(args):
             from upo_fast.policy import load_policy
 
-            if not args.policy:
-                raise ValueError("--scorer policy on a text task needs --policy PATH: no policy ships for LLaDA/Dream")
-            policy = load_policy(args.policy, None, model)
+            policy = load_policy(args.policy, None, model, _text_model_folder(args.model))
         position_temperature = 1.0 if args.position_temperature is None else args.position_temperature
         report["results"][scorer] = evaluate_math(
-            model, tokenizer, problems, task=args.task, scorer=scorer, gen_length=args.gen_length,
-            block_length=args.block_length, steps=args.steps, batch_size=args.batch_size,
+            model, tokenizer, problems, task=args.task, scorer=scorer, gen_length=gen_length,
+            block_length=block_length, steps=args.steps, batch_size=args.batch_size,
             temperature=args.temperature, position_temperature=position_temperature, pass_at=args.pass_at,
-            seed=args.seed, policy=policy, device=args.device, cache=args.cache, **parallel_options(args))
+            seed=args.seed, policy=policy, device=args.device, cache=args.cache, topk=args.topk,
+            **parallel_options(args))
         r = report["results"][scorer]
-        print(f"{scorer:<20} accuracy={r['accuracy']:.3f} format={r['format_rate']:.3f} ({r['seconds']:.0f} s)")
+        print(f"{scorer:<20} accuracy={r['accuracy']:.3f} format={r['format_rate']:.3f} forwards={r['forwards']:.1f} "
+              f"({r['seconds']:.0f} s)")
     if args.pass_at > 1:
         report["pass_at_plot"] = str(_plot_pass_at(args, args.task, len(problems), report["results"]))
     _write_json(args.json, report)
     return report
+
+
+def _text_model_folder(path: str) -> str:
+    """``path``, or the shipped folder of that name (``arith_llada``, ``arith_dream``) when no such path exists."""
+    from upo_fast.assets import model_folder
+
+    return str(model_folder(path, None)) if path in ("arith_llada", "arith_dream") else path
 
 
 def _write_json(path, report: dict) -> None:
@@ -253,12 +281,14 @@ def cmd_parallel_curve(args) -> dict:
 
 def add_eval_arguments(ev) -> None:
     ev.add_argument("--task", default="sudoku9", type=task_name,
-                    help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500 (LLaDA/Dream)")
+                    help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500, arith (LLaDA/Dream)")
     ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
-                    "gsm8k/math500, a local JSON/JSONL/parquet test set; default for puzzles: generated held-out")
+                    "gsm8k/math500, a local JSON/JSONL/parquet test set (arith: JSONL of question/answer); default for puzzles and "
+                    "arith: generated held-out")
     ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     ev.add_argument("--limit", type=positive_int, default=None)
-    ev.add_argument("--num-puzzles", type=positive_int, default=200)
+    ev.add_argument("--num-puzzles", type=positive_int, default=None,
+                    help="generated held-out puzzles or problems (default 200; arith: 500, its test split)")
     ev.add_argument("--blanks", type=positive_int, default=None)
     ev.add_argument("--model", default=None, help="TinyMDM folder (default: the shipped model for the task); "
                     "for gsm8k/math500 a local LLaDA/Dream folder")
@@ -275,9 +305,11 @@ def add_eval_arguments(ev) -> None:
     ev.add_argument("--pass-at", type=positive_int, default=1,
                     help="N sampled trajectories per problem: Pass@k for k <= N")
     ev.add_argument("--plot", default=None, help="PNG path of the Pass@k curves (default: next to --json)")
-    ev.add_argument("--gen-length", type=positive_int, default=256, help="gsm8k/math500: tokens to generate")
-    ev.add_argument("--block-length", type=positive_int, default=32, help="gsm8k/math500: semi-autoregressive block")
-    ev.add_argument("--steps", type=positive_int, default=None, help="gsm8k/math500: MDM forwards (default gen-length)")
+    ev.add_argument("--gen-length", type=positive_int, default=None,
+                    help="text tasks: tokens to generate (default 256; arith 64)")
+    ev.add_argument("--block-length", type=positive_int, default=None,
+                    help="text tasks: semi-autoregressive block (default 32; arith 16)")
+    ev.add_argument("--steps", type=positive_int, default=None, help="text tasks: MDM forwards (default gen-length)")
     add_parallel_arguments(ev)
     ev.add_argument("--cache", choices=CACHE_MODES, default=None,
                     help="gsm8k/math500: Fast-dLLM's KV cache: prefix (a step runs the block and what follows it) or "

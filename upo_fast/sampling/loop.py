@@ -356,7 +356,8 @@ def unmask(model, x, attention_mask=None, *, steps=None, scorer="max_confidence"
 def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_length=32, steps=128,
              scorer="max_confidence", temperature=0.0, cfg_scale=0.0, mask_id=None, policy=None, threshold=None,
              generator=None, family=None, topk=5, position_temperature=1.0, suppress_tokens=None, backend="auto",
-             recorder=None, fused_head=None, factor=None, cuda_graph=False, commit=None, cache=None):
+             recorder=None, fused_head=None, factor=None, cuda_graph=False, commit=None, cache=None,
+             return_steps=False):
     """Append ``gen_length`` masks to ``input_ids`` ([B, P], left-padded) and fill them block by block.
 
     Blocks of ``block_length`` are filled left to right with ``steps // num_blocks`` steps each (a parallel commit
@@ -368,7 +369,8 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     approximation): a block's first step runs every row and fills a static cache of keys and values; its other
     steps run the block and everything after it (prefix) or the block alone (dual), attending to the cache. For
     the native LLaDA and Dream models (``upo_fast.load_model``); every scorer, the policy included (it reads the
-    hidden states of the block's positions from the step's forward). Other options as in ``unmask``.
+    hidden states of the block's positions from the step's forward). Other options as in ``unmask`` (``return_steps``:
+    also the [B] forwards each row used).
     """
     options, adapter = _begin(locals())  # first statement: locals() holds the arguments only
     check_finite(gen_length, "gen_length", low=1, integer=True)
@@ -395,4 +397,5 @@ def generate(model, input_ids, attention_mask=None, *, gen_length=128, block_len
     for block in range(num_blocks):
         start = prompt_len + block * block_length
         _run(loop, start, start + block_length, counts)
-    return loop.finish()
+    out = loop.finish()
+    return (out, loop.state.row_steps) if return_steps else out

@@ -26,9 +26,11 @@ SELECT_ON = {"solved": "val_solved", "cells": "val_cell_accuracy"}
 @dataclass
 class TrainConfig:
     # what to train
-    task: str = "sudoku9"
+    task: str = "sudoku9"  # a grid task, or "arith" (LLaDA / Dream text: upo_fast.training.text_env)
     reference: str = "max_confidence"  # the reference policy g_ref and its regularizer (CE or KL)
-    model: str | None = None  # the frozen MDM (a TinyMDM folder); None = the shipped model of the task
+    model: str | None = None  # the frozen MDM (a TinyMDM folder; arith: LLaDA/Dream); None = the task's shipped one
+    gen_length: int | None = None  # arith: tokens a rollout generates (None: the task's 64)
+    block_length: int | None = None  # arith: the semi-autoregressive block (None: the task's 16)
     init: str = "anchor"  # anchor: score = confidence / anchor_tau + a zero-initialized correction; or a path
     anchor_tau: float = 0.1
     block_init: str = "copy"  # the policy's transformer block: a copy of the MDM's last block, or "fresh"
@@ -84,7 +86,11 @@ class TrainConfig:
 
         check = field_check(self)
 
-        check(is_grid_task(self.task), "task", f"a grid task ({', '.join(TASKS)}, zebraHxA)")
+        check(is_grid_task(self.task) or self.task == "arith", "task",
+              f"a grid task ({', '.join(TASKS)}, zebraHxA) or arith (text)")
+        for name in ("gen_length", "block_length"):
+            check(getattr(self, name) is None or (isinstance(getattr(self, name), int) and getattr(self, name) >= 1),
+                  name, "None (the task's) or an int >= 1")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float):

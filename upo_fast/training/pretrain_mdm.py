@@ -98,7 +98,7 @@ class PretrainConfig:
 
 
 def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=None, generator=None,
-             maskable=None):
+             maskable=None, shift_logits: bool = False):
     """x0 [B, L] clean tokens, t [B] masking ratios in (0, 1] -> scalar loss.
 
     Each token is masked independently with probability t (rows that end up with no masked token get one at a
@@ -113,7 +113,8 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
     ``mask`` (bool [B, L], True = masked) replaces the random draw; ``generator`` drives the draw otherwise
     (it may live on the CPU while the model is on an accelerator). ``maskable`` (bool [B, L]) limits the draw to
     some positions, e.g. a Zebra grid after its clues (the clues are always given, as at inference); "per token"
-    then means per maskable token.
+    then means per maskable token. ``shift_logits``: the model's output i scores token i + 1 (Dream), so position i
+    is scored by output i - 1 (position 0 by its own), as Dream's samplers read it.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
@@ -149,6 +150,8 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
     noisy = torch.where(mask, torch.full_like(x0, mask_id), x0)
     out = model(noisy)
     logits = out.logits if hasattr(out, "logits") else out[0]
+    if shift_logits:
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
     token_ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x0.reshape(-1), reduction="none")
     masked_ce = token_ce.view(bsz, seq_len) * mask
     if weighting == "inverse_t":
@@ -213,8 +216,8 @@ class _PretrainRun:
     (runs replay identically on any device), the step, and the log window (the loss is summed on the device: one
     host read per log step)."""
 
-    def __init__(self, model, cfg: PretrainConfig, mask_id: int):
-        self.model, self.cfg, self.mask_id = model, cfg, mask_id
+    def __init__(self, model, cfg: PretrainConfig, mask_id: int, shift_logits: bool = False):
+        self.model, self.cfg, self.mask_id, self.shift_logits = model, cfg, mask_id, shift_logits
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
@@ -256,7 +259,7 @@ class _PretrainRun:
         t = t_min + (1.0 - t_min) * torch.rand(cfg.batch_size, generator=self.noise_gen)  # t ~ U(t_min, 1)
         lr = self.scheduler.get_last_lr()[0]  # the rate this step trains with
         loss = mdm_loss(self.model, x0, self.mask_id, t=t, weighting=cfg.loss_weighting, generator=self.noise_gen,
-                        maskable=maskable)
+                        maskable=maskable, shift_logits=self.shift_logits)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -310,7 +313,7 @@ def _evaluate(model, eval_fn) -> dict:
 
 
 def pretrain_mdm(
-    model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval_fn=None, progress=True
+    model, sample_batch, cfg: PretrainConfig, *, mask_id: int, eval_fn=None, progress=True, shift_logits=False
 ) -> dict:
     """Pretrain ``model`` with the MDM objective on batches from ``sample_batch(B, generator) -> [B, L]`` (or ->
     ([B, L], maskable [B, L] bool): only maskable positions are ever masked).
@@ -323,8 +326,8 @@ def pretrain_mdm(
     (logged); any other difference from the checkpoint's config is a ValueError listing them. An optimizer step
     that leaves a non-finite parameter is undone (parameters and optimizer state restored), logged as a warning and
     counted in the log record (``skipped_nonfinite``) and the summary. ``eval_fn(model) -> dict`` runs (eval
-    mode, no grad) at every checkpoint step and its result goes to the log. Returns a summary dict; leaves the
-    model in eval mode.
+    mode, no grad) at every checkpoint step and its result goes to the log. ``shift_logits``: see :func:`mdm_loss`
+    (Dream). Returns a summary dict; leaves the model in eval mode.
     """
     if not isinstance(cfg, PretrainConfig):
         raise ValueError(f"cfg must be a PretrainConfig, got {type(cfg).__name__}")
@@ -332,7 +335,7 @@ def pretrain_mdm(
     vocab_size = model.config.vocab_size
     if not (isinstance(mask_id, int) and 0 <= mask_id < vocab_size):
         raise ValueError(f"mask_id must be an int in [0, vocab_size={vocab_size}), got {mask_id!r}")
-    run = _PretrainRun(model, cfg, mask_id)
+    run = _PretrainRun(model, cfg, mask_id, shift_logits)
     run.resume()
     start_step, out_dir = run.step, run.out_dir
     last_eval, checkpoint, stopped_early = None, None, False

@@ -6,6 +6,11 @@ One step: P prompts (sharded over processes), each repeated G times -> one rollo
 [P, G] -> advantages r - group mean -> ``update_policy`` (mu inner iterations). Validation puzzles come from their
 own seed, never from the held-out test seed that ``upo-fast eval`` reports on.
 
+What depends on the task is an *environment*: :class:`GridEnv` (Sudoku, Zebra: a TinyMDM fills the grid, one
+cell a step) or ``upo_fast.training.text_env.TextEnv`` (arith: LLaDA / Dream complete the prompt block by block,
+one token a step, the paper's text setting). Each makes a step's prompts, runs the recorded rollout, scores it and
+validates the policy; the GRPO step around it is the same.
+
 Resuming (``--out`` holds a checkpoint) keeps the run's saved settings: only those in ``RESUME_MAY_CHANGE`` may
 differ (applied and logged); any other difference is refused with a ValueError listing them. A step whose loss,
 gradients or resulting parameters are not finite leaves the policy and the optimizer state as they were (the
@@ -96,6 +101,49 @@ def rewards_for(task, filled: torch.Tensor, puzzles, solutions: np.ndarray, kind
     return cells if kind == "cells" else (solved + cells) / 2
 
 
+class GridEnv:
+    """A grid task for the trainer: puzzles from a seed, a recorded ``unmask`` rollout, solved / cell rewards."""
+
+    select = SELECT_ON  # TrainConfig.select_on -> validation key
+
+    def __init__(self, cfg: TrainConfig, device):
+        self.cfg, self.task = cfg, get_task(cfg.task)
+        self.mdm = load_task_model(cfg.model, self.task, device).eval().requires_grad_(False)
+
+    def prompts(self, n: int, seed: int):
+        return self.task.make_puzzles(n, self.cfg.blanks, seed=seed)
+
+    def shard(self, prompts, rows: slice):
+        return tuple(part[rows] for part in prompts)
+
+    def rollout(self, prompts, policy, generator):
+        cfg = self.cfg
+        x = self.task.encode(prompts[0]).to(next(self.mdm.parameters()).device)
+        return rollout(self.mdm, x.repeat_interleave(cfg.group_size, 0), policy=policy,
+                       position_temperature=cfg.position_temperature, temperature=cfg.token_temperature,
+                       generator=generator)
+
+    def rewards(self, filled, prompts) -> np.ndarray:
+        return rewards_for(self.task, filled, *prompts, self.cfg.reward)
+
+    def validation_set(self):
+        return self.task.make_puzzles(self.cfg.eval_puzzles, self.cfg.blanks, seed=VALIDATION_SEED)
+
+    def validate(self, policy, val) -> dict:
+        return validate(self.mdm, policy, self.task, *val)
+
+
+def make_env(cfg: TrainConfig, device):
+    """The environment of ``cfg.task``: a grid task, or the text task ``arith``."""
+    from upo_fast.tasks import is_grid_task
+
+    if is_grid_task(cfg.task):
+        return GridEnv(cfg, device)
+    from upo_fast.training.text_env import TextEnv
+
+    return TextEnv(cfg, device)
+
+
 class _MetricsLog:
     """JSONL on the main process (one line per step, flushed), plus TensorBoard scalars when it is installed."""
 
@@ -136,7 +184,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         record = run.grpo_step(step)
         record["ms_step"] = 1e3 * (time.perf_counter() - t_step)  # puzzles, rollout, rewards, update (no validation)
         run.validate_and_log(step, record)
-        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get("val_solved", ""))
+        bar.set_postfix(reward=f"{record['reward_mean']:.3f}", val=record.get(run.best_key, ""))
         # agreed: a process that stopped alone would leave the others waiting at the checkpoint barrier
         stop_early = run.group.any(should_stop(step, started, cfg.time_limit_s, cfg.stop_at_step))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop_early:
@@ -163,8 +211,8 @@ class _Run:
                              f"processes ({group.world})")
         self.out_dir = out_dir = Path(cfg.out_dir)
         found = check_resume(out_dir, cfg.to_dict(), RESUME_MAY_CHANGE)  # first: refused before any model loads
-        self.task = get_task(cfg.task)
-        self.mdm = load_task_model(cfg.model, self.task, self.device).eval().requires_grad_(False)
+        self.env = make_env(cfg, self.device)
+        self.mdm = self.env.mdm
         torch.manual_seed(cfg.seed)  # the policy's initialization: the same on every process and every fresh start
         self.policy = make_policy(cfg, self.mdm)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -175,9 +223,9 @@ class _Run:
         self.log = _MetricsLog(out_dir, group.main, cfg.tensorboard)
         self.val = None
         if group.main and cfg.eval_every:
-            self.val = self.task.make_puzzles(cfg.eval_puzzles, cfg.blanks, seed=VALIDATION_SEED)
+            self.val = self.env.validation_set()
             if self.start_step == 0:
-                self.log.write({"step": 0, **validate(self.mdm, self.policy, self.task, *self.val)})
+                self.log.write({"step": 0, **self.env.validate(self.policy, self.val)})
         self.local_prompts = cfg.prompts_per_step // group.world
         self.update_options = cfg.update_options()
         self.runner = compiled(self.policy, cfg.compile_backend)  # shares the parameters; ``policy`` is saved
@@ -188,7 +236,7 @@ class _Run:
             (self.out_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.start_step = restore(found, self.policy, self.optimizer, self.device, self.out_dir / "metrics.jsonl",
                                   main=group.main)
-        self.best_key = SELECT_ON[cfg.select_on]
+        self.best_key = self.env.select[cfg.select_on]
         self.best = {self.best_key: -1.0, "step": 0}
         if found is not None:
             torch.set_rng_state(found.state["torch_rng"])
@@ -200,16 +248,13 @@ class _Run:
         """Puzzles, a recorded rollout, rewards and (when they are finite) the update: the step's metrics record."""
         cfg, group = self.cfg, self.group
         seed = step_seed(cfg.seed, step)
-        puzzles, solutions = self.task.make_puzzles(cfg.prompts_per_step, cfg.blanks, seed=seed)
         shard = slice(group.rank * self.local_prompts, (group.rank + 1) * self.local_prompts)
-        puzzles, solutions = puzzles[shard], solutions[shard]
-        x = self.task.encode(puzzles).to(self.device).repeat_interleave(cfg.group_size, 0)
+        prompts = self.env.shard(self.env.prompts(cfg.prompts_per_step, seed), shard)
         gen = torch.Generator(device=self.device).manual_seed(seed + group.rank)
         t0 = time.perf_counter()
-        filled, traj = rollout(self.mdm, x, policy=self.runner, position_temperature=cfg.position_temperature,
-                               temperature=cfg.token_temperature, generator=gen)
+        filled, traj = self.env.rollout(prompts, self.runner, gen)
         t_rollout = time.perf_counter() - t0
-        rewards = torch.as_tensor(rewards_for(self.task, filled, puzzles, solutions, cfg.reward),
+        rewards = torch.as_tensor(self.env.rewards(filled, prompts),
                                   dtype=torch.float32).view(self.local_prompts, cfg.group_size)
         record = {"step": step, **self._reward_metrics(rewards), "ms_rollout": 1e3 * t_rollout}
         finite = bool(group.sum(torch.isfinite(rewards).all().double().view(1)) == group.world)
@@ -248,7 +293,7 @@ class _Run:
 
     def validate_and_log(self, step: int, record: dict) -> None:
         if self.val is not None and step % self.cfg.eval_every == 0:
-            record.update(validate(self.mdm, self.policy, self.task, *self.val))
+            record.update(self.env.validate(self.policy, self.val))
             if record[self.best_key] > self.best[self.best_key]:
                 self.best = {self.best_key: record[self.best_key], "step": step}
                 self.policy.save_pretrained(self.out_dir / "best")  # the policy to ship: chosen on validation only
