@@ -2,10 +2,14 @@
 Dream models shipped in ``upo_fast/assets/arith_llada`` and ``arith_dream``.
 
 A problem is ``a+b=`` with a and b of 3 to 5 digits. The worked answer walks the columns from the right, writing
-each as ``x+y+c=s`` (the two digits, the carry in, the column sum), then the final number after ``####`` (the
-GSM8K reference style, read by ``math_answers.extract_answer``)::
+each as ``x+y+c=ss`` (the two digits, the carry in, the column sum in two digits), then the final number after
+``####`` (the GSM8K reference style, read by ``math_answers.extract_answer``)::
 
-    48213+39577=   ->   3+7+0=10,1+7+1=9,2+5=7+0... (see worked_answer)
+    48213+39577=   ->   3+7+0=10,1+7+1=09,2+5+0=07,8+9+0=17,4+3+1=08####87790
+
+Every column is 9 tokens wide, so a column's digits sit at fixed distances from the ``+`` and ``=`` of the prompt:
+a small model learns the alignment quickly (a first version with one-digit sums, whose columns drift, had learned
+none of it after 1,000 pretraining steps).
 
 The final digits are the columns' last digits read backwards, and each column needs the carry of the one before:
 an order that commits a digit before its carry is known guesses it. That is what makes the unmasking order matter
@@ -38,7 +42,7 @@ CHARACTERS = "0123456789+-*=,#: \n"  # the worked answers use digits and "+=,"; 
 
 def worked_answer(a: int, b: int) -> str:
     """The completion the models are trained to write for ``a+b=``: the columns from the right as
-    ``x+y+c=s`` joined by commas, then ``####`` and the sum."""
+    ``x+y+c=ss`` joined by commas, then ``####`` and the sum."""
     if a < 0 or b < 0:
         raise ValueError(f"arith operands must be >= 0, got a={a}, b={b}")
     da, db = str(a)[::-1], str(b)[::-1]
@@ -47,7 +51,7 @@ def worked_answer(a: int, b: int) -> str:
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
         total = x + y + carry
-        columns.append(f"{x}+{y}+{carry}={total}")
+        columns.append(f"{x}+{y}+{carry}={total:02d}")
         carry = total // 10
     return ",".join(columns) + f"{ANSWER_MARK}{a + b}"
 

@@ -88,6 +88,9 @@ class TrainConfig:
 
         check(is_grid_task(self.task) or self.task == "arith", "task",
               f"a grid task ({', '.join(TASKS)}, zebraHxA) or arith (text)")
+        text = self.task == "arith"
+        check(not text or self.reward == "solved", "reward", "'solved' on arith (exact match of the final number)")
+        check(not text or self.select_on == "solved", "select_on", "'solved' on arith (validation exact match)")
         for name in ("gen_length", "block_length"):
             check(getattr(self, name) is None or (isinstance(getattr(self, name), int) and getattr(self, name) >= 1),
                   name, "None (the task's) or an int >= 1")
