@@ -109,3 +109,49 @@ def test_upo_results_groups_seeds_and_pairs_cell_accuracy(tmp_path):
     assert "| order | cell accuracy | solved |" in table and "| ab |" in table
     with pytest.raises(SystemExit):
         upo_results.main(["--run", f"a={tmp_path / 'p0'}", "--group", "g=a,zz", "--out", str(tmp_path)])
+
+
+def test_arith_quality_tables_on_a_tiny_random_model(tmp_path):
+    """benchmarks/arith_quality.py end to end on a tiny random LLaDA with a policy in its folder's policy/: one row
+    per (order, cache, rule), every cache x rule runs, the parallel rules save forwards, the reference row pairs
+    to zero, and the markdown holds both tables."""
+    import torch
+
+    from upo_fast.models.loading import load_text_model
+    from upo_fast.policy import UnmaskingPolicy
+    from upo_fast.tasks import arith
+    from upo_fast.training.pretrain_text import TextModelSize, build_model, save_folder
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import arith_quality  # noqa: I001 (found through the path set just above)
+
+    torch.manual_seed(0)
+    tokenizer = arith.build_tokenizer()
+    save_folder(build_model("llada", tokenizer, TextModelSize(hidden_size=32, layers=1, heads=2, kv_heads=1)),
+                tokenizer, tmp_path / "model")
+    model, _ = load_text_model(tmp_path / "model", "cpu")
+    UnmaskingPolicy.for_mdm(model, block_init="fresh").save_pretrained(tmp_path / "model" / "policy")
+    out = tmp_path / "out"
+    assert arith_quality.main(["--model", str(tmp_path / "model"), "--num-problems", "4", "--batch-size", "3",
+                               "--thresholds", "0.9,0.01", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "arith_quality.json").read_text())
+    assert report["meta"]["n"] == 4 and report["meta"]["policy"] == str(tmp_path / "model" / "policy")
+    rows = report["results"]
+    assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
+    keys = [(r["order"], r["cache"], r["rule"]) for r in rows]
+    one = "one token a step"
+    rules = [one, "threshold=0.9", "threshold=0.01", "factor=1"]
+    expected = {(o, "none", one) for o in ("max_confidence", "margin", "entropy", "topk=5", "random", "policy")}
+    expected |= {(o, c, r) for o in ("max_confidence", "policy") for c in ("none", "prefix", "dual") for r in rules}
+    assert len(keys) == len(set(keys)) and set(keys) == expected
+    for r in rows:
+        assert 0 < r["forwards"] <= 64 and 0 <= r["accuracy"] <= 1
+        assert r["accuracy_ci95"][0] <= r["accuracy"] <= r["accuracy_ci95"][1]
+        # the random model is nowhere near 90% sure of a token and always above 1% (about 1 / its vocabulary):
+        # threshold=0.9 commits one token a step, threshold=0.01 a whole 16-token block per forward
+        assert r["forwards"] == (4 if r["rule"] == "threshold=0.01" else 64)
+    reference = rows[keys.index(("max_confidence", "none", one))]
+    assert reference["vs_reference"] == {"diff": 0.0, "ci95": [0.0, 0.0], "wins": 0, "losses": 0}
+    table = (out / "arith_quality.md").read_text()
+    assert "Orders (one token a step, no cache)" in table and "Cache and parallel decoding" in table
+    assert "| topk=5 |" in table and "| policy | dual | threshold=0.01 |" in table

@@ -68,11 +68,11 @@ LAYERS: dict[str, list[str]] = {
         "upo_fast.training.commit_imitation", "upo_fast.training.commit_grpo", "upo_fast.training.pretrain_text",
         "upo_fast.training.text_env",
     ],
-    # Evaluation: text tasks through the sampler, intervals, plots, order pictures, the demo, FLOP counts
+    # Evaluation: intervals, plots, order pictures, the demo (its text line too), FLOP counts
     # (benchmarks/ itself is outside the package).
     "evaluation": [
-        "upo_fast.evaluation.intervals", "upo_fast.evaluation.plots",
-        "upo_fast.evaluation.order_pictures", "upo_fast.evaluation.demo", "upo_fast.evaluation.flops",
+        "upo_fast.evaluation.intervals", "upo_fast.evaluation.plots", "upo_fast.evaluation.order_pictures",
+        "upo_fast.evaluation.demo", "upo_fast.evaluation.demo_text", "upo_fast.evaluation.flops",
         "upo_fast.evaluation.parallel_curve",
     ],
     # CLI and integrations: commands, argument types, lm-eval, the lazy public API.
@@ -80,7 +80,8 @@ LAYERS: dict[str, list[str]] = {
         "upo_fast", "upo_fast.cli", "upo_fast.cli.commands", "upo_fast.cli.args", "upo_fast.cli.evaluate",
         "upo_fast.cli.__main__", "upo_fast.cli.sample", "upo_fast.cli.commit",
         "upo_fast.integrations", "upo_fast.integrations.lm_eval",
-        "upo_fast.integrations.lm_eval_generate",
+        "upo_fast.integrations.lm_eval_generate", "upo_fast.integrations.lm_eval_tasks",
+        "upo_fast.integrations.lm_eval_tasks.arith", "upo_fast.integrations.lm_eval_tasks.arith.utils",
     ],
 }
 # The folder (package) each layer lives in; None: a module at the top of upo_fast/ (a few foundations, ops, policy).

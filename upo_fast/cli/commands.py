@@ -98,7 +98,8 @@ _TRAIN_OPTIONS = {
     "stop_at_step": int, "certain_keep": float, "extra_blocks": int, "policy_body": str, "policy_dim": int,
     "mlp_hidden": int, "block_init": str, "update_chunk": int, "compile_backend": str,
     "drop_zero_std": str, "blanks": int, "select_on": str, "weight_decay": float, "grad_clip": float,
-    "clip_eps_high": float, "gen_length": int, "block_length": int,  # drop_zero_std: a str, converted (true/false/yes/no) and checked by TrainConfig
+    "clip_eps_high": float, "gen_length": int, "block_length": int,
+    # drop_zero_std: a str, converted (true/false/yes/no) and checked by TrainConfig
 }
 
 
@@ -284,14 +285,15 @@ def _pretrain_text_mdm(args) -> None:
 
 def cmd_lm_eval(args) -> int:
     """``upo-fast lm-eval ARGS``: lm-evaluation-harness's own command line with the ``upo_fast`` model registered;
-    ``args.argv`` holds ARGS. Returns lm-eval's exit code."""
+    ``args.argv`` holds ARGS. A shipped task (``--tasks arith``) without ``--include_path`` gets the shipped task
+    folder as its ``--include_path`` (``with_shipped_tasks``). Returns lm-eval's exit code."""
     try:
         from lm_eval.__main__ import cli_evaluate
 
         import upo_fast.integrations.lm_eval  # noqa: F401 - registers the model
     except ImportError as err:
         raise ValueError(str(err)) from None
-    saved, sys.argv = sys.argv, ["lm-eval", *args.argv]
+    saved, sys.argv = sys.argv, ["lm-eval", *with_shipped_tasks(args.argv)]
     try:
         cli_evaluate()
     except SystemExit as done:  # lm-eval's argparse: --help, or its own one-line usage error
@@ -299,6 +301,52 @@ def cmd_lm_eval(args) -> int:
     finally:
         sys.argv = saved
     return 0  # any other error (e.g. a bad --model_args): one line from main, as for every other command
+
+
+def with_shipped_tasks(argv: list[str]) -> list[str]:
+    """lm-eval's ``argv`` plus ``--include_path TASKS_DIR`` when its ``--tasks`` name a task shipped in
+    ``upo_fast/integrations/lm_eval_tasks`` (``arith``) and it names no ``--include_path`` of its own: lm-eval knows
+    only its built-in tasks, and users should not have to find the folder inside the installed package. A user's
+    own ``--include_path`` (or a ``--config`` that sets one) is left alone: lm-eval 0.4 takes a single folder."""
+    from upo_fast.integrations.lm_eval_tasks import TASKS, TASKS_DIR
+
+    options = _lm_eval_options(argv)
+    if "--include_path" in options or "--config" in options or not set(_task_names(argv)) & set(TASKS):
+        return list(argv)
+    return [*argv, "--include_path", str(TASKS_DIR)]
+
+
+def _lm_eval_options(argv: list[str]) -> set[str]:
+    """The long options named in lm-eval's ``argv``, spelled out (``--include`` reads as ``--include_path``:
+    argparse takes unique prefixes); ``-C`` is ``--config``."""
+    named = set()
+    for token in argv:
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        for option in ("--include_path", "--config"):
+            if len(name) > 3 and option.startswith(name):
+                named.add(option)
+        if token.startswith("-C"):
+            named.add("--config")
+    return named
+
+
+def _task_names(argv: list[str]) -> list[str]:
+    """The task names of ``--tasks`` / ``-t`` in lm-eval's ``argv`` (space or comma separated, as lm-eval reads
+    them)."""
+    names, reading = [], False
+    for token in argv:
+        if token == "--":
+            break
+        if token.startswith("-"):
+            name, _, value = token.partition("=")
+            reading = name == "-t" or (len(name) > 3 and "--tasks".startswith(name))
+            if reading and value:
+                names.append(value)
+        elif reading:
+            names.append(token)
+    return [name.strip() for value in names for name in value.split(",") if name.strip()]
 
 
 # ---- the table ----------------------------------------
@@ -326,7 +374,8 @@ COMMANDS = (
             add_sample_arguments, cmd_sample),
     Command("pretrain-mdm", "train a TinyMDM on a task (MDM objective)", add_pretrain_mdm_arguments, cmd_pretrain_mdm),
     Command("lm-eval", "lm-evaluation-harness with the upo_fast model registered; every lm-eval option passes "
-            "through (needs: pip install -e '.[eval]')", None, cmd_lm_eval, own_options=True),
+            "through, and --tasks arith (upo-fast eval's arith test split and metric) finds its task folder without "
+            "--include_path (needs: pip install -e '.[eval]')", None, cmd_lm_eval, own_options=True),
 )
 COMMAND_NAMED = {command.name: command for command in COMMANDS}
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from upo_fast.assets import load_task_model, shipped_model_path
+from upo_fast.evaluation.demo_text import text_line, text_model_shipped
 from upo_fast.evaluation.grids import HELD_OUT_SEED, solve_puzzles
 from upo_fast.evaluation.intervals import excludes_zero, mean_interval, paired_difference, points, solved_interval
 from upo_fast.policy import load_policy
@@ -334,7 +335,8 @@ def _run_plan(plan: DemoPlan, model_path, out_dir: Path, json_path) -> dict:
     model = load_task_model(model_path, sudoku_task)
     policy = _policy_or_none(sudoku_task, model)
     learned_commit = policy is not None and policy.has_commit_head
-    phases = _Phases(3 + (zebra is not None) + learned_commit)
+    text = text_model_shipped()
+    phases = _Phases(3 + (zebra is not None) + learned_commit + text)
     names = ", ".join([*plan.sudoku_scorers, *(["policy"] if policy is not None else [])])
     runs = {"sudoku9": phases.run(f"sudoku9: {names} on {plan.sudoku_puzzles} held-out puzzles", lambda: _run_task(
         sudoku_task, model, policy, plan.sudoku_scorers, plan.sudoku_puzzles, plan.pass_at_topk))}
@@ -356,12 +358,14 @@ def _run_plan(plan: DemoPlan, model_path, out_dir: Path, json_path) -> dict:
                                    "puzzles", lambda: _run_task(zebra, zebra_model, zebra_policy, plan.zebra_scorers,
                                                                 plan.zebra_puzzles, plan.pass_at_topk))
         print(_format_table(runs["zebra"]) + "\n")
+    arith_line = phases.run("arith: one held-out prompt with the small LLaDA", text_line) if text else None
     written = phases.run("pictures", lambda: _pictures(runs, pass_at, out_dir, plan))
     comparisons = _comparisons(runs["sudoku9"]["orders"])
     print("\n" + "\n".join(_conclusions(runs["sudoku9"], comparisons, pass_at)))
     report = _report(plan, runs, comparisons, pass_at, written, phases, time.perf_counter() - start)
     if parallel is not None:
         report["sudoku9"]["parallel"] = parallel
+    report["arith"] = arith_line
     json_path = Path(json_path) if json_path else out_dir / "demo.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
