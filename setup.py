@@ -14,5 +14,6 @@ setup(
     packages=find_packages(include=["upo_fast", "upo_fast.*"]) + ["upo_fast.kernels"],
     package_data={"upo_fast.assets": [f"{folder}*.{ext}" for folder in ("*/", "*/*/")
                                        for ext in ("json", "safetensors", "md", "jsonl", "png")],
-                  "upo_fast.training": ["presets/*.yaml"]},
+                  "upo_fast.training": ["presets/*.yaml"],
+                  "upo_fast.integrations.lm_eval_tasks": ["*/*.yaml"]},  # lm-eval task folders (--include_path)
 )

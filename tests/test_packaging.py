@@ -115,3 +115,35 @@ def test_wheel_holds_every_package_and_asset(tmp_path):
     assert not missing, f"{wheel.name} lacks files of the tree (find packages in setup.py, add package_data): {missing}"
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"upo_fast"}, f"the wheel installs top-level names other than upo_fast: {top_level}"
+
+
+def _package_data(package: str) -> list[str]:
+    """The globs ``setup.py`` gives ``package`` in ``package_data`` (read from its source: running setup.py
+    would build)."""
+    import ast
+
+    for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
+        if isinstance(node, ast.keyword) and node.arg == "package_data" and isinstance(node.value, ast.Dict):
+            for key, value in zip(node.value.keys, node.value.values):
+                if isinstance(key, ast.Constant) and key.value == package:
+                    return ast.literal_eval(value)
+    return []
+
+
+def test_lm_eval_task_folders_are_in_the_wheel():
+    """Every file of the shipped lm-eval task folders (``upo-fast lm-eval --tasks arith`` reads them from the
+    installed package) is a module of a package (a folder with ``__init__.py``) or matches setup.py's
+    package_data; the wheel test checks the same once the files are committed."""
+    from fnmatch import fnmatch
+
+    package = ROOT / "upo_fast" / "integrations" / "lm_eval_tasks"
+    globs = _package_data("upo_fast.integrations.lm_eval_tasks")
+    files = [p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert any(p.suffix == ".yaml" for p in files), "no task YAML under upo_fast/integrations/lm_eval_tasks"
+    for path in files:
+        relative = path.relative_to(package).as_posix()
+        if path.suffix == ".py":
+            assert (path.parent / "__init__.py").is_file(), f"{relative}: its folder needs an __init__.py"
+        else:
+            assert any(fnmatch(relative, glob) for glob in globs), \
+                f"{relative} is not package data: add it to setup.py's package_data (globs: {globs})"

@@ -7,6 +7,9 @@ likelihood estimate (``upo_fast.sampling.likelihood``).
 
 ``model_args`` are the fields of :class:`HarnessOptions`. Like LLaDA's own harness model, generation uses the
 model arguments' length and sampler options; of a task's ``gen_kwargs`` only ``until`` (the stop strings) is used.
+``sort_by_length=false,stop_at_eos=false`` batch the prompts in lm-eval's order and read all the generated text,
+as ``upo-fast eval`` does: with eval's ``batch_size`` the shipped task ``arith`` (``TASKS_DIR`` is its
+``--include_path``) then gives eval's answers (``upo_fast.integrations.lm_eval_tasks.ARITH_MODEL_ARGS``).
 ``threshold=``, ``factor=`` (at most one) and ``cache=prefix|dual`` are Fast-dLLM's parallel-unmasking rules and KV
 caches, as ``upo_fast.generate`` takes them: ``...,cache=dual,threshold=0.9`` samples as Fast-dLLM's dual-cache
 generator does, in any unmasking order (LLaDA and Dream only: a TinyMDM has no KV cache).
@@ -39,6 +42,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from tqdm.auto import tqdm
 
 from upo_fast.integrations.lm_eval_generate import generate_texts, request_seed, stop_token_ids
+from upo_fast.integrations.lm_eval_tasks import TASKS_DIR  # noqa: F401 - the --include_path of the shipped tasks
 from upo_fast.training.distributed import ProcessGroup
 from upo_fast.validation import check_device, options_from_dict
 
@@ -63,6 +67,10 @@ class HarnessOptions:
     attn: str = "auto"
     trust_remote_code: bool = False
     batch_size: int = 8  # prompts per generate call; rows per Monte-Carlo batch of a likelihood
+    sort_by_length: bool = True  # generate_until batches longest prompts first; false: in lm-eval's (the
+    # documents') order, as `upo-fast eval` batches its problems (a LLaDA answer depends on its batch's padding)
+    stop_at_eos: bool = True  # an answer ends at its first EOS / end-of-turn token; false: every generated token
+    # but the special ones is the answer, as `upo-fast eval` and the arith training reward read it
     # sampling (upo_fast.generate)
     scorer: str = "max_confidence"
     policy: str | None = None  # a saved UnmaskingPolicy folder, for scorer=policy

@@ -61,9 +61,12 @@ def finish_text(tokenizer, answer_ids: list[int], stop_ids: set[int], until: lis
 def generate_texts(lm, requests_args: list[tuple], *, progress: bool = True) -> list[str]:
     """Answers of ``lm`` (an ``UpoFastLM``) to ``(context, gen_kwargs)`` requests, in request order.
 
-    Longest prompts first (an out-of-memory batch shows up at once), ``lm.options.batch_size`` per
-    ``upo_fast.generate`` call; prompts longer than ``max_length - gen_length`` lose their left end. Each batch
-    draws its noise from a seed made of its prompts' text, so a run is reproducible under any sharding.
+    Longest prompts first (an out-of-memory batch shows up at once), or in the requests' order with
+    ``sort_by_length=False`` (how ``upo-fast eval`` batches: LLaDA attends to the left padding, so its answer to a
+    prompt depends on the longest prompt of its batch); ``lm.options.batch_size`` per ``upo_fast.generate`` call;
+    prompts longer than ``max_length - gen_length`` lose their left end. Each batch draws its noise from a seed
+    made of its prompts' text, so a run is reproducible under any sharding. With ``stop_at_eos=False`` an answer is
+    all of its generated text (special tokens dropped), as ``upo-fast eval`` decodes it.
     """
     from upo_fast.sampling.loop import generate
 
@@ -75,7 +78,10 @@ def generate_texts(lm, requests_args: list[tuple], *, progress: bool = True) -> 
     encoded = [lm.encode(context)[-room:] for context in contexts]
     if any(not ids for ids in encoded):
         raise ValueError("an empty prompt: every generate_until request needs a context with at least one token")
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    order = list(range(len(encoded)))
+    if o.sort_by_length:
+        order.sort(key=lambda i: -len(encoded[i]))
+    stop_ids = lm.stop_ids if o.stop_at_eos else set()
     answers: list[str | None] = [None] * len(encoded)
     batches = range(0, len(order), o.batch_size)
     for start in tqdm(batches, desc="upo_fast generate_until", disable=not progress):
@@ -87,7 +93,7 @@ def generate_texts(lm, requests_args: list[tuple], *, progress: bool = True) -> 
                           generator=generator, **lm.sampler)
         for row, i in enumerate(batch):
             gen_kwargs = requests_args[i][1] if len(requests_args[i]) > 1 else {}
-            answers[i] = finish_text(lm.tokenizer, tokens[row, ids.shape[1]:].tolist(), lm.stop_ids,
+            answers[i] = finish_text(lm.tokenizer, tokens[row, ids.shape[1]:].tolist(), stop_ids,
                                      until_strings(gen_kwargs))
             lm.cache_hook.add_partial("generate_until", requests_args[i], answers[i])
     return answers
