@@ -199,3 +199,24 @@ def test_train_on_arith_runs_the_text_environment(tiny_folder, tmp_path):
     assert np.isfinite(records[1]["loss"]) and records[1]["update_steps"] > 0
     with pytest.raises(ValueError, match="reward"):
         TrainConfig(task="arith", reward="cells", block_init="fresh").validate()
+
+
+def test_init_from_goes_on_with_sft_only(tmp_path, tokenizer):
+    from upo_fast.models.loading import load_model
+
+    start = tmp_path / "start"
+    save_folder(build_model("dream", tokenizer, TINY, seed=2), tokenizer, start)
+    cfg = PretrainConfig(steps=2, batch_size=4, checkpoint_every=2, warmup_steps=1)
+    summary = pretrain_text_mdm(TextPretrainPlan(arch="dream", out_dir=str(tmp_path / "more"), pretrain=cfg, sft=cfg,
+                                                 init_from=str(start)))
+    assert list(summary["phases"]) == ["sft"] and summary["init_from"] == str(start)
+    before, after = load_model(start, dtype="float32"), load_model(tmp_path / "more", dtype="float32")
+    assert before.config.hidden_size == after.config.hidden_size
+    assert not torch.equal(before.model.embed_tokens.weight, after.model.embed_tokens.weight)  # it trained
+
+
+def test_llada_qkv_bias_is_the_official_field(tokenizer):
+    model = build_model("llada", tokenizer, TINY)
+    assert model.config.include_qkv_bias and model.model.transformer["blocks"][0].q_proj.bias is not None
+    plain = build_model("llada", tokenizer, TextModelSize(**{**TINY.__dict__, "qkv_bias": False}))
+    assert plain.model.transformer["blocks"][0].q_proj.bias is None

@@ -215,6 +215,10 @@ def add_pretrain_mdm_arguments(pt) -> None:
     pt.add_argument("--layers", type=positive_int, default=4)
     pt.add_argument("--heads", type=positive_int, default=4)
     pt.add_argument("--kv-heads", type=positive_int, default=2, help="llada / dream: key/value heads")
+    pt.add_argument("--no-qkv-bias", dest="qkv_bias", action="store_false",
+                    help="llada: no q/k/v biases (LLaDA-8B's setting; a small model then learns arith far slower)")
+    pt.add_argument("--init-from", default=None,
+                    help="llada / dream: go on from this trained folder (its architecture): SFT only, --sft-steps")
     pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"],
                     help="--arch tiny only")
     pt.add_argument("--min-mask-ratio", type=finite_float, default=0.05)
@@ -271,11 +275,13 @@ def _pretrain_text_mdm(args) -> None:
 
     if args.task not in (None, "arith"):
         raise ValueError(f"--arch {args.arch} trains on --task arith (the generated text task), got --task {args.task}")
-    size = TextModelSize(hidden_size=args.hidden_size, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads)
+    size = TextModelSize(hidden_size=args.hidden_size, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                         qkv_bias=args.qkv_bias)
     pretrain = config_from_args(PretrainConfig, args, out_dir=args.out, time_limit_s=args.time_limit)
     sft = config_from_args(PretrainConfig, args, out_dir=args.out, time_limit_s=args.time_limit,
                            steps=args.sft_steps, stop_at_step=None)
-    plan = TextPretrainPlan(arch=args.arch, out_dir=args.out, pretrain=pretrain, sft=sft, size=size)
+    plan = TextPretrainPlan(arch=args.arch, out_dir=args.out, pretrain=pretrain, sft=sft, size=size,
+                            init_from=args.init_from)
     summary = pretrain_text_mdm(plan, eval_fn=validation_fn(args.arch))
     print(json.dumps(summary, indent=2, default=str))
 

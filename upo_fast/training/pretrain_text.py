@@ -39,6 +39,11 @@ class TextModelSize:
     heads: int = 4
     kv_heads: int = 2  # grouped-query attention, as Dream-7B (LLaDA-8B has n_kv_heads = n_heads; both load)
     mlp_ratio: int = 3
+    # LLaDA's include_qkv_bias (Dream always has q/k/v biases). A bias gives attention a content-free term that
+    # depends on the relative position alone (RoPE), what copying the digit k places back needs: without it a
+    # small LLaDA learned arith's alignment far slower than the same-size Dream (0.03 against 0.42 validation
+    # exact match after the same 4,500 steps)
+    qkv_bias: bool = True
 
     def __post_init__(self):
         for name in ("hidden_size", "layers", "heads", "kv_heads", "mlp_ratio"):
@@ -66,6 +71,7 @@ def build_model(arch: str, tokenizer, size: TextModelSize = TextModelSize(), see
         from upo_fast.models.llada import LLaDAConfig, LLaDAModelLM
 
         config = LLaDAConfig(d_model=size.hidden_size, n_heads=size.heads, n_kv_heads=size.kv_heads,
+                             include_qkv_bias=size.qkv_bias,
                              n_layers=size.layers, mlp_hidden_size=size.mlp_ratio * size.hidden_size,
                              vocab_size=vocab, embedding_size=vocab, max_sequence_length=max_len, rope_theta=10000.0,
                              mask_token_id=mask_id, pad_token_id=tokenizer.pad_token_id,
@@ -128,6 +134,7 @@ class TextPretrainPlan:
     pretrain: PretrainConfig
     sft: PretrainConfig
     size: TextModelSize = TextModelSize()
+    init_from: str | None = None  # go on from this trained folder: SFT only (the pretraining phase is skipped)
 
 
 def _phase(model, tokenizer, plan: TextPretrainPlan, name: str, eval_fn) -> dict:
@@ -142,11 +149,17 @@ def pretrain_text_mdm(plan: TextPretrainPlan, eval_fn=None) -> dict:
     """Both phases, resumable; writes the hub-layout folder to ``plan.out_dir`` and returns the summaries."""
     _check_arch(plan.arch)
     tokenizer = arith.build_tokenizer()
-    model = build_model(plan.arch, tokenizer, plan.size, seed=plan.pretrain.seed)
+    if plan.init_from is not None:
+        from upo_fast.models.loading import load_model
+
+        model = load_model(plan.init_from, dtype=torch.float32).requires_grad_(True)
+    else:
+        model = build_model(plan.arch, tokenizer, plan.size, seed=plan.pretrain.seed)
     started = time.perf_counter()
-    summaries = {name: _phase(model, tokenizer, plan, name, eval_fn) for name in ("pretrain", "sft")}
+    phases = ("sft",) if plan.init_from is not None else ("pretrain", "sft")
+    summaries = {name: _phase(model, tokenizer, plan, name, eval_fn) for name in phases}
     save_folder(model, tokenizer, plan.out_dir)
-    summary = {"arch": plan.arch, "size": asdict(plan.size), "phases": summaries,
+    summary = {"arch": plan.arch, "size": asdict(plan.size), "init_from": plan.init_from, "phases": summaries,
                "training_seconds": sum(s["total_seconds"] for s in summaries.values()),
                "this_call_seconds": round(time.perf_counter() - started, 1)}
     Path(plan.out_dir, "train_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
