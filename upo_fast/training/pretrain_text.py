@@ -166,12 +166,22 @@ def pretrain_text_mdm(plan: TextPretrainPlan, eval_fn=None) -> dict:
     return summary
 
 
+def _portable_tokenizer_config(path: Path) -> None:
+    """transformers 5 names the class ``TokenizersBackend``, which 4.x (what LLaDA / Dream users pin) does not know;
+    ``PreTrainedTokenizerFast`` is the same tokenizer to both."""
+    config = json.loads(path.read_text())
+    config.pop("backend", None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def save_folder(model, tokenizer, out_dir) -> None:
     """The hub layout: config.json, model.safetensors, generation_config.json, tokenizer.json,
     tokenizer_config.json (``upo_fast.load_model`` / ``load_tokenizer`` read it)."""
     out = Path(out_dir)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _portable_tokenizer_config(out / "tokenizer_config.json")
     mask_id = tokenizer.convert_tokens_to_ids(arch_mask_token())
     generation = {"mask_token_id": mask_id, "pad_token_id": tokenizer.pad_token_id,
                   "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
