@@ -16,7 +16,8 @@ COMPAT_TRANSFORMERS ?= transformers==4.49.0
 # Tests that touch transformers; files not yet written are skipped by $(wildcard) in the recipe
 COMPAT_TESTS := tests/test_adapters.py tests/test_llada_equivalence.py tests/test_dream_equivalence.py \
 	tests/test_dropin_bad_input.py tests/test_fused_path.py tests/test_native_models.py tests/test_load_model.py \
-	tests/test_api_bad_input.py tests/test_cli_errors.py tests/test_run_folder_safety.py
+	tests/test_api_bad_input.py tests/test_cli_errors.py tests/test_run_folder_safety.py \
+	tests/test_shipped_text_models.py
 
 .PHONY: demo test test-compat lint clean
 
