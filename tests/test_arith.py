@@ -220,3 +220,21 @@ def test_llada_qkv_bias_is_the_official_field(tokenizer):
     assert model.config.include_qkv_bias and model.model.transformer["blocks"][0].q_proj.bias is not None
     plain = build_model("llada", tokenizer, TextModelSize(**{**TINY.__dict__, "qkv_bias": False}))
     assert plain.model.transformer["blocks"][0].q_proj.bias is None
+
+
+def test_block_rows_mask_as_the_block_schedule_leaves_them(tokenizer):
+    tokens, maskable, always = ArithBatches(tokenizer, "llada", sft=True, block_rows=1.0)(32, torch.Generator())
+    response = slice(tokens.shape[1] - arith.GEN_LENGTH, None)
+    for row_maskable, row_always in zip(maskable[:, response], always[:, response]):
+        blocks = row_maskable.view(-1, arith.BLOCK_LENGTH).all(1)
+        assert int(blocks.sum()) == 1  # one active block
+        active = int(blocks.int().argmax())
+        later = row_always.view(-1, arith.BLOCK_LENGTH)
+        assert bool(later[active + 1:].all()) and not bool(later[: active + 1].any())
+    x0 = torch.tensor([[1, 5, 6, 7]])
+    forced = mdm_loss(lambda ids: (torch.zeros(1, 4, 30),), x0, 3, t=torch.full((1,), 0.05), weighting="none",
+                      maskable=torch.tensor([[False, True, False, False]]),
+                      always=torch.tensor([[False, False, True, True]]))
+    assert float(forced) == pytest.approx(float(torch.log(torch.tensor(30.0))))  # every masked row scores ln V
+    with pytest.raises(ValueError, match="block_rows"):
+        ArithBatches(tokenizer, "llada", sft=False, block_rows=0.5)

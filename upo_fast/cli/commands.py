@@ -217,6 +217,9 @@ def add_pretrain_mdm_arguments(pt) -> None:
     pt.add_argument("--kv-heads", type=positive_int, default=2, help="llada / dream: key/value heads")
     pt.add_argument("--no-qkv-bias", dest="qkv_bias", action="store_false",
                     help="llada: no q/k/v biases (LLaDA-8B's setting; a small model then learns arith far slower)")
+    pt.add_argument("--block-rows", type=finite_float, default=0.0,
+                    help="llada / dream SFT: share of rows masked as the block schedule leaves them (clean earlier "
+                         "blocks, masked later ones)")
     pt.add_argument("--init-from", default=None,
                     help="llada / dream: go on from this trained folder (its architecture): SFT only, --sft-steps")
     pt.add_argument("--position-embedding", default="grid", choices=["grid", "rope", "learned", "rope+learned"],
@@ -281,7 +284,7 @@ def _pretrain_text_mdm(args) -> None:
     sft = config_from_args(PretrainConfig, args, out_dir=args.out, time_limit_s=args.time_limit,
                            steps=args.sft_steps, stop_at_step=None)
     plan = TextPretrainPlan(arch=args.arch, out_dir=args.out, pretrain=pretrain, sft=sft, size=size,
-                            init_from=args.init_from)
+                            init_from=args.init_from, block_rows=args.block_rows)
     summary = pretrain_text_mdm(plan, eval_fn=validation_fn(args.arch))
     print(json.dumps(summary, indent=2, default=str))
 

@@ -98,7 +98,7 @@ class PretrainConfig:
 
 
 def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=None, generator=None,
-             maskable=None, shift_logits: bool = False):
+             maskable=None, shift_logits: bool = False, always=None):
     """x0 [B, L] clean tokens, t [B] masking ratios in (0, 1] -> scalar loss.
 
     Each token is masked independently with probability t (rows that end up with no masked token get one at a
@@ -114,7 +114,8 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
     (it may live on the CPU while the model is on an accelerator). ``maskable`` (bool [B, L]) limits the draw to
     some positions, e.g. a Zebra grid after its clues (the clues are always given, as at inference); "per token"
     then means per maskable token. ``shift_logits``: the model's output i scores token i + 1 (Dream), so position i
-    is scored by output i - 1 (position 0 by its own), as Dream's samplers read it.
+    is scored by output i - 1 (position 0 by its own), as Dream's samplers read it. ``always`` (bool [B, L]): positions
+    masked whatever the draw, e.g. the blocks after the active one of a semi-autoregressive schedule.
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
@@ -142,6 +143,8 @@ def mdm_loss(model, x0, mask_id: int, *, t, weighting: str = "inverse_t", mask=N
             forced = (noise + maskable.float()).argmax(1, keepdim=True)
         empty_row = ~mask.any(dim=1, keepdim=True)
         mask = mask.scatter(1, forced, mask.gather(1, forced) | empty_row)
+        if always is not None:
+            mask |= always.to(x0.device)
     else:
         if mask.shape != x0.shape:
             raise ValueError(f"mask must have the shape of x0 {tuple(x0.shape)}, got {tuple(mask.shape)}")
@@ -207,8 +210,11 @@ def _make_scheduler(optimizer, cfg: PretrainConfig) -> torch.optim.lr_scheduler.
 
 
 def _split_batch(batch):
-    """``sample_batch`` returns [B, L] tokens, or (tokens, maskable [B, L] bool) when only part may be masked."""
-    return batch if isinstance(batch, tuple) else (batch, None)
+    """``sample_batch`` returns [B, L] tokens, or (tokens, maskable [B, L] bool) when only part may be masked, or
+    (tokens, maskable, always [B, L] bool) when some positions are masked in any case."""
+    if not isinstance(batch, tuple):
+        return batch, None, None
+    return batch if len(batch) == 3 else (*batch, None)
 
 
 class _PretrainRun:
@@ -247,7 +253,7 @@ class _PretrainRun:
     def train_step(self, sample_batch, check_ids: bool) -> float:
         """One optimizer step on a fresh batch; returns the learning rate it trained with."""
         cfg = self.cfg
-        x0, maskable = _split_batch(sample_batch(cfg.batch_size, self.data_gen))
+        x0, maskable, always = _split_batch(sample_batch(cfg.batch_size, self.data_gen))
         if not isinstance(x0, torch.Tensor) or x0.dim() != 2 or x0.shape[0] != cfg.batch_size:
             raise ValueError(
                 f"sample_batch must return a [{cfg.batch_size}, L] tensor, got {getattr(x0, 'shape', x0)}"
@@ -259,7 +265,7 @@ class _PretrainRun:
         t = t_min + (1.0 - t_min) * torch.rand(cfg.batch_size, generator=self.noise_gen)  # t ~ U(t_min, 1)
         lr = self.scheduler.get_last_lr()[0]  # the rate this step trains with
         loss = mdm_loss(self.model, x0, self.mask_id, t=t, weighting=cfg.loss_weighting, generator=self.noise_gen,
-                        maskable=maskable, shift_logits=self.shift_logits)
+                        maskable=maskable, shift_logits=self.shift_logits, always=always)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
