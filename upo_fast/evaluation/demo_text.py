@@ -1,4 +1,4 @@
-"""The demo's text line: the shipped small LLaDA (``upo_fast/assets/arith_llada``) completes one held-out ``arith``
+"""The demo's text line: the shipped small Dream (``upo_fast/assets/arith_dream``) completes one held-out ``arith``
 prompt under max-confidence, under its learned policy (when one ships) and under max-confidence with Fast-dLLM's
 threshold rule, with the answer each gives and the MDM forwards each used."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from upo_fast.evaluation.text import evaluate_math
 from upo_fast.tasks import arith
 
-TEXT_MODEL = "arith_llada"
+TEXT_MODEL = "arith_dream"  # the text model that ships with a policy
 THRESHOLD = 0.9
 
 
@@ -50,4 +50,4 @@ def text_line(problem_index: int = 0) -> dict:
 def format_text_line(line: dict) -> str:
     parts = [f"{name}: {run['answer']} {'right' if run['correct'] else 'wrong'}, {run['forwards']:.0f} forwards"
              for name, run in line["runs"].items()]
-    return f"arith (LLaDA, {TEXT_MODEL}): {line['prompt']} (answer {line['reference']}) -> " + "; ".join(parts)
+    return f"arith ({TEXT_MODEL}): {line['prompt']} (answer {line['reference']}) -> " + "; ".join(parts)
