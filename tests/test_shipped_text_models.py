@@ -52,3 +52,12 @@ def test_order_matters(shipped):
                 for scorer in ("max_confidence", "random")}
     assert accuracy["max_confidence"] >= 0.5
     assert accuracy["max_confidence"] >= accuracy["random"] + 0.15
+
+
+def test_shipped_dream_policy_fits_its_model():
+    from upo_fast.policy import load_policy
+
+    folder = model_folder("arith_dream", None)
+    model, _ = load_text_model(folder, "cpu")
+    policy = load_policy(None, None, model, folder)  # the model folder's policy/, checked against the model
+    assert (folder / "policy" / "README.md").is_file() and policy.config.mdm_family == "dream"
