@@ -26,11 +26,11 @@ from upo_fast.cli.args import (
     config_from_args,
     finite_float,
     grid_task_name,
-    task_name,
     nonneg_int,
     positive_float,
     positive_int,
     report_error,
+    task_name,
 )
 from upo_fast.cli.commit import (
     add_pretrain_commit_arguments,

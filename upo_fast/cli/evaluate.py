@@ -283,7 +283,8 @@ def add_eval_arguments(ev) -> None:
     ev.add_argument("--task", default="sudoku9", type=task_name,
                     help="sudoku4, sudoku9, zebra, zebraHxA (TinyMDM) or gsm8k, math500, arith (LLaDA/Dream)")
     ev.add_argument("--data", default=None, help="puzzle file (Sudoku: Puzzle,Solution CSV; Zebra: JSON) or, for "
-                    "gsm8k/math500, a local JSON/JSONL/parquet test set (arith: JSONL of question/answer); default for puzzles and "
+                    "gsm8k/math500, a local JSON/JSONL/parquet test set (arith: JSONL of question/answer); default "
+                    "for puzzles and "
                     "arith: generated held-out")
     ev.add_argument("--scorer", action="append", help="repeatable (a heuristic or policy); default max_confidence")
     ev.add_argument("--limit", type=positive_int, default=None)

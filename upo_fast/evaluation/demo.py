@@ -358,7 +358,7 @@ def _run_plan(plan: DemoPlan, model_path, out_dir: Path, json_path) -> dict:
                                    "puzzles", lambda: _run_task(zebra, zebra_model, zebra_policy, plan.zebra_scorers,
                                                                 plan.zebra_puzzles, plan.pass_at_topk))
         print(_format_table(runs["zebra"]) + "\n")
-    arith_line = phases.run("arith: one held-out prompt with the small Dream and its policy", text_line) if text else None
+    arith_line = phases.run("arith: a held-out prompt, the small Dream and its policy", text_line) if text else None
     written = phases.run("pictures", lambda: _pictures(runs, pass_at, out_dir, plan))
     comparisons = _comparisons(runs["sudoku9"]["orders"])
     print("\n" + "\n".join(_conclusions(runs["sudoku9"], comparisons, pass_at)))

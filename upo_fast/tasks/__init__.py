@@ -25,7 +25,8 @@ def get_task(name: str):
     if size:
         return ZebraTask(int(size.group(1)), int(size.group(2)))
     if name in TEXT_TASKS:
-        raise ValueError(f"{name!r} is a text task for LLaDA/Dream (upo_fast.tasks.math_tasks, upo_fast.tasks.arith), not a grid task")
+        raise ValueError(f"{name!r} is a text task for LLaDA/Dream (upo_fast.tasks.math_tasks, upo_fast.tasks.arith), "
+                         "not a grid task")
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}, zebraHxA (e.g. zebra5x3)")
     return TASKS[name]()

@@ -9,7 +9,6 @@ policy's exact match on the task's validation split, never its test split.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from upo_fast.evaluation.text import evaluate_math, task_prompts
 from upo_fast.models.loading import load_text_model
