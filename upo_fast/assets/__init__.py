@@ -1,7 +1,8 @@
 """Where the shipped small artifacts live, and how a task's model folder is found.
 
 The folders beside this file hold trained TinyMDM checkpoints, one per task (``sudoku4``, ``sudoku9``, ``zebra``)
-plus ``sudoku4_weak``; a folder's ``policy/`` subfolder is the unmasking policy that goes with it. A model folder
+plus ``sudoku4_weak``, and the small LLaDA / Dream trained on ``arith`` (``arith_llada``, ``arith_dream``, in the
+hub layout with their tokenizer); a folder's ``policy/`` subfolder is the unmasking policy that goes with it. A model folder
 given by the user is a local path; a bare name that is no path here names a shipped folder.
 """
 
