@@ -189,7 +189,9 @@ def test_demo_tells_its_story_with_intervals(tmp_path, capsys):
     assert set(sampled) == {str(k) for k in range(1, 9)}
     assert report["sudoku9"]["pass_at_detail"]["puzzles"] == 2
     phases = [p["phase"][:6] for p in report["phases"]]
-    assert report["zebra"]["n"] == 2 and phases == ["sudoku", "sudoku", "sudoku", "zebra:", "pictur"]
+    assert report["zebra"]["n"] == 2 and phases == ["sudoku", "sudoku", "sudoku", "zebra:", "arith:", "pictur"]
+    arith_runs = report["arith"]["runs"]  # the text line: the shipped Dream, its policy, a threshold rule
+    assert list(arith_runs)[:2] == ["max-confidence", "policy"] and arith_runs["policy"]["forwards"] == 64
     parallel = report["sudoku9"]["parallel"]  # the shipped policy's learned commit rule beside the threshold rule
     assert [r["commit"] for r in parallel.values()] == ["threshold=0.99", "policy"]
     assert all(1 <= r["forwards"] <= 50 and 0 <= r["solved_rate"] <= 1 for r in parallel.values())
@@ -199,7 +201,8 @@ def test_demo_tells_its_story_with_intervals(tmp_path, capsys):
     for path in report["pictures"]:
         assert (tmp_path / "pics") in Path(path).parents and Path(path).stat().st_size > 0
     out = capsys.readouterr().out
-    assert "[1/5] sudoku9: random, max_confidence, margin, policy on 2 held-out puzzles ..." in out
+    assert "[1/6] sudoku9: random, max_confidence, margin, policy on 2 held-out puzzles ..." in out
+    assert "arith (arith_dream): " in out and "; policy: " in out
     assert "Parallel unmasking, the policy's order on the same 2 puzzles (one cell a step: 50 forwards)" in out
     assert "1. The order matters" in out and "2. A better order exists" in out and "3. The learned policy" in out
     assert "Open sudoku9_orders.png first" in out

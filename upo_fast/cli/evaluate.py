@@ -150,13 +150,13 @@ def _text_problems(args):
 
 def _eval_text(args) -> dict:
     """GSM8K / MATH500 / arith with a local LLaDA or Dream checkpoint; ``accuracy`` (exact match) per scorer."""
+    problems = _text_problems(args)  # first: GSM8K / MATH500 name both missing options at once
     if not args.model:
         raise ValueError(f"--task {args.task} needs --model: a local LLaDA/Dream folder (for arith, e.g. the shipped "
                          "upo_fast/assets/arith_llada)")
     from upo_fast.evaluation.text import evaluate_math
     from upo_fast.models.loading import load_text_model
 
-    problems = _text_problems(args)
     model, tokenizer = load_text_model(_text_model_folder(args.model), args.device, args.trust_remote_code)
     gen_length, block_length = TEXT_DEFAULTS[args.task]
     gen_length, block_length = args.gen_length or gen_length, args.block_length or block_length
