@@ -2,8 +2,8 @@
 
 The folders beside this file hold trained TinyMDM checkpoints, one per task (``sudoku4``, ``sudoku9``, ``zebra``)
 plus ``sudoku4_weak``, and the small LLaDA / Dream trained on ``arith`` (``arith_llada``, ``arith_dream``, in the
-hub layout with their tokenizer); a folder's ``policy/`` subfolder is the unmasking policy that goes with it. A model folder
-given by the user is a local path; a bare name that is no path here names a shipped folder.
+hub layout with their tokenizer); a folder's ``policy/`` subfolder is the unmasking policy that goes with it. A
+model folder given by the user is a local path; a bare name that is no path here names a shipped folder.
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ def _pretrain_text_mdm(args) -> None:
                            steps=args.sft_steps, stop_at_step=None)
     plan = TextPretrainPlan(arch=args.arch, out_dir=args.out, pretrain=pretrain, sft=sft, size=size,
                             init_from=args.init_from, block_rows=args.block_rows)
-    summary = pretrain_text_mdm(plan, eval_fn=validation_fn(args.arch))
+    summary = pretrain_text_mdm(plan, eval_fn=validation_fn())
     print(json.dumps(summary, indent=2, default=str))
 
 

@@ -150,6 +150,8 @@ def _text_problems(args):
 
 def _eval_text(args) -> dict:
     """GSM8K / MATH500 / arith with a local LLaDA or Dream checkpoint; ``accuracy`` (exact match) per scorer."""
+    from upo_fast.assets import model_folder  # a shipped folder's name (arith_llada) or a path
+
     problems = _text_problems(args)  # first: GSM8K / MATH500 name both missing options at once
     if not args.model:
         raise ValueError(f"--task {args.task} needs --model: a local LLaDA/Dream folder (for arith, e.g. the shipped "
@@ -157,7 +159,8 @@ def _eval_text(args) -> dict:
     from upo_fast.evaluation.text import evaluate_math
     from upo_fast.models.loading import load_text_model
 
-    model, tokenizer = load_text_model(_text_model_folder(args.model), args.device, args.trust_remote_code)
+    folder = model_folder(args.model, None)
+    model, tokenizer = load_text_model(folder, args.device, args.trust_remote_code)
     gen_length, block_length = TEXT_DEFAULTS[args.task]
     gen_length, block_length = args.gen_length or gen_length, args.block_length or block_length
     report = {"task": args.task, "n": len(problems), "gen_length": gen_length, "block_length": block_length,
@@ -167,7 +170,7 @@ def _eval_text(args) -> dict:
         if needs_policy(scorer) or uses_learned_commit(args):
             from upo_fast.policy import load_policy
 
-            policy = load_policy(args.policy, None, model, _text_model_folder(args.model))
+            policy = load_policy(args.policy, None, model, folder)
         position_temperature = 1.0 if args.position_temperature is None else args.position_temperature
         report["results"][scorer] = evaluate_math(
             model, tokenizer, problems, task=args.task, scorer=scorer, gen_length=gen_length,
@@ -182,13 +185,6 @@ def _eval_text(args) -> dict:
         report["pass_at_plot"] = str(_plot_pass_at(args, args.task, len(problems), report["results"]))
     _write_json(args.json, report)
     return report
-
-
-def _text_model_folder(path: str) -> str:
-    """``path``, or the shipped folder of that name (``arith_llada``, ``arith_dream``) when no such path exists."""
-    from upo_fast.assets import model_folder
-
-    return str(model_folder(path, None)) if path in ("arith_llada", "arith_dream") else path
 
 
 def _write_json(path, report: dict) -> None:

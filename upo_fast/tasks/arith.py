@@ -71,9 +71,10 @@ def make_problems(n: int, split: str = "test") -> list[MathProblem]:
     return [_problem(*operands(rng, 1)[0], f"arith-{split}-{i}") for i in range(n)]
 
 
-def operands(rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
-    """``n`` random (a, b) pairs with 3-5 digits each."""
-    digits = rng.integers(MIN_DIGITS, MAX_DIGITS + 1, size=(n, 2))
+def operands(rng: np.random.Generator, n: int, shared_digits: bool = False) -> list[tuple[int, int]]:
+    """``n`` random (a, b) pairs with 3-5 digits each; ``shared_digits``: every pair has the same digit counts (a
+    training batch whose prompts need no padding between rows)."""
+    digits = rng.integers(MIN_DIGITS, MAX_DIGITS + 1, size=(1 if shared_digits else n, 2))
     low, high = 10 ** (digits - 1), 10 ** digits
     values = low + (rng.random((n, 2)) * (high - low)).astype(np.int64)
     return [(int(a), int(b)) for a, b in values]

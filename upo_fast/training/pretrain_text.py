@@ -64,8 +64,8 @@ def build_model(arch: str, tokenizer, size: TextModelSize = TextModelSize(), see
     """A freshly initialized native LLaDA or Dream over ``tokenizer``'s vocabulary."""
     _check_arch(arch)
     vocab = len(tokenizer)
-    mask_id = tokenizer.convert_tokens_to_ids(arch_mask_token())
-    max_len = 128
+    mask_id = tokenizer.mask_token_id
+    max_len = tokenizer.model_max_length
     torch.manual_seed(seed)
     if arch == "llada":
         from upo_fast.models.llada import LLaDAConfig, LLaDAModelLM
@@ -88,10 +88,6 @@ def build_model(arch: str, tokenizer, size: TextModelSize = TextModelSize(), see
     return DreamModel(config)
 
 
-def arch_mask_token() -> str:
-    return arith.SPECIAL_TOKENS["mask"]
-
-
 class ArithBatches:
     """``sample_batch(B, generator) -> (tokens [B, L], maskable [B, L])`` for :func:`pretrain_mdm`.
 
@@ -112,12 +108,10 @@ class ArithBatches:
     def __call__(self, batch_size: int, generator: torch.Generator):
         seed = int(torch.randint(2**62, (1,), generator=generator))
         rng = np.random.default_rng(seed)
-        digits = rng.integers(arith.MIN_DIGITS, arith.MAX_DIGITS + 1, size=2)
-        low, high = 10 ** (digits - 1), 10 ** digits
-        pairs = low + (rng.random((batch_size, 2)) * (high - low)).astype(np.int64)
+        pairs = arith.operands(rng, batch_size, shared_digits=True)  # one prompt length: no padding between rows
         left = int(rng.integers(0, MAX_LEFT_PAD + 1)) if self.arch == "llada" else 0
         rows = []
-        for a, b in pairs.tolist():
+        for a, b in pairs:
             prompt = [self.tokenizer.bos_token_id, *self._encode(arith.question(a, b))]
             response = self._encode(arith.worked_answer(a, b))
             response = response + [self.eos] * (arith.GEN_LENGTH - len(response))
@@ -165,7 +159,7 @@ class TextPretrainPlan:
 def _phase(model, tokenizer, plan: TextPretrainPlan, name: str, eval_fn) -> dict:
     cfg = replace(getattr(plan, name), out_dir=str(Path(plan.out_dir) / name))
     batches = ArithBatches(tokenizer, plan.arch, sft=name == "sft", block_rows=plan.block_rows if name == "sft" else 0)
-    mask_id = tokenizer.convert_tokens_to_ids(arch_mask_token())
+    mask_id = tokenizer.mask_token_id
     return pretrain_mdm(model, batches, cfg, mask_id=mask_id, eval_fn=eval_fn, progress=False,
                         shift_logits=plan.arch == "dream")
 
@@ -207,7 +201,7 @@ def save_folder(model, tokenizer, out_dir) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _portable_tokenizer_config(out / "tokenizer_config.json")
-    mask_id = tokenizer.convert_tokens_to_ids(arch_mask_token())
+    mask_id = tokenizer.mask_token_id
     generation = {"mask_token_id": mask_id, "pad_token_id": tokenizer.pad_token_id,
                   "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                   "max_new_tokens": arith.GEN_LENGTH, "steps": arith.GEN_LENGTH, "alg": "maskgit_plus"}
@@ -217,7 +211,7 @@ def save_folder(model, tokenizer, out_dir) -> None:
 VALIDATION_PROBLEMS = 64
 
 
-def validation_fn(arch: str, n: int = VALIDATION_PROBLEMS):
+def validation_fn(n: int = VALIDATION_PROBLEMS):
     """``eval_fn`` for :func:`pretrain_mdm`: exact match with max-confidence, one token a step, on the first ``n``
     validation problems (the test split is never looked at while training)."""
     from upo_fast.evaluation.text import evaluate_math
